@@ -1,0 +1,37 @@
+//! Sextant's kernel-side programs. Entry points only parse and dispatch; the work
+//! lives in one module per concern.
+#![no_std]
+#![no_main]
+
+mod counters;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+/// TC (ingress or egress): counts the packet on its interface, then lets it pass.
+#[classifier]
+pub fn count_tc(ctx: TcContext) -> i32 {
+    counters::count_tc(&ctx);
+    TC_ACT_OK
+}
+
+/// XDP: counts the packet on its interface, then lets it pass.
+#[xdp]
+pub fn count_xdp(ctx: XdpContext) -> u32 {
+    counters::count_xdp(&ctx);
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// Program license; GPL unlocks the helpers the datapath needs.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,414 @@
+//! A real containerd + runc (Debian packages) with its own config, root, state dir,
+//! socket, runc root and CNI config, running in a network namespace of its own so the
+//! CNI bridge and pod interfaces never touch the host's network.
+//!
+//! # Cleanup
+//! On drop every pod sandbox is stopped and removed through CRI (which also removes
+//! the `/var/run/netns/cni-*` namespaces), then containerd is stopped, leftover shims
+//! and runc containers are killed, mounts under its directories are detached, and the
+//! cgroups under its cgroup parent are removed.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use k8s_cri::v1 as cri;
+use sextant_kubelet::cri::CriClient;
+use tempfile::TempDir;
+
+use crate::{
+    Error, Result, images, io_err, netns::Netns, process::ChildProcess, require_command, run,
+    unique_name,
+};
+
+/// A containerd owned by a test.
+#[derive(Debug)]
+pub struct Containerd {
+    // Field order is drop order: the process goes before the namespace and the dir.
+    process: Option<ChildProcess>,
+    socket: PathBuf,
+    cgroup_parent: String,
+    netns: Netns,
+    dir: TempDir,
+}
+
+impl Containerd {
+    /// Starts containerd and waits until its CRI plugin answers `Version`.
+    pub async fn start() -> Result<Self> {
+        for c in [
+            "containerd",
+            "containerd-shim-runc-v2",
+            "runc",
+            "ctr",
+            "nsenter",
+        ] {
+            require_command(c)?;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("sextant-containerd-")
+            .tempdir()
+            .map_err(io_err("creating the containerd temp dir"))?;
+        let netns = Netns::new("sxc")?;
+        let d = dir.path();
+        for sub in ["root", "state", "runc", "cni/net.d", "cni/ipam", "logs"] {
+            std::fs::create_dir_all(d.join(sub)).map_err(io_err(format!("creating {sub}")))?;
+        }
+        let socket = d.join("containerd.sock");
+        let cgroup_parent = unique_name("sextant-test-");
+        std::fs::write(d.join("config.toml"), config_toml(d, &socket))
+            .map_err(io_err("writing config.toml"))?;
+        std::fs::write(d.join("cni/net.d/10-test.conflist"), cni_conflist(d))
+            .map_err(io_err("writing the CNI config"))?;
+
+        let mut cmd = netns.command("containerd");
+        cmd.arg("--config").arg(d.join("config.toml"));
+        let process = ChildProcess::spawn("containerd", cmd, &d.join("containerd.log"))?;
+        let mut this = Self {
+            process: Some(process),
+            socket,
+            cgroup_parent,
+            netns,
+            dir,
+        };
+        this.wait_ready().await?;
+        Ok(this)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let socket = self.socket.clone();
+        let ready = crate::wait_for(
+            "containerd CRI",
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || {
+                let socket = socket.clone();
+                async move {
+                    let mut c = CriClient::connect(&socket).await.ok()?;
+                    c.runtime
+                        .version(cri::VersionRequest::default())
+                        .await
+                        .ok()
+                        .map(|_| ())
+                }
+            },
+        )
+        .await;
+        if let Err(Error::Timeout { what, after, .. }) = ready {
+            let log_tail = self.process.as_ref().map(|p| p.log_tail(40));
+            return Err(Error::Timeout {
+                what,
+                after,
+                log_tail,
+            });
+        }
+        ready
+    }
+
+    /// The CRI socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The network namespace containerd (and so every pod's host-side link) lives in.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// The cgroup parent pods must use, so cleanup finds their cgroups.
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
+    }
+
+    /// A directory for pod log directories.
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// A connected CRI client.
+    pub async fn cri(&self) -> Result<CriClient> {
+        CriClient::connect(&self.socket)
+            .await
+            .map_err(|e| Error::Missing(e.to_string()))
+    }
+
+    /// The last lines of containerd's own log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process
+            .as_ref()
+            .map(|p| p.log_tail(lines))
+            .unwrap_or_default()
+    }
+
+    /// Imports an OCI archive into the `k8s.io` namespace and waits until CRI sees it.
+    pub async fn import_image(&self, image: &str) -> Result<()> {
+        let archive = images::archive(image)?;
+        run(Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(&archive))?;
+        let c = self.cri().await?;
+        crate::wait_for(
+            &format!("CRI to see {image}"),
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                let req = cri::ImageStatusRequest {
+                    image: Some(cri::ImageSpec {
+                        image: image.to_owned(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                };
+                let mut c = c.images.clone();
+                async move {
+                    c.image_status(req)
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .image
+                        .map(|_| ())
+                }
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Imports every test image (busybox, demo, pause).
+    pub async fn import_test_images(&self) -> Result<()> {
+        for (image, _) in images::ALL {
+            self.import_image(image).await?;
+        }
+        Ok(())
+    }
+
+    fn cleanup(&mut self) {
+        // CRI calls are async and Drop may run inside a runtime: use a fresh one on
+        // its own thread.
+        let socket = self.socket.clone();
+        let removed = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(remove_all_sandboxes(&socket)).ok()
+        })
+        .join();
+        if !matches!(removed, Ok(Some(()))) {
+            tracing::warn!("removing pod sandboxes through CRI failed; killing what is left");
+        }
+        if let Some(mut p) = self.process.take() {
+            p.stop();
+        }
+        kill_shims(&self.socket);
+        let runc_root = self.dir.path().join("runc");
+        kill_runc_containers(&runc_root);
+        unmount_under(self.dir.path());
+        remove_cgroups(&self.cgroup_parent);
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+async fn remove_all_sandboxes(socket: &Path) -> Result<()> {
+    let mut c = CriClient::connect(socket)
+        .await
+        .map_err(|e| Error::Missing(e.to_string()))?;
+    let list = c
+        .runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .map_err(|s| Error::Grpc {
+            what: "ListPodSandbox".into(),
+            status: Box::new(s),
+        })?
+        .into_inner();
+    for sb in list.items {
+        let id = sb.id;
+        let _ = c
+            .runtime
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await;
+        let _ = c
+            .runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await;
+    }
+    Ok(())
+}
+
+/// Kills containerd-shim processes serving this containerd's socket.
+fn kill_shims(socket: &Path) {
+    let needle = socket.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_shim = args.first().is_some_and(|a| a.contains("containerd-shim"));
+        if is_shim && args.iter().any(|a| a == &needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Kills and deletes every runc container under `root`.
+fn kill_runc_containers(root: &Path) {
+    let Ok(out) = run(Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(["list", "-q"]))
+    else {
+        return;
+    };
+    for id in out.lines().filter(|l| !l.is_empty()) {
+        let _ = run(Command::new("runc")
+            .arg("--root")
+            .arg(root)
+            .args(["kill", id, "KILL"]));
+        let _ = run(Command::new("runc")
+            .arg("--root")
+            .arg(root)
+            .args(["delete", "--force", id]));
+    }
+}
+
+/// Lazily unmounts every mount point under `dir`, deepest first.
+pub(crate) fn unmount_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| p.replace("\\040", " "))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Removes the cgroup directories named `parent` (and everything below) in every
+/// hierarchy mounted under /sys/fs/cgroup, v1 and v2.
+pub(crate) fn remove_cgroups(parent: &str) {
+    let mut roots = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        roots.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for root in roots {
+        let dir = root.join(parent);
+        if dir.is_dir() {
+            remove_cgroup_dir(&dir);
+        }
+    }
+}
+
+fn remove_cgroup_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_dir(&e.path());
+            }
+        }
+    }
+    // A cgroup directory can only be removed with rmdir, and only once it is empty
+    // of processes; retry briefly while killed tasks exit.
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::warn!(dir = %dir.display(), "cgroup left behind");
+}
+
+fn config_toml(dir: &Path, socket: &Path) -> String {
+    let d = dir.display();
+    let s = socket.display();
+    format!(
+        r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+
+[grpc]
+  address = "{s}"
+
+[ttrpc]
+  address = "{s}.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  # The machine lacks CAP_SYS_RESOURCE: negative oom_score_adj is refused (MACHINE.md).
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "{d}/runc"
+        SystemdCgroup = false
+
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{d}/cni/net.d"
+"#,
+        pause = images::PAUSE,
+    )
+}
+
+fn cni_conflist(dir: &Path) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "sextant-test",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": dir.join("cni/ipam"),
+                    "ranges": [[{ "subnet": "10.88.0.0/24" }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }]
+                }
+            }
+        ]
+    })
+    .to_string()
+}

@@ -1,0 +1,163 @@
+//! Network namespaces owned by a test: a [`Netns`] guard, and a [`Network`] of
+//! "nodes" joined by a bridge that lives in a namespace of its own, so nothing is
+//! added to the host's network namespace and deleting the namespaces removes every
+//! link the test made.
+
+use std::{fs::File, net::Ipv4Addr, process::Command};
+
+use nix::sched::CloneFlags;
+
+use crate::{Result, io_err, require_command, run, unique_name};
+
+/// A named network namespace (`/run/netns/<name>`), deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace named `<prefix><unique>` with its loopback up.
+    pub fn new(prefix: &str) -> Result<Self> {
+        require_command("ip")?;
+        let name = unique_name(prefix);
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its bind-mount path, for `nsenter --net=`.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Runs `ip <args>` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        run(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    /// A command that runs `program` inside the namespace. It enters only the network
+    /// namespace (nsenter), keeping the host's mounts: `ip netns exec` would give the
+    /// program a private sysfs without cgroups or bpffs (MACHINE.md).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread that has entered this namespace, and returns its result.
+    /// In-process netlink and eBPF attach calls made by `f` act on this namespace.
+    pub fn run_in<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
+        let file = File::open(self.path()).map_err(io_err(format!("opening {}", self.path())))?;
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    crate::Error::Io {
+                        what: "setns".into(),
+                        source: e.into(),
+                    }
+                })?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = run(Command::new("ip").args(["netns", "del", &self.name])) {
+            tracing::warn!(netns = self.name, error = %e, "deleting network namespace");
+        }
+    }
+}
+
+/// Creates a veth pair with `a` in `ns_a` and `b` in `ns_b`, both up, with the
+/// given addresses (CIDR notation, e.g. `10.0.0.1/24`).
+pub fn veth_pair(
+    ns_a: &Netns,
+    a: &str,
+    addr_a: &str,
+    ns_b: &Netns,
+    b: &str,
+    addr_b: &str,
+) -> Result<()> {
+    // Created inside ns_a so the host namespace never holds either end.
+    ns_a.ip(&[
+        "link",
+        "add",
+        a,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b,
+        "netns",
+        ns_b.name(),
+    ])?;
+    ns_a.ip(&["addr", "add", addr_a, "dev", a])?;
+    ns_b.ip(&["addr", "add", addr_b, "dev", b])?;
+    ns_a.ip(&["link", "set", a, "up"])?;
+    ns_b.ip(&["link", "set", b, "up"])?;
+    Ok(())
+}
+
+/// One node of a [`Network`].
+#[derive(Debug)]
+pub struct Node {
+    /// The node's namespace; its uplink is `eth0`.
+    pub netns: Netns,
+    /// The node's address on the bridge.
+    pub addr: Ipv4Addr,
+}
+
+/// Nodes joined by a bridge in a fabric namespace. Addresses are
+/// `<subnet>.<i + 1>/24`; the fabric itself has no address.
+#[derive(Debug)]
+pub struct Network {
+    /// The nodes, in creation order. Declared before `fabric` so they drop first.
+    pub nodes: Vec<Node>,
+    /// The namespace that holds the bridge `br0`.
+    pub fabric: Netns,
+}
+
+impl Network {
+    /// Creates `count` nodes on the /24 whose first three octets are `subnet`.
+    pub fn new(count: u8, subnet: [u8; 3]) -> Result<Self> {
+        let fabric = Netns::new("sxf")?;
+        fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
+        fabric.ip(&["link", "set", "br0", "up"])?;
+        let mut nodes = Vec::with_capacity(usize::from(count));
+        for i in 0..count {
+            let netns = Netns::new("sxn")?;
+            let addr = Ipv4Addr::new(subnet[0], subnet[1], subnet[2], i + 1);
+            let port = format!("n{i}");
+            fabric.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                netns.name(),
+            ])?;
+            fabric.ip(&["link", "set", &port, "master", "br0"])?;
+            fabric.ip(&["link", "set", &port, "up"])?;
+            netns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            netns.ip(&["link", "set", "eth0", "up"])?;
+            nodes.push(Node { netns, addr });
+        }
+        Ok(Self { nodes, fabric })
+    }
+}

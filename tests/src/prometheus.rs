@@ -1,0 +1,165 @@
+//! A real Prometheus (Debian `prometheus`) on a free loopback port, scraping the
+//! targets a test gives it every second.
+
+use std::{process::Command, time::Duration};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::{Error, Result, free_port, io_err, process::ChildProcess, require_command};
+
+/// A Prometheus server owned by a test.
+#[derive(Debug)]
+pub struct Prometheus {
+    process: ChildProcess,
+    url: String,
+    http: reqwest::Client,
+    _dir: TempDir,
+}
+
+/// One static scrape job.
+#[derive(Clone, Debug)]
+pub struct ScrapeJob {
+    /// The `job` label.
+    pub name: String,
+    /// `host:port` targets.
+    pub targets: Vec<String>,
+}
+
+impl Prometheus {
+    /// Starts Prometheus with `jobs` (or with a full config file's text, see
+    /// [`Prometheus::start_with_config`]) and waits until it is ready.
+    pub async fn start(jobs: &[ScrapeJob]) -> Result<Self> {
+        let mut config = String::from(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
+        );
+        for j in jobs {
+            let targets: Vec<String> = j.targets.iter().map(|t| format!("'{t}'")).collect();
+            config.push_str(&format!(
+                "  - job_name: '{}'\n    static_configs:\n      - targets: [{}]\n",
+                j.name,
+                targets.join(", ")
+            ));
+        }
+        Self::start_with_config(&config).await
+    }
+
+    /// Starts Prometheus with the given `prometheus.yml` text.
+    pub async fn start_with_config(config: &str) -> Result<Self> {
+        require_command("prometheus")?;
+        let dir = tempfile::Builder::new()
+            .prefix("sextant-prometheus-")
+            .tempdir()
+            .map_err(io_err("creating the prometheus temp dir"))?;
+        let file = dir.path().join("prometheus.yml");
+        std::fs::write(&file, config).map_err(io_err("writing prometheus.yml"))?;
+        let port = free_port()?;
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn");
+        let process = ChildProcess::spawn("prometheus", cmd, &dir.path().join("prometheus.log"))?;
+        let this = Self {
+            process,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        };
+        let ready = format!("{}/-/ready", this.url);
+        let http = this.http.clone();
+        let r = crate::wait_for(
+            "prometheus ready",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || {
+                let req = http.get(&ready).send();
+                async move { req.await.ok()?.status().is_success().then_some(()) }
+            },
+        )
+        .await;
+        this.with_log(r)?;
+        Ok(this)
+    }
+
+    fn with_log<T>(&self, r: Result<T>) -> Result<T> {
+        r.map_err(|e| match e {
+            Error::Timeout { what, after, .. } => Error::Timeout {
+                what,
+                after,
+                log_tail: Some(self.process.log_tail(30)),
+            },
+            other => other,
+        })
+    }
+
+    /// Base URL, `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// GETs an API path (e.g. `/api/v1/targets`) and returns its `data` field.
+    pub async fn api(&self, path_and_query: &str) -> Result<Value> {
+        let url = format!("{}{path_and_query}", self.url);
+        let body: Value = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|source| Error::Http {
+                url: url.clone(),
+                source,
+            })?
+            .json()
+            .await
+            .map_err(|source| Error::Http { url, source })?;
+        Ok(body.get("data").cloned().unwrap_or(Value::Null))
+    }
+
+    /// Runs an instant query and returns the result vector.
+    pub async fn query(&self, expr: &str) -> Result<Vec<Value>> {
+        let url = format!("{}/api/v1/query", self.url);
+        let body: Value = self
+            .http
+            .get(&url)
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|source| Error::Http {
+                url: url.clone(),
+                source,
+            })?
+            .json()
+            .await
+            .map_err(|source| Error::Http { url, source })?;
+        Ok(body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Waits until every active target of `job` has been scraped successfully.
+    pub async fn wait_for_job_up(&self, job: &str, timeout: Duration) -> Result<()> {
+        let r = crate::wait_for(
+            &format!("scrape job {job} up"),
+            timeout,
+            Duration::from_millis(200),
+            || async {
+                let data = self.api("/api/v1/targets?state=active").await.ok()?;
+                let targets: Vec<&Value> = data["activeTargets"]
+                    .as_array()?
+                    .iter()
+                    .filter(|t| t["labels"]["job"] == job)
+                    .collect();
+                (!targets.is_empty() && targets.iter().all(|t| t["health"] == "up")).then_some(())
+            },
+        )
+        .await;
+        self.with_log(r)
+    }
+}
