@@ -9,6 +9,7 @@
 
 mod ebpf;
 mod images;
+mod leaks;
 mod setup;
 mod step;
 mod test;

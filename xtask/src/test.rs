@@ -32,13 +32,17 @@ pub(crate) fn run_all(cargo_test_args: &[String]) -> Result<()> {
         "build without the eBPF toolchain names `cargo xtask setup`",
         missing_toolchain_message,
     )?;
+    let before = crate::leaks::Snapshot::take();
     step("cargo test (unit and end-to-end)", || {
         let mut cmd = cargo();
-        cmd.args(["test", "--workspace", "--no-fail-fast"]);
+        cmd.args(["test", "--no-fail-fast"]);
         if !cargo_test_args.is_empty() {
             cmd.arg("--").args(cargo_test_args);
         }
         run(&mut cmd)
+    })?;
+    step("nothing left behind by the tests", || {
+        before.check_nothing_new(&crate::leaks::Snapshot::take())
     })?;
     println!("all checks passed in {}", human(start.elapsed()));
     Ok(())

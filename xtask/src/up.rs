@@ -10,7 +10,7 @@ use crate::step::{cargo, run, step};
 pub(crate) fn run_up() -> Result<()> {
     crate::setup::setup()?;
     step("build the workspace (with the eBPF programs)", || {
-        run(cargo().args(["build", "--workspace"]))
+        run(cargo().arg("build"))
     })?;
     let images = crate::images::build()?;
     println!();
