@@ -6,10 +6,17 @@ use clap::Parser;
 
 /// Command line of `sextant`.
 #[derive(Debug, Parser)]
-#[command(name = "sextant", version, about = "Kubernetes-compatible orchestrator with an eBPF dataplane")]
+#[command(
+    name = "sextant",
+    version,
+    about = "Kubernetes-compatible orchestrator with an eBPF dataplane"
+)]
 struct Cli {}
 
 fn main() {
     let _cli = Cli::parse();
-    println!("sextant {}: no subcommands yet; see README.md", env!("CARGO_PKG_VERSION"));
+    println!(
+        "sextant {}: no subcommands yet; see README.md",
+        env!("CARGO_PKG_VERSION")
+    );
 }

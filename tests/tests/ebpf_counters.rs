@@ -24,7 +24,10 @@ impl log::Log for Captured {
         true
     }
     fn log(&self, record: &log::Record<'_>) {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(record.args().to_string());
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(record.args().to_string());
     }
     fn flush(&self) {}
 }
