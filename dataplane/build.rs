@@ -9,6 +9,10 @@ const DEFAULT_TOOLCHAIN: &str = "debian-bpf";
 
 fn main() {
     println!("cargo:rerun-if-env-changed=SEXTANT_BPF_TOOLCHAIN");
+    // aya-build watches ebpf/programs; the shared map types live beside it. (No
+    // build-dependency on the eBPF crate: that made cargo compile kernel code for the
+    // host now and then.)
+    println!("cargo:rerun-if-changed=../ebpf/common");
     let toolchain =
         std::env::var("SEXTANT_BPF_TOOLCHAIN").unwrap_or_else(|_| DEFAULT_TOOLCHAIN.to_owned());
     if let Err(missing) = check_toolchain(&toolchain) {
