@@ -18,14 +18,8 @@ pub(crate) fn run_all(cargo_test_args: &[String]) -> Result<()> {
         run(cargo().args(["fmt", "--all", "--check"]))
     })?;
     step("cargo clippy --all-targets -D warnings", || {
-        run(cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))
+        // Default members only: ebpf/programs cannot build for the host.
+        run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))
     })?;
     crate::images::build()?;
     step(
