@@ -4,4 +4,5 @@
 //! Built so far: [`storage`], the store trait and its two backends. Every other
 //! component reaches the store only through this API, with the kube-rs client.
 
+pub mod pki;
 pub mod storage;
