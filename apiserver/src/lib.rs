@@ -4,5 +4,9 @@
 //! Built so far: [`storage`], the store trait and its two backends. Every other
 //! component reaches the store only through this API, with the kube-rs client.
 
+pub mod metrics;
 pub mod pki;
+pub mod request_info;
+pub mod server;
+pub mod status;
 pub mod storage;

@@ -1,8 +1,13 @@
-//! The one Sextant binary. `sextant server` (API server and controllers, issue 3 and
-//! 5) and `sextant agent` (kubelet and dataplane, issues 4 and 6) are added here as
-//! thin subcommands over the library crates; today it only reports its version.
+//! The one Sextant binary: `sextant server` runs the API server (controllers,
+//! scheduler and `--with-agent` join it as they are built); `sextant agent` comes
+//! with the kubelet. Subcommands turn flags into typed configs and call the
+//! library crates; `main` only maps errors to exit codes.
 
-use clap::Parser;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use sextant_apiserver::server::{self, Datastore};
+use sextant_metrics::LogFormat;
 
 /// Command line of `sextant`.
 #[derive(Debug, Parser)]
@@ -11,12 +16,96 @@ use clap::Parser;
     version,
     about = "Kubernetes-compatible orchestrator with an eBPF dataplane"
 )]
-struct Cli {}
+struct Cli {
+    /// Log format: human or json.
+    #[arg(
+        long,
+        global = true,
+        default_value = "human",
+        env = "SEXTANT_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    /// Log filter (e.g. `info`, `sextant_apiserver=debug`); overrides SEXTANT_LOG and RUST_LOG.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane: the Kubernetes API server on the chosen datastore.
+    Server(ServerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Directory for the embedded store, the cluster PKI and admin.kubeconfig.
+    #[arg(long, default_value = "/var/lib/sextant")]
+    data_dir: PathBuf,
+    /// Address and port to serve HTTPS on.
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    listen: SocketAddr,
+    /// Where objects are stored.
+    #[arg(long, value_enum, default_value = "embedded")]
+    datastore: Datastore,
+    /// etcd client URLs (comma-separated), with --datastore etcd.
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = sextant_metrics::init_tracing(cli.log_format, cli.log_level.as_deref()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::Server(args) => run_server(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_server(args: ServerArgs) -> Result<(), server::Error> {
+    let config = server::Config {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        datastore: args.datastore,
+        etcd_endpoints: args.etcd_endpoints,
+    };
+    let running = server::start(config).await?;
+    println!("Sextant API server listening on https://{}", running.addr);
+    println!("Admin kubeconfig: {}", running.kubeconfig.display());
     println!(
-        "sextant {}: no subcommands yet; see README.md",
-        env!("CARGO_PKG_VERSION")
+        "Try: kubectl --kubeconfig {} version",
+        running.kubeconfig.display()
     );
+    tokio::select! {
+        _ = running.wait() => {}
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
 }

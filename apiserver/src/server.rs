@@ -1,0 +1,379 @@
+//! The HTTPS server: TLS with the cluster CA (rustls), client-certificate
+//! authentication, HTTP/1.1 and HTTP/2, and the router.
+//!
+//! # Expected flow
+//! [`start`] opens the store, loads or creates the PKI, writes
+//! `<data-dir>/admin.kubeconfig`, binds the listener, and serves until the returned
+//! [`RunningServer`] is dropped or [`RunningServer::wait`] ends with an error.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use axum::{
+    Json, Router,
+    extract::{Request, State},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use rustls::{
+    RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use serde_json::json;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::{
+    metrics::ApiMetrics,
+    pki::{self, Pki},
+    status::ApiError,
+    storage::{Store, embedded::EmbeddedStore, etcd::EtcdStore},
+};
+
+/// Which store backend to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Datastore {
+    /// One redb file in the data dir (single server).
+    Embedded,
+    /// An etcd cluster (`--etcd-endpoints`).
+    Etcd,
+}
+
+/// The server's configuration, as `sextant server` flags set it.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the store file, the PKI and `admin.kubeconfig` live.
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Store backend.
+    pub datastore: Datastore,
+    /// etcd client URLs, for [`Datastore::Etcd`].
+    pub etcd_endpoints: Vec<String>,
+}
+
+/// Errors while starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store could not be opened.
+    #[error("opening the {datastore:?} store: {source}")]
+    Store {
+        /// Which backend.
+        datastore: Datastore,
+        /// Why.
+        #[source]
+        source: crate::storage::Error,
+    },
+    /// `--datastore etcd` without endpoints.
+    #[error("--datastore etcd needs --etcd-endpoints")]
+    NoEtcdEndpoints,
+    /// Certificates or kubeconfig could not be made.
+    #[error(transparent)]
+    Pki(#[from] pki::Error),
+    /// TLS configuration failed.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// The listen address could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data dir could not be created.
+    #[error("creating {path}: {source}")]
+    DataDir {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Who made a request, from its client certificate (CN = user, O = groups).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The user name; empty for an anonymous request.
+    pub user: String,
+    /// The groups.
+    pub groups: Vec<String>,
+}
+
+impl Identity {
+    fn from_certificate(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let user = cert
+            .subject()
+            .iter_common_name()
+            .next()?
+            .as_str()
+            .ok()?
+            .to_owned();
+        let groups = cert
+            .subject()
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok())
+            .map(str::to_owned)
+            .collect();
+        Some(Self { user, groups })
+    }
+
+    /// Whether the request carried no valid client certificate.
+    pub fn is_anonymous(&self) -> bool {
+        self.user.is_empty()
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// Path of the admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Serves until the accept loop ends (it only ends on a listener error).
+    pub async fn wait(self) {
+        let _ = (&mut { self }.task).await;
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The kubectl-compatible version this server reports.
+pub const KUBERNETES_VERSION: (&str, &str) = ("1", "33");
+
+/// Starts the server; see the module docs.
+pub async fn start(config: Config) -> Result<RunningServer, Error> {
+    let data_dir = &config.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|source| Error::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let store: Arc<dyn Store> = match config.datastore {
+        Datastore::Embedded => Arc::new(
+            EmbeddedStore::open(&data_dir.join("state.redb")).map_err(|source| Error::Store {
+                datastore: config.datastore,
+                source,
+            })?,
+        ),
+        Datastore::Etcd => {
+            if config.etcd_endpoints.is_empty() {
+                return Err(Error::NoEtcdEndpoints);
+            }
+            Arc::new(
+                EtcdStore::connect(&config.etcd_endpoints)
+                    .await
+                    .map_err(|source| Error::Store {
+                        datastore: config.datastore,
+                        source,
+                    })?,
+            )
+        }
+    };
+
+    let pki = Pki::load_or_create(&data_dir.join("pki"))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let mut hosts = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "kubernetes.default.svc".to_owned(),
+    ];
+    if !addr.ip().is_unspecified() {
+        hosts.push(addr.ip().to_string());
+    }
+    let serving = pki.serving_cert(&hosts)?;
+    let tls = tls_config(&pki, &serving)?;
+
+    // The admin kubeconfig points at loopback when listening on every address.
+    let client_ip = if addr.ip().is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        addr.ip()
+    };
+    let admin = pki.client_cert("sextant-admin", &["system:masters"])?;
+    let kubeconfig = data_dir.join("admin.kubeconfig");
+    let url = format!("https://{}", SocketAddr::new(client_ip, addr.port()));
+    pki::write_private(&kubeconfig, &pki::kubeconfig(&url, pki.ca_pem(), &admin))?;
+
+    let mut registry = sextant_metrics::Registry::default();
+    let metrics = ApiMetrics::register(&mut registry);
+    let registry = Arc::new(registry);
+    let state = AppState { store };
+    let router = router(state, metrics, registry);
+    tracing::info!(%addr, kubeconfig = %kubeconfig.display(), datastore = ?config.datastore, "API server listening");
+    let task = tokio::spawn(accept_loop(
+        listener,
+        TlsAcceptor::from(Arc::new(tls)),
+        router,
+    ));
+    Ok(RunningServer {
+        addr,
+        kubeconfig,
+        task,
+    })
+}
+
+fn tls_config(pki: &Pki, serving: &pki::CertPair) -> Result<ServerConfig, Error> {
+    let tls = |e: &dyn std::fmt::Display| Error::Tls(e.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    let ca = CertificateDer::from_pem_slice(pki.ca_pem().as_bytes()).map_err(|e| tls(&e))?;
+    roots.add(ca).map_err(|e| tls(&e))?;
+    // Requests without a certificate still reach the router: health and version
+    // are public, everything else answers 401.
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| tls(&e))?;
+    let chain =
+        vec![CertificateDer::from_pem_slice(serving.cert_pem.as_bytes()).map_err(|e| tls(&e))?];
+    let key = PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).map_err(|e| tls(&e))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, router: Router) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|c| Identity::from_certificate(c))
+                .unwrap_or_default();
+            let service = tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(identity.clone());
+                router.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let result = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(
+                    TokioIo::new(tls),
+                    TowerToHyperService::new(service),
+                )
+                .await;
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Paths anyone may read, as upstream's `system:public-info-viewer` allows.
+const PUBLIC_PATHS: [&str; 4] = ["/healthz", "/livez", "/readyz", "/version"];
+
+async fn authenticate(req: Request, next: Next) -> Response {
+    let anonymous = req
+        .extensions()
+        .get::<Identity>()
+        .is_none_or(Identity::is_anonymous);
+    if anonymous && !PUBLIC_PATHS.contains(&req.uri().path()) {
+        return ApiError::unauthorized().into_response();
+    }
+    next.run(req).await
+}
+
+fn router(
+    state: AppState,
+    metrics: ApiMetrics,
+    registry: Arc<sextant_metrics::Registry>,
+) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .with_state(state)
+        .merge(sextant_metrics::router(registry))
+        .fallback(|| async { ApiError::no_route() })
+        .layer(middleware::from_fn(authenticate))
+        .layer(middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::track,
+        ))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.current_revision().await {
+        Ok(_) => "ok".into_response(),
+        Err(e) => ApiError::unavailable(format!("store: {e}")).into_response(),
+    }
+}
+
+async fn version() -> Json<serde_json::Value> {
+    let (major, minor) = KUBERNETES_VERSION;
+    Json(json!({
+        "major": major,
+        "minor": minor,
+        "gitVersion": format!("v{major}.{minor}.0-sextant.{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, if cfg!(target_arch = "x86_64") { "amd64" } else { std::env::consts::ARCH }),
+    }))
+}
