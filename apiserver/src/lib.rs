@@ -4,9 +4,17 @@
 //! Built so far: [`storage`], the store trait and its two backends. Every other
 //! component reaches the store only through this API, with the kube-rs client.
 
+pub mod discovery;
 pub mod metrics;
+pub mod openapi;
 pub mod pki;
 pub mod request_info;
+pub mod resources;
+pub mod rest;
+pub mod selectors;
 pub mod server;
+pub mod smp;
 pub mod status;
 pub mod storage;
+pub mod table;
+pub mod validation;

@@ -17,7 +17,7 @@ use axum::{
     extract::{Request, State},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{any, get},
 };
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -346,6 +346,26 @@ fn router(
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
+        .route("/api", get(crate::discovery::core))
+        .route("/apis", get(crate::discovery::groups_list))
+        .route("/api/v1", get(crate::discovery::core_resources))
+        .route(
+            "/apis/{group}/{version}",
+            get(crate::discovery::group_resources),
+        )
+        .route("/openapi/v2", get(crate::openapi::v2))
+        .route("/openapi/v3", get(crate::openapi::index))
+        .route("/openapi/v3/api/{version}", get(crate::openapi::core))
+        .route(
+            "/openapi/v3/apis/{group}/{version}",
+            get(crate::openapi::grouped),
+        )
+        .route("/api/v1/{*rest}", any(crate::rest::core))
+        .route("/apis/{group}/{version}/{*rest}", any(crate::rest::grouped))
+        // The REST handler answers 413 itself; axum's own limit would answer first.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::rest::MAX_BODY + 1,
+        ))
         .with_state(state)
         .merge(sextant_metrics::router(registry))
         .fallback(|| async { ApiError::no_route() })

@@ -1,0 +1,151 @@
+//! The table of served resource types: adding a kind is one entry here (plus its
+//! validation in [`crate::validation`] and its table columns in [`crate::table`]).
+//! Discovery, routing, storage keys and printing all read this table.
+
+/// One served resource type.
+#[derive(Debug)]
+pub struct ResourceType {
+    /// API group; empty for core.
+    pub group: &'static str,
+    /// Version.
+    pub version: &'static str,
+    /// Kind, e.g. `ConfigMap`.
+    pub kind: &'static str,
+    /// Plural resource name, e.g. `configmaps`.
+    pub plural: &'static str,
+    /// Singular resource name.
+    pub singular: &'static str,
+    /// Namespaced or cluster-scoped.
+    pub namespaced: bool,
+    /// Short names kubectl accepts (`cm`).
+    pub short_names: &'static [&'static str],
+    /// Categories (`all` makes `kubectl get all` include it).
+    pub categories: &'static [&'static str],
+    /// Whether it has a `status` subresource (spec and status written separately).
+    pub has_status: bool,
+    /// Whether changes to `spec` bump `metadata.generation`.
+    pub has_spec: bool,
+}
+
+/// Verbs every resource supports.
+pub const VERBS: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+impl ResourceType {
+    /// `v1` or `apps/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The store key of one object: `/registry/[<group>/]<plural>/[<ns>/]<name>`.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{name}", self.prefix(namespace))
+    }
+
+    /// The store prefix of a list: every namespace when `namespace` is `None`.
+    pub fn prefix(&self, namespace: Option<&str>) -> String {
+        let base = if self.group.is_empty() {
+            format!("/registry/{}/", self.plural)
+        } else {
+            format!("/registry/{}/{}/", self.group, self.plural)
+        };
+        match (self.namespaced, namespace) {
+            (true, Some(ns)) => format!("{base}{ns}/"),
+            _ => base,
+        }
+    }
+}
+
+macro_rules! resource {
+    ($group:expr, $version:expr, $kind:expr, $plural:expr, $singular:expr, $namespaced:expr,
+     short: [$($short:expr),*], categories: [$($cat:expr),*], status: $status:expr, spec: $spec:expr) => {
+        ResourceType {
+            group: $group,
+            version: $version,
+            kind: $kind,
+            plural: $plural,
+            singular: $singular,
+            namespaced: $namespaced,
+            short_names: &[$($short),*],
+            categories: &[$($cat),*],
+            has_status: $status,
+            has_spec: $spec,
+        }
+    };
+}
+
+/// Every served resource type, in discovery order (group order sets kubectl's
+/// mapping priority: core first, then apps, ...).
+pub static RESOURCES: &[ResourceType] = &[
+    resource!("", "v1", "Namespace", "namespaces", "namespace", false, short: ["ns"], categories: [], status: true, spec: false),
+    resource!("", "v1", "ConfigMap", "configmaps", "configmap", true, short: ["cm"], categories: [], status: false, spec: false),
+    resource!("", "v1", "Secret", "secrets", "secret", true, short: [], categories: [], status: false, spec: false),
+    resource!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, short: ["sa"], categories: [], status: false, spec: false),
+    resource!("apps", "v1", "Deployment", "deployments", "deployment", true, short: ["deploy"], categories: ["all"], status: true, spec: true),
+];
+
+/// The resource type served at `group`/`version`/`plural`.
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The groups with their versions, in discovery order (core first).
+pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for r in RESOURCES {
+        match out.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
+            Some(_) => {}
+            None => out.push((r.group, vec![r.version])),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_registry_layout() {
+        let cm = find("", "v1", "configmaps").unwrap();
+        assert_eq!(
+            cm.key(Some("default"), "x"),
+            "/registry/configmaps/default/x"
+        );
+        assert_eq!(cm.prefix(None), "/registry/configmaps/");
+        let ns = find("", "v1", "namespaces").unwrap();
+        assert_eq!(
+            ns.key(None, "kube-system"),
+            "/registry/namespaces/kube-system"
+        );
+        let d = find("apps", "v1", "deployments").unwrap();
+        assert_eq!(d.key(Some("a"), "web"), "/registry/apps/deployments/a/web");
+        assert_eq!(d.api_version(), "apps/v1");
+    }
+
+    #[test]
+    fn names_and_short_names_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for r in RESOURCES {
+            assert!(seen.insert((r.group, r.plural)), "{} twice", r.plural);
+            for s in r.short_names {
+                assert!(seen.insert(("short", s)), "short name {s} twice");
+            }
+        }
+    }
+}

@@ -1,0 +1,929 @@
+//! The generic REST handler: create, get, list, watch, update, patch, delete and
+//! deletecollection for every kind in [`crate::resources::RESOURCES`], over the
+//! [`Store`](crate::storage::Store).
+//!
+//! Objects are handled as JSON values and stored as JSON without
+//! `metadata.resourceVersion`: the resourceVersion a client sees is always the
+//! store's mod revision, so it can never disagree with the store.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::{
+    resources::{self, ResourceType},
+    selectors::{FieldSelector, LabelSelector},
+    server::AppState,
+    status::{ApiError, Cause},
+    storage::{self, ListOptions, Revision},
+    table, validation,
+};
+
+/// Largest accepted request body, as upstream (3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// Query parameters of resource requests (upstream's `ListOptions`,
+/// `CreateOptions`, `DeleteOptions`, ... as query).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Params {
+    watch: Option<String>,
+    resource_version: Option<String>,
+    resource_version_match: Option<String>,
+    limit: Option<usize>,
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
+    label_selector: Option<String>,
+    field_selector: Option<String>,
+    timeout_seconds: Option<u64>,
+    allow_watch_bookmarks: Option<bool>,
+    dry_run: Option<String>,
+    field_validation: Option<String>,
+}
+
+impl Params {
+    fn is_watch(&self) -> bool {
+        matches!(self.watch.as_deref(), Some("true" | "1"))
+    }
+    fn is_dry_run(&self) -> bool {
+        self.dry_run.as_deref() == Some("All")
+    }
+}
+
+/// The path parts of a resource request, after `/api/v1` or `/apis/<g>/<v>`.
+#[derive(Debug)]
+struct Target {
+    rt: &'static ResourceType,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target> {
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let (namespace, parts) = match parts.as_slice() {
+        ["namespaces", ns, resource, tail @ ..] if !matches!(*resource, "status" | "finalize") => {
+            let mut v = vec![*resource];
+            v.extend_from_slice(tail);
+            (Some((*ns).to_owned()), v)
+        }
+        other => (None, other.to_vec()),
+    };
+    let plural = parts.first().ok_or_else(ApiError::no_route)?;
+    let rt = resources::find(group, version, plural).ok_or_else(ApiError::no_route)?;
+    if parts.len() > 3 || (rt.namespaced != namespace.is_some() && parts.len() > 1) {
+        return Err(ApiError::no_route());
+    }
+    if !rt.namespaced && namespace.is_some() {
+        return Err(ApiError::no_route());
+    }
+    Ok(Target {
+        rt,
+        namespace,
+        name: parts.get(1).map(|s| (*s).to_owned()),
+        subresource: parts.get(2).map(|s| (*s).to_owned()),
+    })
+}
+
+/// Handler for `/api/v1/*rest`.
+pub async fn core(
+    State(state): State<AppState>,
+    Path(rest): Path<String>,
+    method: Method,
+    Query(params): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    dispatch(state, "", "v1", &rest, method, params, headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Handler for `/apis/<group>/<version>/*rest`.
+pub async fn grouped(
+    State(state): State<AppState>,
+    Path((group, version, rest)): Path<(String, String, String)>,
+    method: Method,
+    Query(params): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    dispatch(
+        state, &group, &version, &rest, method, params, headers, body,
+    )
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+#[allow(clippy::too_many_arguments)] // The axum extractors, passed on as they come.
+async fn dispatch(
+    state: AppState,
+    group: &str,
+    version: &str,
+    rest: &str,
+    method: Method,
+    params: Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let t = target(group, version, rest)?;
+    if body.len() > MAX_BODY {
+        return Err(ApiError::too_large(MAX_BODY));
+    }
+    if let Some(sub) = &t.subresource
+        && !(sub == "status" && t.rt.has_status)
+    {
+        return Err(ApiError::no_route());
+    }
+    let h = Handler {
+        state,
+        t,
+        params,
+        headers,
+    };
+    match (method, h.t.name.is_some()) {
+        (Method::GET, false) if h.params.is_watch() => h.watch().await,
+        (Method::GET, false) => h.list().await,
+        (Method::GET, true) if h.params.is_watch() => h.watch().await,
+        (Method::GET, true) => h.get().await,
+        (Method::POST, false) => h.create(&body).await,
+        (Method::PUT, true) => h.update(&body).await,
+        (Method::PATCH, true) => h.patch(&body).await,
+        (Method::DELETE, true) => h.delete().await,
+        (Method::DELETE, false) => h.delete_collection().await,
+        (m, _) => Err(ApiError::method_not_allowed(format!(
+            "{m} is not supported on this path"
+        ))),
+    }
+}
+
+struct Handler {
+    state: AppState,
+    t: Target,
+    params: Params,
+    headers: HeaderMap,
+}
+
+/// Now, as Kubernetes writes timestamps (RFC 3339, seconds, UTC).
+pub fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn random_suffix() -> String {
+    // Upstream's alphabet for generateName: no vowels, no confusable characters.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    bytes
+        .iter()
+        .take(5)
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+impl Handler {
+    fn rt(&self) -> &'static ResourceType {
+        self.t.rt
+    }
+
+    fn name(&self) -> &str {
+        self.t.name.as_deref().unwrap_or_default()
+    }
+
+    fn not_found(&self) -> ApiError {
+        ApiError::not_found(self.rt().group, self.rt().plural, self.name())
+    }
+
+    fn wants_table(&self) -> bool {
+        self.headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|a| a.contains("as=Table"))
+    }
+
+    /// The object with `resourceVersion` set from the store.
+    fn object_of(&self, kv: &storage::KeyValue) -> ApiResult<Value> {
+        let mut obj: Value = serde_json::from_slice(&kv.value)
+            .map_err(|e| ApiError::internal(format!("stored object {}: {e}", kv.key)))?;
+        obj["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+        Ok(obj)
+    }
+
+    fn respond(&self, code: StatusCode, obj: Value) -> ApiResult {
+        let body = if self.wants_table() {
+            table::table_of(self.rt(), std::slice::from_ref(&obj), None, None)
+        } else {
+            obj
+        };
+        Ok(json_response(code, &body))
+    }
+
+    async fn get(&self) -> ApiResult {
+        let key = self.rt().key(self.t.namespace.as_deref(), self.name());
+        let kv = self
+            .state
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| self.not_found())?;
+        let obj = self.object_of(&kv)?;
+        self.respond(StatusCode::OK, obj)
+    }
+
+    async fn list(&self) -> ApiResult {
+        let labels =
+            LabelSelector::parse(self.params.label_selector.as_deref().unwrap_or_default())
+                .map_err(ApiError::bad_request)?;
+        let fields =
+            FieldSelector::parse(self.params.field_selector.as_deref().unwrap_or_default())
+                .map_err(ApiError::bad_request)?;
+        let prefix = self.rt().prefix(self.t.namespace.as_deref());
+        let (start_key, revision) = match &self.params.continue_token {
+            Some(token) => {
+                let c = Continue::decode(token)?;
+                if !c.start.starts_with(&prefix) {
+                    return Err(ApiError::bad_request(
+                        "continue key is not valid for this list",
+                    ));
+                }
+                (Some(c.start), Some(c.rv))
+            }
+            None => (None, self.list_revision()?),
+        };
+        let limit = self.params.limit.filter(|l| *l > 0);
+        let page = self
+            .state
+            .store
+            .list(&ListOptions { prefix, start_key, limit, revision })
+            .await
+            .map_err(|e| match e {
+                storage::Error::Compacted { .. } if self.params.continue_token.is_some() => ApiError::expired(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ),
+                other => other.into(),
+            })?;
+        let continue_token = match (page.more, page.items.last()) {
+            (true, Some(last)) => Some(
+                Continue {
+                    rv: page.revision,
+                    start: format!("{}\0", last.key),
+                }
+                .encode(),
+            ),
+            _ => None,
+        };
+        let mut items = Vec::with_capacity(page.items.len());
+        for kv in &page.items {
+            let obj = self.object_of(kv)?;
+            if labels.matches(&obj) && fields.matches(&obj) {
+                items.push(obj);
+            }
+        }
+        let rv = page.revision.to_string();
+        if self.wants_table() {
+            return Ok(json_response(
+                StatusCode::OK,
+                &table::table_of(self.rt(), &items, Some(&rv), continue_token.as_deref()),
+            ));
+        }
+        let mut metadata = json!({"resourceVersion": rv});
+        if let Some(c) = continue_token {
+            metadata["continue"] = json!(c);
+        }
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"kind": format!("{}List", self.rt().kind), "apiVersion": self.rt().api_version(), "metadata": metadata, "items": items}),
+        ))
+    }
+
+    /// The revision a list must be read at, from `resourceVersion` and
+    /// `resourceVersionMatch`: unset or "0" is the latest; `Exact` is that revision.
+    fn list_revision(&self) -> ApiResult<Option<Revision>> {
+        let rv = match self.params.resource_version.as_deref() {
+            None | Some("") | Some("0") => return Ok(None),
+            Some(v) => v
+                .parse::<Revision>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
+        };
+        match self.params.resource_version_match.as_deref() {
+            Some("Exact") => Ok(Some(rv)),
+            // NotOlderThan (and the legacy default): the latest is never older.
+            _ => Ok(None),
+        }
+    }
+
+    async fn create(&self, body: &[u8]) -> ApiResult {
+        if self.t.subresource.is_some() {
+            return Err(ApiError::method_not_allowed(
+                "POST is not supported on a subresource",
+            ));
+        }
+        let mut obj = self.decode_body(body)?;
+        let meta = obj["metadata"]
+            .as_object_mut()
+            .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+        if meta
+            .get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+            && let Some(prefix) = meta.get("generateName").and_then(Value::as_str)
+        {
+            let name = format!("{prefix}{}", random_suffix());
+            meta.insert("name".into(), json!(name));
+        }
+        let name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if name.is_empty() {
+            return Err(ApiError::invalid(
+                self.rt().group,
+                self.rt().kind,
+                "",
+                vec![Cause {
+                    reason: "FieldValueRequired",
+                    message: "Required value: name or generateName is required".into(),
+                    field: "metadata.name".into(),
+                }],
+            ));
+        }
+        if let Some(ns) = &self.t.namespace {
+            meta.insert("namespace".into(), json!(ns));
+        } else {
+            meta.remove("namespace");
+        }
+        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("creationTimestamp".into(), json!(now()));
+        meta.remove("resourceVersion");
+        meta.remove("deletionTimestamp");
+        if self.rt().has_spec {
+            meta.insert("generation".into(), json!(1));
+        }
+        if self.rt().has_status {
+            obj.as_object_mut().map(|o| o.remove("status"));
+        }
+        validation::default(self.rt(), &mut obj);
+        self.validate(&obj, None)?;
+        self.check_namespace_exists().await?;
+        if self.params.is_dry_run() {
+            return self.respond(StatusCode::CREATED, obj);
+        }
+        let key = self.rt().key(self.t.namespace.as_deref(), &name);
+        let kv = self
+            .state
+            .store
+            .create(&key, to_bytes(&obj)?)
+            .await
+            .map_err(|e| match e {
+                storage::Error::AlreadyExists { .. } => {
+                    ApiError::already_exists(self.rt().group, self.rt().plural, &name)
+                }
+                other => other.into(),
+            })?;
+        let out = self.object_of(&kv)?;
+        self.respond(StatusCode::CREATED, out)
+    }
+
+    /// Upstream's NamespaceLifecycle admission: no objects in a missing namespace.
+    async fn check_namespace_exists(&self) -> ApiResult<()> {
+        let Some(ns) = &self.t.namespace else {
+            return Ok(());
+        };
+        let nsrt = resources::find("", "v1", "namespaces")
+            .ok_or_else(|| ApiError::internal("namespaces not served"))?;
+        match self.state.store.get(&nsrt.key(None, ns)).await? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::not_found("", "namespaces", ns)),
+        }
+    }
+
+    fn validate(&self, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
+        let strict = self.params.field_validation.as_deref() == Some("Strict");
+        validation::check(self.rt(), obj, old, strict)
+    }
+
+    /// Decodes a request body and checks it names this resource's kind.
+    fn decode_body(&self, body: &[u8]) -> ApiResult<Value> {
+        let content_type = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json");
+        let media = content_type.split(';').next().unwrap_or_default().trim();
+        if media != "application/json" && media != "*/*" {
+            return Err(ApiError::unsupported_media_type(content_type));
+        }
+        let obj: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body of the request could not be decoded as JSON: {e}"
+            ))
+        })?;
+        self.check_kind(obj)
+    }
+
+    fn check_kind(&self, mut obj: Value) -> ApiResult<Value> {
+        let o = obj
+            .as_object_mut()
+            .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+        let rt = self.rt();
+        match o.get("kind").and_then(Value::as_str) {
+            Some(k) if k != rt.kind => {
+                return Err(ApiError::bad_request(format!(
+                    "the kind of the object ({k}) does not match the kind of the resource ({})",
+                    rt.kind
+                )));
+            }
+            _ => {}
+        }
+        match o.get("apiVersion").and_then(Value::as_str) {
+            Some(v) if v != rt.api_version() => {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({})",
+                    rt.api_version()
+                )));
+            }
+            _ => {}
+        }
+        o.insert("kind".into(), json!(rt.kind));
+        o.insert("apiVersion".into(), json!(rt.api_version()));
+        let meta = o.entry("metadata").or_insert_with(|| json!({}));
+        if !meta.is_object() {
+            return Err(ApiError::bad_request("metadata must be an object"));
+        }
+        if let (Some(want), Some(got)) = (
+            &self.t.namespace,
+            meta.get("namespace").and_then(Value::as_str),
+        ) && !got.is_empty()
+            && got != want
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        Ok(obj)
+    }
+
+    async fn update(&self, body: &[u8]) -> ApiResult {
+        let obj = self.decode_body(body)?;
+        if obj["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n != self.name())
+        {
+            return Err(ApiError::bad_request(
+                "the name of the object does not match the name on the URL",
+            ));
+        }
+        let precondition = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let expected =
+            match precondition {
+                Some(rv) => Some(rv.parse::<Revision>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                })?),
+                None => None,
+            };
+        self.guaranteed_update(expected, |_| Ok(obj.clone())).await
+    }
+
+    async fn patch(&self, body: &[u8]) -> ApiResult {
+        let content_type = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let patch: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body of the request could not be decoded as JSON: {e}"
+            ))
+        })?;
+        // A resourceVersion inside a merge patch is a precondition, as upstream.
+        let expected = patch
+            .get("metadata")
+            .and_then(|m| m.get("resourceVersion"))
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok());
+        self.guaranteed_update(expected, |current| {
+            let mut doc = current.clone();
+            match media.as_str() {
+                "application/json-patch+json" => {
+                    let p: json_patch::Patch = serde_json::from_value(patch.clone())
+                        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+                    json_patch::patch(&mut doc, &p).map_err(|e| {
+                        ApiError::new_unprocessable(format!(
+                            "the server rejected our request due to an error in our request: {e}"
+                        ))
+                    })?;
+                }
+                "application/merge-patch+json" => json_patch::merge(&mut doc, &patch),
+                "application/strategic-merge-patch+json" => {
+                    crate::smp::apply(&mut doc, &patch, self.rt()).map_err(ApiError::bad_request)?
+                }
+                _ => return Err(ApiError::unsupported_media_type(&content_type)),
+            }
+            Ok(doc)
+        })
+        .await
+    }
+
+    /// Read, change, compare-and-swap; retried on conflict when the caller gave no
+    /// resourceVersion precondition (upstream's GuaranteedUpdate).
+    async fn guaranteed_update(
+        &self,
+        expected: Option<Revision>,
+        change: impl Fn(&Value) -> ApiResult<Value>,
+    ) -> ApiResult {
+        let key = self.rt().key(self.t.namespace.as_deref(), self.name());
+        for _ in 0..16 {
+            let kv = self
+                .state
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| self.not_found())?;
+            if let Some(e) = expected
+                && e != kv.mod_revision
+            {
+                return Err(ApiError::conflict(
+                    self.rt().group,
+                    self.rt().plural,
+                    self.name(),
+                ));
+            }
+            let current = self.object_of(&kv)?;
+            let changed = self.check_kind(change(&current)?)?;
+            let mut next = self.merge_update(&current, changed)?;
+            validation::default(self.rt(), &mut next);
+            self.validate(&next, Some(&current))?;
+            let mut stored = next.clone();
+            stored["metadata"]
+                .as_object_mut()
+                .map(|m| m.remove("resourceVersion"));
+            if stored == without_rv(&current) {
+                // No change: upstream answers with the current object and writes nothing.
+                return self.respond(StatusCode::OK, current);
+            }
+            if self.params.is_dry_run() {
+                return self.respond(StatusCode::OK, next);
+            }
+            match self
+                .state
+                .store
+                .update(&key, to_bytes(&stored)?, kv.mod_revision)
+                .await
+            {
+                Ok(kv) => {
+                    let out = self.object_of(&kv)?;
+                    return self.respond(StatusCode::OK, out);
+                }
+                Err(storage::Error::Conflict { .. }) if expected.is_none() => continue,
+                Err(storage::Error::Conflict { .. }) => {
+                    return Err(ApiError::conflict(
+                        self.rt().group,
+                        self.rt().plural,
+                        self.name(),
+                    ));
+                }
+                Err(storage::Error::NotFound { .. }) => return Err(self.not_found()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::conflict(
+            self.rt().group,
+            self.rt().plural,
+            self.name(),
+        ))
+    }
+
+    /// Carries over what a client may not change (uid, creationTimestamp, ...) and
+    /// splits spec from status for kinds with a status subresource.
+    fn merge_update(&self, current: &Value, mut next: Value) -> ApiResult<Value> {
+        let on_status = self.t.subresource.as_deref() == Some("status");
+        if self.rt().has_status {
+            if on_status {
+                // Only status changes through /status.
+                let status = next.get("status").cloned();
+                next = current.clone();
+                match status {
+                    Some(s) => next["status"] = s,
+                    None => {
+                        next.as_object_mut().map(|o| o.remove("status"));
+                    }
+                }
+            } else {
+                match current.get("status") {
+                    Some(s) => next["status"] = s.clone(),
+                    None => {
+                        next.as_object_mut().map(|o| o.remove("status"));
+                    }
+                }
+            }
+        }
+        let cur_meta = &current["metadata"];
+        let meta = next["metadata"]
+            .as_object_mut()
+            .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "name",
+            "generation",
+            "deletionTimestamp",
+        ] {
+            match cur_meta.get(field) {
+                Some(v) => meta.insert(field.into(), v.clone()),
+                None => meta.remove(field),
+            };
+        }
+        if self.rt().has_spec && !on_status && next.get("spec") != current.get("spec") {
+            let generation = cur_meta["generation"].as_i64().unwrap_or(1) + 1;
+            next["metadata"]["generation"] = json!(generation);
+        }
+        Ok(next)
+    }
+
+    async fn delete(&self) -> ApiResult {
+        let key = self.rt().key(self.t.namespace.as_deref(), self.name());
+        if self.params.is_dry_run() {
+            let kv = self
+                .state
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| self.not_found())?;
+            let obj = self.object_of(&kv)?;
+            return Ok(json_response(StatusCode::OK, &obj));
+        }
+        let (prev, _) = self
+            .state
+            .store
+            .delete(&key, None)
+            .await
+            .map_err(|e| match e {
+                storage::Error::NotFound { .. } => self.not_found(),
+                other => other.into(),
+            })?;
+        let obj = self.object_of(&prev)?;
+        Ok(json_response(StatusCode::OK, &obj))
+    }
+
+    async fn delete_collection(&self) -> ApiResult {
+        let labels =
+            LabelSelector::parse(self.params.label_selector.as_deref().unwrap_or_default())
+                .map_err(ApiError::bad_request)?;
+        let fields =
+            FieldSelector::parse(self.params.field_selector.as_deref().unwrap_or_default())
+                .map_err(ApiError::bad_request)?;
+        let prefix = self.rt().prefix(self.t.namespace.as_deref());
+        let page = self
+            .state
+            .store
+            .list(&ListOptions {
+                prefix,
+                ..Default::default()
+            })
+            .await?;
+        let mut items = Vec::new();
+        for kv in &page.items {
+            let obj = self.object_of(kv)?;
+            if !(labels.matches(&obj) && fields.matches(&obj)) {
+                continue;
+            }
+            if !self.params.is_dry_run() {
+                match self.state.store.delete(&kv.key, None).await {
+                    Ok(_) | Err(storage::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            items.push(obj);
+        }
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"kind": format!("{}List", self.rt().kind), "apiVersion": self.rt().api_version(), "metadata": {"resourceVersion": page.revision.to_string()}, "items": items}),
+        ))
+    }
+
+    /// A chunked stream of `{"type": ..., "object": ...}` lines. Without a
+    /// resourceVersion (or with "0"), the current objects come first as ADDED, as
+    /// upstream's watch cache sends them.
+    async fn watch(&self) -> ApiResult {
+        let labels =
+            LabelSelector::parse(self.params.label_selector.as_deref().unwrap_or_default())
+                .map_err(ApiError::bad_request)?;
+        let mut fields =
+            FieldSelector::parse(self.params.field_selector.as_deref().unwrap_or_default())
+                .map_err(ApiError::bad_request)?;
+        if let Some(name) = &self.t.name {
+            fields.require_name(name);
+        }
+        let prefix = self.rt().prefix(self.t.namespace.as_deref());
+        let table = self.wants_table();
+        let bookmarks = self.params.allow_watch_bookmarks.unwrap_or(false);
+        let mut initial = Vec::new();
+        let from = match self.params.resource_version.as_deref() {
+            None | Some("") | Some("0") => {
+                let page = self
+                    .state
+                    .store
+                    .list(&ListOptions {
+                        prefix: prefix.clone(),
+                        ..Default::default()
+                    })
+                    .await?;
+                for kv in &page.items {
+                    let obj = self.object_of(kv)?;
+                    if labels.matches(&obj) && fields.matches(&obj) {
+                        initial.push(event_line("ADDED", &obj, self.rt(), table));
+                    }
+                }
+                page.revision
+            }
+            Some(v) => v
+                .parse::<Revision>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
+        };
+        let timeout = Duration::from_secs(self.params.timeout_seconds.unwrap_or(1800).min(3600));
+        let rt = self.rt();
+        let events = self.state.store.watch(&prefix, from).await;
+        let stream = async_stream(
+            initial,
+            events,
+            move |e| {
+                let (kind, obj) = match e {
+                    storage::Event::Put { kv, prev } => (
+                        if prev.is_some() { "MODIFIED" } else { "ADDED" },
+                        stored_object(&kv.value, kv.mod_revision),
+                    ),
+                    storage::Event::Delete { revision, prev, .. } => (
+                        "DELETED",
+                        prev.and_then(|p| stored_object(&p.value, revision)),
+                    ),
+                };
+                let obj = obj?;
+                (labels.matches(&obj) && fields.matches(&obj))
+                    .then(|| event_line(kind, &obj, rt, table))
+            },
+            timeout,
+            bookmarks.then_some(rt),
+        );
+        let mut r = Response::new(Body::from_stream(stream));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Ok(r)
+    }
+}
+
+fn stored_object(bytes: &[u8], rv: Revision) -> Option<Value> {
+    let mut obj: Value = serde_json::from_slice(bytes).ok()?;
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    Some(obj)
+}
+
+fn event_line(kind: &str, obj: &Value, rt: &ResourceType, table: bool) -> Bytes {
+    let object = if table {
+        table::table_of(rt, std::slice::from_ref(obj), None, None)
+    } else {
+        obj.clone()
+    };
+    let mut line = json!({"type": kind, "object": object}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+/// The watch body: the initial lines, then converted store events, ending at the
+/// timeout. A store error (a compacted revision) ends it with an ERROR event
+/// carrying a 410 Status, which makes informers re-list.
+fn async_stream(
+    initial: Vec<Bytes>,
+    events: storage::Result<storage::EventStream>,
+    convert: impl Fn(storage::Event) -> Option<Bytes> + Send + 'static,
+    timeout: Duration,
+    bookmark_kind: Option<&'static ResourceType>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let error_line = |e: storage::Error| {
+        let status = ApiError::from(match e {
+            storage::Error::Compacted { .. } => storage::Error::Compacted {
+                requested: 0,
+                compacted: 0,
+            },
+            other => other,
+        })
+        .to_status();
+        let mut s = json!({"type": "ERROR", "object": status}).to_string();
+        s.push('\n');
+        Bytes::from(s)
+    };
+    let head = futures::stream::iter(initial.into_iter().map(Ok));
+    let tail: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>> = match events {
+        Ok(events) => {
+            let mut last_rv: Revision = 0;
+            let bookmark = move |rv: Revision| {
+                let rt = bookmark_kind?;
+                let obj = json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": rv.to_string()}});
+                let mut s = json!({"type": "BOOKMARK", "object": obj}).to_string();
+                s.push('\n');
+                Some(Bytes::from(s))
+            };
+            let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(
+                Duration::from_secs(30),
+            ));
+            let merged = futures::stream::select(events.map(Some), ticks.map(|_| None));
+            merged
+                .filter_map(move |item| {
+                    let out = match item {
+                        Some(Ok(e)) => {
+                            last_rv = e.revision();
+                            convert(e)
+                        }
+                        Some(Err(e)) => Some(error_line(e)),
+                        None if last_rv > 0 => bookmark(last_rv),
+                        None => None,
+                    };
+                    futures::future::ready(out.map(Ok))
+                })
+                .take_until(tokio::time::sleep(timeout))
+                .boxed()
+        }
+        Err(e) => futures::stream::iter([Ok(error_line(e))]).boxed(),
+    };
+    head.chain(tail)
+}
+
+fn without_rv(v: &Value) -> Value {
+    let mut v = v.clone();
+    v["metadata"]
+        .as_object_mut()
+        .map(|m| m.remove("resourceVersion"));
+    v
+}
+
+fn to_bytes(v: &Value) -> ApiResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// A JSON response.
+pub fn json_response(code: StatusCode, body: &Value) -> Response {
+    let mut r = (code, body.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The `continue` token: the revision the first page was read at and the next key.
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct Continue {
+    rv: Revision,
+    start: String,
+}
+
+impl Continue {
+    fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    fn decode(token: &str) -> ApiResult<Self> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| ApiError::bad_request("invalid continue token"))?;
+        serde_json::from_slice(&bytes).map_err(|_| ApiError::bad_request("invalid continue token"))
+    }
+}
+
+/// Labels of an object, for selectors.
+pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
+    obj["metadata"]["labels"]
+        .as_object()
+        .map(|m: &Map<String, Value>| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}

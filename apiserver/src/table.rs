@@ -1,0 +1,297 @@
+//! `Table` responses (`meta.k8s.io/v1`) for `kubectl get`: upstream's columns per
+//! kind, ages as upstream's human durations, and each row's object as
+//! `PartialObjectMetadata`.
+
+use serde_json::{Value, json};
+
+use crate::resources::ResourceType;
+
+struct Column {
+    name: &'static str,
+    kind: &'static str,
+    description: &'static str,
+    /// 0 = always shown; 1 = only with `-o wide`.
+    priority: u8,
+    cell: fn(&Value) -> Value,
+}
+
+fn name(o: &Value) -> Value {
+    o["metadata"]["name"].clone()
+}
+
+fn age(o: &Value) -> Value {
+    let Some(ts) = o["metadata"]["creationTimestamp"].as_str() else {
+        return json!("<unknown>");
+    };
+    match ts.parse::<jiff::Timestamp>() {
+        Ok(t) => json!(human_duration(
+            jiff::Timestamp::now().as_second() - t.as_second()
+        )),
+        Err(_) => json!("<unknown>"),
+    }
+}
+
+fn count(v: &Value) -> usize {
+    v.as_object().map(serde_json::Map::len).unwrap_or(0)
+}
+
+const NAME: Column = Column {
+    name: "Name",
+    kind: "string",
+    description: "Name must be unique within a namespace.",
+    priority: 0,
+    cell: name,
+};
+const AGE: Column = Column {
+    name: "Age",
+    kind: "string",
+    description: "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    priority: 0,
+    cell: age,
+};
+
+fn columns(rt: &ResourceType) -> Vec<Column> {
+    match (rt.group, rt.kind) {
+        ("", "Namespace") => vec![
+            NAME,
+            Column {
+                name: "Status",
+                kind: "string",
+                description: "The status of the namespace",
+                priority: 0,
+                cell: |o| json!(o["status"]["phase"].as_str().unwrap_or("Active")),
+            },
+            AGE,
+        ],
+        ("", "ConfigMap") => vec![
+            NAME,
+            Column {
+                name: "Data",
+                kind: "string",
+                description: "Data contains the configuration data.",
+                priority: 0,
+                cell: |o| json!(count(&o["data"]) + count(&o["binaryData"])),
+            },
+            AGE,
+        ],
+        ("", "Secret") => vec![
+            NAME,
+            Column {
+                name: "Type",
+                kind: "string",
+                description: "The type of secret",
+                priority: 0,
+                cell: |o| json!(o["type"].as_str().unwrap_or("Opaque")),
+            },
+            Column {
+                name: "Data",
+                kind: "string",
+                description: "Data contains the secret data.",
+                priority: 0,
+                cell: |o| json!(count(&o["data"])),
+            },
+            AGE,
+        ],
+        ("", "ServiceAccount") => vec![
+            NAME,
+            Column {
+                name: "Secrets",
+                kind: "string",
+                description: "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
+                priority: 0,
+                cell: |o| json!(o["secrets"].as_array().map(Vec::len).unwrap_or(0)),
+            },
+            AGE,
+        ],
+        ("apps", "Deployment") => vec![
+            NAME,
+            Column {
+                name: "Ready",
+                kind: "string",
+                description: "Number of the pod with ready state",
+                priority: 0,
+                cell: |o| {
+                    json!(format!(
+                        "{}/{}",
+                        o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                        o["spec"]["replicas"].as_i64().unwrap_or(1)
+                    ))
+                },
+            },
+            Column {
+                name: "Up-to-date",
+                kind: "string",
+                description: "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+                priority: 0,
+                cell: |o| json!(o["status"]["updatedReplicas"].as_i64().unwrap_or(0)),
+            },
+            Column {
+                name: "Available",
+                kind: "string",
+                description: "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+                priority: 0,
+                cell: |o| json!(o["status"]["availableReplicas"].as_i64().unwrap_or(0)),
+            },
+            AGE,
+            Column {
+                name: "Containers",
+                kind: "string",
+                description: "Names of each container in the template.",
+                priority: 1,
+                cell: |o| json!(containers(o, "name")),
+            },
+            Column {
+                name: "Images",
+                kind: "string",
+                description: "Images referenced by each container in the template.",
+                priority: 1,
+                cell: |o| json!(containers(o, "image")),
+            },
+            Column {
+                name: "Selector",
+                kind: "string",
+                description: "Label selector for pods.",
+                priority: 1,
+                cell: |o| {
+                    let m = o["spec"]["selector"]["matchLabels"].as_object();
+                    let parts: Vec<String> = m
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    json!(parts.join(","))
+                },
+            },
+        ],
+        _ => vec![NAME, AGE],
+    }
+}
+
+fn containers(o: &Value, field: &str) -> String {
+    o["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c[field].as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// A `Table` of `items`, with list metadata when given.
+pub fn table_of(
+    rt: &ResourceType,
+    items: &[Value],
+    resource_version: Option<&str>,
+    continue_token: Option<&str>,
+) -> Value {
+    let cols = columns(rt);
+    let defs: Vec<Value> = cols
+        .iter()
+        .map(|c| {
+            let mut d = json!({"name": c.name, "type": c.kind, "format": "", "description": c.description, "priority": c.priority});
+            if c.name == "Name" {
+                d["format"] = json!("name");
+            }
+            d
+        })
+        .collect();
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|o| {
+            json!({
+                "cells": cols.iter().map(|c| (c.cell)(o)).collect::<Vec<_>>(),
+                "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]},
+            })
+        })
+        .collect();
+    let mut metadata = json!({});
+    if let Some(rv) = resource_version {
+        metadata["resourceVersion"] = json!(rv);
+    }
+    if let Some(c) = continue_token {
+        metadata["continue"] = json!(c);
+    }
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "columnDefinitions": defs, "rows": rows})
+}
+
+/// Upstream's `HumanDuration` (apimachinery/pkg/util/duration).
+pub fn human_duration(seconds: i64) -> String {
+    if seconds < -1 {
+        return "<invalid>".into();
+    }
+    let s = seconds.max(0);
+    let (m, h, d, y) = (s / 60, s / 3600, s / 86400, s / (86400 * 365));
+    if s < 120 {
+        format!("{s}s")
+    } else if m < 10 {
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
+    } else if h < 3 {
+        format!("{m}m")
+    } else if h < 8 {
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 24 * 8 {
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
+    } else if y < 2 {
+        format!("{d}d")
+    } else if y < 8 {
+        let rd = d % 365;
+        if rd == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{rd}d")
+        }
+    } else {
+        format!("{y}y")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        for (s, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (150, "2m30s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (30 * 3600, "30h"),
+            (3 * 86400, "3d"),
+            (100 * 86400, "100d"),
+        ] {
+            assert_eq!(human_duration(s), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn rows_carry_partial_object_metadata() {
+        let rt = crate::resources::find("", "v1", "configmaps").unwrap();
+        let cm = json!({"metadata": {"name": "x", "creationTimestamp": "2020-01-01T00:00:00Z"}, "data": {"a": "1", "b": "2"}});
+        let t = table_of(rt, &[cm], Some("7"), None);
+        assert_eq!(t["columnDefinitions"][0]["format"], "name");
+        assert_eq!(t["rows"][0]["cells"][0], "x");
+        assert_eq!(t["rows"][0]["cells"][1], 2);
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+        assert_eq!(t["metadata"]["resourceVersion"], "7");
+    }
+}

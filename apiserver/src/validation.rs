@@ -1,0 +1,361 @@
+//! Defaulting and validation per kind, matching upstream for the fields users touch:
+//! object names (RFC 1123), labels, typed field shapes (through `k8s-openapi`'s
+//! types), unknown fields under `fieldValidation=Strict`, and the kind-specific rules
+//! (a Deployment's selector must match its template's labels, and is immutable).
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Namespace, Secret, ServiceAccount},
+    },
+    serde::de::DeserializeOwned,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    resources::ResourceType,
+    status::{ApiError, Cause},
+};
+
+const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+
+/// Whether `s` is an RFC 1123 label (at most 63 characters).
+pub fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Whether `s` is an RFC 1123 subdomain (dot-separated labels, at most 253 characters).
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// Fills upstream's defaults in on create and update.
+pub fn default(rt: &ResourceType, obj: &mut Value) {
+    match (rt.group, rt.kind) {
+        ("", "Namespace") if obj["status"]["phase"].is_null() => {
+            obj["status"] = json!({"phase": "Active"})
+        }
+        ("", "Secret") if obj["type"].is_null() => obj["type"] = json!("Opaque"),
+        ("apps", "Deployment") => {
+            let spec = &mut obj["spec"];
+            if !spec.is_object() {
+                return;
+            }
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "progressDeadlineSeconds", json!(600));
+            set_default(
+                spec,
+                "strategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+            );
+            let pod = &mut spec["template"]["spec"];
+            if pod.is_object() {
+                set_default(pod, "restartPolicy", json!("Always"));
+                set_default(pod, "terminationGracePeriodSeconds", json!(30));
+                set_default(pod, "dnsPolicy", json!("ClusterFirst"));
+                set_default(pod, "schedulerName", json!("default-scheduler"));
+                set_default(pod, "securityContext", json!({}));
+                if let Some(cs) = pod["containers"].as_array_mut() {
+                    for c in cs {
+                        set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
+                        set_default(c, "terminationMessagePolicy", json!("File"));
+                        let latest = c["image"]
+                            .as_str()
+                            .is_some_and(|i| i.ends_with(":latest") || !i.contains(':'));
+                        set_default(
+                            c,
+                            "imagePullPolicy",
+                            json!(if latest { "Always" } else { "IfNotPresent" }),
+                        );
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn set_default(obj: &mut Value, field: &str, value: Value) {
+    if let Some(o) = obj.as_object_mut() {
+        o.entry(field).or_insert(value);
+    }
+}
+
+fn invalid(field: &str, value: &Value, message: &str) -> Cause {
+    Cause {
+        reason: "FieldValueInvalid",
+        message: format!("Invalid value: {value}: {message}"),
+        field: field.into(),
+    }
+}
+
+fn required(field: &str) -> Cause {
+    Cause {
+        reason: "FieldValueRequired",
+        message: "Required value".into(),
+        field: field.into(),
+    }
+}
+
+/// Validates `obj` (with `old` on update). Unknown fields are a 400 under
+/// `strict`, as upstream's strict decoding; everything else a 422 with causes.
+pub fn check(
+    rt: &ResourceType,
+    obj: &Value,
+    old: Option<&Value>,
+    strict: bool,
+) -> Result<(), ApiError> {
+    let unknown = match (rt.group, rt.kind) {
+        ("", "Namespace") => typed::<Namespace>(obj),
+        ("", "ConfigMap") => typed::<ConfigMap>(obj),
+        ("", "Secret") => typed::<Secret>(obj),
+        ("", "ServiceAccount") => typed::<ServiceAccount>(obj),
+        ("apps", "Deployment") => typed::<Deployment>(obj),
+        _ => Ok(Vec::new()),
+    };
+    let unknown = unknown.map_err(|e| {
+        ApiError::bad_request(format!(
+            "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
+            kind = rt.kind,
+            v = rt.version
+        ))
+    })?;
+    if strict && !unknown.is_empty() {
+        let fields: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {}",
+            fields.join(", "),
+            kind = rt.kind,
+            v = rt.version
+        )));
+    }
+    let mut causes = Vec::new();
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let name_is_label = matches!(
+        (rt.group, rt.kind),
+        ("", "Namespace") | ("apps", "Deployment")
+    );
+    if name_is_label && !is_dns1123_label(name) {
+        causes.push(invalid("metadata.name", &json!(name), DNS1123_LABEL_MSG));
+    } else if !name_is_label && !is_dns1123_subdomain(name) {
+        causes.push(invalid(
+            "metadata.name",
+            &json!(name),
+            DNS1123_SUBDOMAIN_MSG,
+        ));
+    }
+    labels(&obj["metadata"]["labels"], "metadata.labels", &mut causes);
+    if rt.kind == "Deployment" && rt.group == "apps" {
+        deployment(obj, old, &mut causes);
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(rt.group, rt.kind, name, causes))
+    }
+}
+
+/// Decodes `obj` as `T` and returns the paths of fields `T` does not know.
+fn typed<T: DeserializeOwned + serde::Serialize>(obj: &Value) -> Result<Vec<String>, String> {
+    let t: T = serde_json::from_value(obj.clone()).map_err(|e| e.to_string())?;
+    let back = serde_json::to_value(&t).map_err(|e| e.to_string())?;
+    let mut unknown = Vec::new();
+    missing_paths(obj, &back, "", &mut unknown);
+    Ok(unknown)
+}
+
+/// Paths present (and not null) in `input` but absent from `known`.
+fn missing_paths(input: &Value, known: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, known) {
+        (Value::Object(i), Value::Object(k)) => {
+            for (key, v) in i {
+                let p = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match k.get(key) {
+                    Some(kv) => missing_paths(v, kv, &p, out),
+                    None if !v.is_null() => out.push(p),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(k)) => {
+            for (n, (iv, kv)) in i.iter().zip(k).enumerate() {
+                missing_paths(iv, kv, &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn labels(labels: &Value, field: &str, causes: &mut Vec<Cause>) {
+    let Some(m) = labels.as_object() else { return };
+    for (k, v) in m {
+        let name = k.rsplit('/').next().unwrap_or(k);
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !name_ok {
+            causes.push(invalid(field, &json!(k), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+        }
+        let value = v.as_str().unwrap_or_default();
+        let value_ok = value.is_empty()
+            || (value.len() <= 63
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
+        if !value_ok {
+            causes.push(invalid(
+                field,
+                &json!(value),
+                "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+            ));
+        }
+    }
+}
+
+fn deployment(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    let selector = &spec["selector"];
+    if selector.is_null() {
+        causes.push(required("spec.selector"));
+    } else {
+        let match_labels = selector["matchLabels"].as_object();
+        let has_expressions = selector["matchExpressions"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
+        if match_labels.is_none_or(|m| m.is_empty()) && !has_expressions {
+            causes.push(invalid(
+                "spec.selector",
+                selector,
+                "empty selector is invalid for deployment",
+            ));
+        }
+        let template_labels = spec["template"]["metadata"]["labels"].as_object();
+        if let Some(m) = match_labels {
+            let matches = m
+                .iter()
+                .all(|(k, v)| template_labels.and_then(|t| t.get(k)) == Some(v));
+            if !matches {
+                causes.push(invalid(
+                    "spec.template.metadata.labels",
+                    &spec["template"]["metadata"]["labels"],
+                    "`selector` does not match template `labels`",
+                ));
+            }
+        }
+        if let Some(old) = old
+            && !old["spec"]["selector"].is_null()
+            && old["spec"]["selector"] != *selector
+        {
+            causes.push(invalid("spec.selector", selector, "field is immutable"));
+        }
+    }
+    match spec["template"]["spec"]["containers"].as_array() {
+        None => causes.push(required("spec.template.spec.containers")),
+        Some(cs) if cs.is_empty() => causes.push(required("spec.template.spec.containers")),
+        Some(cs) => {
+            for (i, c) in cs.iter().enumerate() {
+                let name = c["name"].as_str().unwrap_or_default();
+                if name.is_empty() {
+                    causes.push(required(&format!(
+                        "spec.template.spec.containers[{i}].name"
+                    )));
+                } else if !is_dns1123_label(name) {
+                    causes.push(invalid(
+                        &format!("spec.template.spec.containers[{i}].name"),
+                        &json!(name),
+                        DNS1123_LABEL_MSG,
+                    ));
+                }
+                if c["image"].as_str().is_none_or(str::is_empty) {
+                    causes.push(required(&format!(
+                        "spec.template.spec.containers[{i}].image"
+                    )));
+                }
+            }
+        }
+    }
+    if spec["replicas"].as_i64().is_some_and(|r| r < 0) {
+        causes.push(invalid(
+            "spec.replicas",
+            &spec["replicas"],
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::find;
+
+    #[test]
+    fn names_follow_rfc_1123() {
+        assert!(is_dns1123_label("web-1"));
+        assert!(!is_dns1123_label("Web"));
+        assert!(!is_dns1123_label("-a"));
+        assert!(is_dns1123_subdomain("a.b-c.d"));
+        assert!(!is_dns1123_subdomain("a..b"));
+    }
+
+    #[test]
+    fn unknown_fields_are_found_with_their_paths() {
+        let rt = find("", "v1", "configmaps").unwrap();
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "bogus": 1}, "data": {"a": "b"}, "extra": true});
+        let err = check(rt, &cm, None, true).unwrap_err();
+        assert_eq!(err.code, 400);
+        assert!(
+            err.message.contains(
+                "strict decoding error: unknown field \"extra\", unknown field \"metadata.bogus\""
+            ),
+            "{}",
+            err.message
+        );
+        assert!(
+            check(rt, &cm, None, false).is_ok(),
+            "without Strict unknown fields are dropped silently"
+        );
+    }
+
+    #[test]
+    fn a_selector_not_matching_the_template_is_invalid() {
+        let rt = find("apps", "v1", "deployments").unwrap();
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "other"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let err = check(rt, &d, None, true).unwrap_err();
+        assert_eq!(err.code, 422);
+        assert_eq!(
+            err.message,
+            "Deployment \"web\" is invalid: spec.template.metadata.labels: Invalid value: {\"app\":\"other\"}: `selector` does not match template `labels`"
+        );
+    }
+
+    #[test]
+    fn bad_names_are_refused_with_the_field_path() {
+        let rt = find("", "v1", "configmaps").unwrap();
+        let cm = json!({"metadata": {"name": "Bad_Name"}});
+        let err = check(rt, &cm, None, true).unwrap_err();
+        assert_eq!(err.details.unwrap()["causes"][0]["field"], "metadata.name");
+    }
+}
