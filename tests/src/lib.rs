@@ -13,6 +13,7 @@ pub mod images;
 pub mod netns;
 pub mod process;
 pub mod prometheus;
+pub mod sextant;
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener},

@@ -1,0 +1,406 @@
+//! The API server against the real kubectl 1.33 and raw HTTPS, on the embedded
+//! store and on a real etcd: apply, get in every output format, label, annotate,
+//! patch, delete, refusals of invalid input (and nothing stored), watch, and no
+//! acknowledged write lost across `kill -9`.
+
+use std::path::Path;
+
+use sextant_tests::{
+    etcd::EtcdCluster,
+    sextant::{Datastore, SextantServer},
+};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: shop
+  labels: {tier: web}
+data:
+  color: blue
+  size: "3"
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: token
+  namespace: shop
+stringData:
+  key: s3cr3t
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels: {tier: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: demo
+        image: sextant.local/demo:v1
+        env:
+        - {name: MODE, value: fast}
+"#;
+
+async fn scenario(server: &SextantServer) {
+    let k = server.kubectl().expect("kubectl");
+
+    // apply: created, then unchanged, then configured.
+    let out = k
+        .ok_with(&["apply", "-f", "-"], Some(MANIFEST))
+        .expect("apply");
+    for line in [
+        "namespace/shop created",
+        "configmap/settings created",
+        "secret/token created",
+        "deployment.apps/web created",
+    ] {
+        assert!(out.contains(line), "{out}");
+    }
+    let out = k
+        .ok_with(&["apply", "-f", "-"], Some(MANIFEST))
+        .expect("apply again");
+    assert!(
+        out.contains("configmap/settings unchanged")
+            && out.contains("deployment.apps/web unchanged"),
+        "{out}"
+    );
+    let changed = MANIFEST
+        .replace("color: blue", "color: green")
+        .replace("value: fast", "value: slow");
+    let out = k
+        .ok_with(&["apply", "-f", "-"], Some(&changed))
+        .expect("apply a change");
+    assert!(
+        out.contains("configmap/settings configured")
+            && out.contains("deployment.apps/web configured"),
+        "{out}"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.data.color}"
+        ])
+        .unwrap(),
+        "green"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env[0].value} {.metadata.generation}"
+        ])
+        .unwrap(),
+        "slow 2"
+    );
+
+    // get: upstream columns and every output format.
+    let table = k.ok(&["get", "cm", "-n", "shop"]).unwrap();
+    assert!(
+        table.starts_with("NAME") && table.contains("DATA") && table.contains("AGE"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("settings") && l.split_whitespace().nth(1) == Some("2")),
+        "{table}"
+    );
+    let wide = k
+        .ok(&["get", "deploy", "-n", "shop", "-o", "wide"])
+        .unwrap();
+    assert!(
+        wide.contains("CONTAINERS")
+            && wide.contains("sextant.local/demo:v1")
+            && wide.contains("app=web"),
+        "{wide}"
+    );
+    let secret = k
+        .ok(&[
+            "get",
+            "secret",
+            "token",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.type}",
+        ])
+        .unwrap();
+    assert_eq!(secret, "Opaque");
+    let json: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "ns", "shop", "-o", "json"]).unwrap()).unwrap();
+    assert_eq!(json["status"]["phase"], "Active");
+    assert!(
+        json["metadata"]["uid"]
+            .as_str()
+            .is_some_and(|u| u.len() == 36)
+    );
+    let yaml = k
+        .ok(&["get", "cm", "settings", "-n", "shop", "-o", "yaml"])
+        .unwrap();
+    assert!(
+        yaml.contains("kind: ConfigMap") && yaml.contains("resourceVersion:"),
+        "{yaml}"
+    );
+    assert_eq!(
+        k.ok(&["get", "cm", "-n", "shop", "-o", "name"])
+            .unwrap()
+            .trim(),
+        "configmap/settings"
+    );
+    let cols = k
+        .ok(&[
+            "get",
+            "deploy",
+            "-n",
+            "shop",
+            "-o",
+            "custom-columns=NAME:.metadata.name,REPLICAS:.spec.replicas",
+        ])
+        .unwrap();
+    assert_eq!(
+        cols.lines()
+            .nth(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["web", "2"])
+    );
+    let all_ns = k.ok(&["get", "cm", "-A"]).unwrap();
+    assert!(
+        all_ns.starts_with("NAMESPACE") && all_ns.contains("shop"),
+        "{all_ns}"
+    );
+
+    // label and annotate, selectors.
+    k.ok(&["label", "cm", "settings", "-n", "shop", "env=prod"])
+        .unwrap();
+    k.ok(&[
+        "label",
+        "cm",
+        "settings",
+        "-n",
+        "shop",
+        "env=dev",
+        "--overwrite",
+    ])
+    .unwrap();
+    assert!(
+        k.ok(&["get", "cm", "-n", "shop", "-l", "env=dev", "-o", "name"])
+            .unwrap()
+            .contains("settings")
+    );
+    assert!(
+        k.ok(&["get", "cm", "-n", "shop", "-l", "env=prod", "-o", "name"])
+            .unwrap()
+            .trim()
+            .is_empty()
+    );
+    k.ok(&["label", "cm", "settings", "-n", "shop", "env-"])
+        .unwrap();
+    assert!(
+        k.ok(&["get", "cm", "-n", "shop", "-l", "env", "-o", "name"])
+            .unwrap()
+            .trim()
+            .is_empty()
+    );
+    k.ok(&["annotate", "cm", "settings", "-n", "shop", "owner=team-a"])
+        .unwrap();
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.metadata.annotations.owner}"
+        ])
+        .unwrap(),
+        "team-a"
+    );
+    let by_field = k
+        .ok(&[
+            "get",
+            "cm",
+            "-n",
+            "shop",
+            "--field-selector",
+            "metadata.name=settings",
+            "-o",
+            "name",
+        ])
+        .unwrap();
+    assert_eq!(by_field.trim(), "configmap/settings");
+
+    // patch: merge, JSON and strategic (containers merge by name).
+    k.ok(&[
+        "patch",
+        "cm",
+        "settings",
+        "-n",
+        "shop",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"extra":"1"}}"#,
+    ])
+    .unwrap();
+    k.ok(&[
+        "patch",
+        "cm",
+        "settings",
+        "-n",
+        "shop",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"remove","path":"/data/size"}]"#,
+    ])
+    .unwrap();
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.data}"
+        ])
+        .unwrap(),
+        r#"{"color":"green","extra":"1"}"#
+    );
+    k.ok(&["patch", "deploy", "web", "-n", "shop", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"demo","image":"sextant.local/demo:v2"}]}}}}"#]).unwrap();
+    assert_eq!(
+        k.ok(&["get", "deploy", "web", "-n", "shop", "-o", "jsonpath={.spec.template.spec.containers[*].image} {.spec.template.spec.containers[0].env[0].name}"]).unwrap(),
+        "sextant.local/demo:v2 MODE"
+    );
+
+    // Invalid input is refused with upstream's message and field path; nothing is stored.
+    let bad_name = MANIFEST
+        .split("---")
+        .nth(1)
+        .unwrap()
+        .replace("name: settings", "name: Bad_Name");
+    let err = k.fails(&["apply", "-f", "-"], Some(&bad_name)).unwrap();
+    assert!(
+        err.contains(
+            r#"The ConfigMap "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name""#
+        ),
+        "{err}"
+    );
+    let mismatch = MANIFEST
+        .split("---")
+        .nth(3)
+        .unwrap()
+        .replace("name: web\n  namespace", "name: other\n  namespace")
+        .replace(
+            "labels: {app: web}\n    spec",
+            "labels: {app: nope}\n    spec",
+        );
+    let err = k.fails(&["apply", "-f", "-"], Some(&mismatch)).unwrap();
+    assert!(
+        err.contains("spec.template.metadata.labels")
+            && err.contains("`selector` does not match template `labels`"),
+        "{err}"
+    );
+    let unknown = MANIFEST
+        .split("---")
+        .nth(3)
+        .unwrap()
+        .replace("name: web\n  namespace", "name: third\n  namespace")
+        .replace("replicas: 2", "replicas: 2\n  replicaz: 3");
+    let err = k.fails(&["apply", "-f", "-"], Some(&unknown)).unwrap();
+    assert!(
+        err.contains(r#"strict decoding error: unknown field "spec.replicaz""#),
+        "{err}"
+    );
+    for (kind, name) in [("cm", "Bad_Name"), ("deploy", "other"), ("deploy", "third")] {
+        let err = k.fails(&["get", kind, name, "-n", "shop"], None).unwrap();
+        assert!(err.contains("NotFound"), "{kind}/{name} was stored: {err}");
+    }
+    let err = k
+        .fails(
+            &["create", "-f", "-"],
+            Some(
+                &MANIFEST
+                    .split("---")
+                    .nth(2)
+                    .unwrap()
+                    .replace("shop", "nowhere"),
+            ),
+        )
+        .unwrap();
+    assert!(err.contains(r#"namespaces "nowhere" not found"#), "{err}");
+
+    // delete by name, by label, --all.
+    k.ok_with(&["apply", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: shop, labels: {group: one}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b, namespace: shop}\n")).unwrap();
+    assert!(
+        k.ok(&["delete", "cm", "-n", "shop", "-l", "group=one"])
+            .unwrap()
+            .contains("configmap \"a\" deleted")
+    );
+    assert!(
+        k.ok(&["delete", "cm", "b", "-n", "shop"])
+            .unwrap()
+            .contains("configmap \"b\" deleted")
+    );
+    let out = k.ok(&["delete", "cm", "-n", "shop", "--all"]).unwrap();
+    assert!(out.contains("configmap \"settings\" deleted"), "{out}");
+    assert!(
+        k.ok(&["get", "cm", "-n", "shop", "-o", "name"])
+            .unwrap()
+            .trim()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn kubectl_scenario_on_the_embedded_store() {
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    scenario(&server).await;
+}
+
+#[tokio::test]
+async fn kubectl_scenario_on_etcd() {
+    let etcd = EtcdCluster::start(1).await.expect("etcd");
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Etcd(&etcd))
+        .await
+        .expect("server");
+    scenario(&server).await;
+    // The objects are really in etcd, readable under /registry.
+    let mut c = etcd.client().await.expect("etcd client");
+    let ns = c.get("/registry/namespaces/shop", None).await.expect("get");
+    assert_eq!(ns.kvs().len(), 1);
+    let d = c
+        .get("/registry/apps/deployments/shop/web", None)
+        .await
+        .expect("get");
+    let obj: serde_json::Value = serde_json::from_slice(d.kvs()[0].value()).expect("JSON in etcd");
+    assert_eq!(obj["kind"], "Deployment");
+}
