@@ -103,7 +103,7 @@ pub async fn core(
     method: Method,
     Query(params): Query<Params>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     dispatch(state, "", "v1", &rest, method, params, headers, body)
         .await
@@ -117,7 +117,7 @@ pub async fn grouped(
     method: Method,
     Query(params): Query<Params>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     dispatch(
         state, &group, &version, &rest, method, params, headers, body,
@@ -135,12 +135,13 @@ async fn dispatch(
     method: Method,
     params: Params,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
     let t = target(group, version, rest)?;
-    if body.len() > MAX_BODY {
-        return Err(ApiError::too_large(MAX_BODY));
-    }
+    // Read here rather than with axum's limit so an oversized body gets a Status.
+    let body = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ApiError::too_large(MAX_BODY))?;
     if let Some(sub) = &t.subresource
         && !(sub == "status" && t.rt.has_status)
     {
@@ -514,6 +515,14 @@ impl Handler {
             .unwrap_or_default()
             .trim()
             .to_owned();
+        if !matches!(
+            media.as_str(),
+            "application/json-patch+json"
+                | "application/merge-patch+json"
+                | "application/strategic-merge-patch+json"
+        ) {
+            return Err(ApiError::unsupported_media_type(&content_type));
+        }
         let patch: Value = serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!(
                 "the body of the request could not be decoded as JSON: {e}"

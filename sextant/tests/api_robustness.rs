@@ -1,0 +1,270 @@
+//! The API server's answers to bad input (each a `Status` with upstream's code and
+//! reason, and nothing written), its durability across `kill -9`, and watch
+//! resumption across a restart — on both datastores.
+
+use std::{path::Path, time::Duration};
+
+use serde_json::{Value, json};
+use sextant_tests::{
+    etcd::EtcdCluster,
+    sextant::{Datastore, SextantServer},
+};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
+
+async fn send(client: &reqwest::Client, req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = client
+        .execute(req.build().expect("request"))
+        .await
+        .expect("send");
+    let code = resp.status().as_u16();
+    let body = resp.text().await.expect("body");
+    (
+        code,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+fn assert_status(code: u16, body: &Value, want_code: u16, want_reason: &str) {
+    assert_eq!(code, want_code, "{body}");
+    assert_eq!(body["kind"], "Status", "{body}");
+    assert_eq!(body["status"], "Failure", "{body}");
+    assert_eq!(body["code"], want_code, "{body}");
+    assert_eq!(body["reason"], want_reason, "{body}");
+}
+
+async fn bad_input(server: &SextantServer) {
+    let c = server.http_client().expect("client");
+    let base = server.url();
+    let cms = format!("{base}/api/v1/namespaces/default/configmaps");
+    // The namespace must exist for creates to get as far as validation.
+    let (code, _) = send(
+        &c,
+        c.post(format!("{base}/api/v1/namespaces"))
+            .json(&json!({"metadata": {"name": "default"}})),
+    )
+    .await;
+    assert_eq!(code, 201);
+
+    // Malformed JSON → 400.
+    let (code, body) = send(
+        &c,
+        c.post(&cms)
+            .header("content-type", "application/json")
+            .body("{\"metadata\": "),
+    )
+    .await;
+    assert_status(code, &body, 400, "BadRequest");
+    // Kind not matching the URL → 400.
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}});
+    let (code, body) = send(&c, c.post(&cms).json(&secret)).await;
+    assert_status(code, &body, 400, "BadRequest");
+    assert!(
+        body["message"].as_str().unwrap().contains("does not match"),
+        "{body}"
+    );
+    // apiVersion not matching → 400.
+    let wrong_version =
+        json!({"apiVersion": "apps/v1", "kind": "ConfigMap", "metadata": {"name": "v"}});
+    let (code, body) = send(&c, c.post(&cms).json(&wrong_version)).await;
+    assert_status(code, &body, 400, "BadRequest");
+    // Over 3 MiB → 413.
+    let big = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}, "data": {"x": "a".repeat(3 * 1024 * 1024 + 1)}});
+    let (code, body) = send(&c, c.post(&cms).json(&big)).await;
+    assert_status(code, &body, 413, "RequestEntityTooLarge");
+    // Unsupported content type → 415.
+    let (code, body) = send(
+        &c,
+        c.post(&cms)
+            .header("content-type", "text/plain")
+            .body("name: x"),
+    )
+    .await;
+    assert_status(code, &body, 415, "UnsupportedMediaType");
+    // Invalid fields → 422 with causes.
+    let invalid = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "UPPER", "labels": {"ok": "-bad-"}}});
+    let (code, body) = send(&c, c.post(&cms).json(&invalid)).await;
+    assert_status(code, &body, 422, "Invalid");
+    let fields: Vec<&str> = body["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["metadata.name", "metadata.labels"], "{body}");
+    // A bad JSON patch → 422, a patch of an unknown type → 415.
+    let (code, _) = send(
+        &c,
+        c.post(&cms)
+            .json(&json!({"metadata": {"name": "p"}, "data": {"a": "1"}})),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let p = format!("{cms}/p");
+    let (code, body) = send(
+        &c,
+        c.patch(&p)
+            .header("content-type", "application/json-patch+json")
+            .body(r#"[{"op":"remove","path":"/data/missing"}]"#),
+    )
+    .await;
+    assert_status(code, &body, 422, "Invalid");
+    let (code, body) = send(
+        &c,
+        c.patch(&p)
+            .header("content-type", "application/yaml")
+            .body("data: {}"),
+    )
+    .await;
+    assert_status(code, &body, 415, "UnsupportedMediaType");
+    // A stale resourceVersion → 409 Conflict.
+    let (code, body) = send(
+        &c,
+        c.put(&p)
+            .json(&json!({"metadata": {"name": "p", "resourceVersion": "1"}, "data": {}})),
+    )
+    .await;
+    assert_status(code, &body, 409, "Conflict");
+    // Unauthenticated → 401.
+    let anonymous = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let (code, body) = send(&anonymous, anonymous.get(&cms)).await;
+    assert_status(code, &body, 401, "Unauthorized");
+
+    // None of the refused requests wrote anything: only "p" exists, unchanged.
+    let (code, list) = send(&c, c.get(&cms)).await;
+    assert_eq!(code, 200);
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["p"]);
+    assert_eq!(list["items"][0]["data"], json!({"a": "1"}));
+}
+
+/// N acknowledged creates, `kill -9`, restart: all N are there.
+async fn durable_across_kill(server: &mut SextantServer) {
+    const N: usize = 50;
+    let c = server.http_client().expect("client");
+    let base = server.url();
+    send(
+        &c,
+        c.post(format!("{base}/api/v1/namespaces"))
+            .json(&json!({"metadata": {"name": "durable"}})),
+    )
+    .await;
+    let cms = format!("{base}/api/v1/namespaces/durable/configmaps");
+    for i in 0..N {
+        let (code, body) = send(
+            &c,
+            c.post(&cms).json(
+                &json!({"metadata": {"name": format!("cm-{i}")}, "data": {"i": i.to_string()}}),
+            ),
+        )
+        .await;
+        assert_eq!(code, 201, "{body}");
+    }
+    server.kill();
+    server.restart().await.expect("restart");
+    let c = server.http_client().expect("client");
+    let (code, list) = send(&c, c.get(&cms)).await;
+    assert_eq!(code, 200);
+    let mut got: Vec<usize> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["data"]["i"].as_str().unwrap().parse().unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..N).collect::<Vec<_>>(),
+        "acknowledged writes lost across kill -9"
+    );
+}
+
+/// A watch resumed from its last resourceVersion after the server was killed sees
+/// every later event exactly once.
+async fn watch_resumes_after_restart(server: &mut SextantServer) {
+    let c = server.http_client().expect("client");
+    let base = server.url();
+    send(
+        &c,
+        c.post(format!("{base}/api/v1/namespaces"))
+            .json(&json!({"metadata": {"name": "watched"}})),
+    )
+    .await;
+    let cms = format!("{base}/api/v1/namespaces/watched/configmaps");
+    let (_, first) = send(&c, c.post(&cms).json(&json!({"metadata": {"name": "w0"}}))).await;
+    let last_seen = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.kill();
+    server.restart().await.expect("restart");
+    let c = server.http_client().expect("client");
+    for i in 1..=3 {
+        let (code, _) = send(
+            &c,
+            c.post(&cms)
+                .json(&json!({"metadata": {"name": format!("w{i}")}})),
+        )
+        .await;
+        assert_eq!(code, 201);
+    }
+    let resp = c
+        .get(format!(
+            "{cms}?watch=true&resourceVersion={last_seen}&timeoutSeconds=2"
+        ))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.text())
+        .await
+        .expect("watch ends at its timeout")
+        .unwrap();
+    let events: Vec<(String, String)> = body
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["object"]["metadata"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("ADDED".to_owned(), "w1".to_owned()),
+            ("ADDED".to_owned(), "w2".to_owned()),
+            ("ADDED".to_owned(), "w3".to_owned())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn embedded_store() {
+    let mut server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    bad_input(&server).await;
+    durable_across_kill(&mut server).await;
+    watch_resumes_after_restart(&mut server).await;
+}
+
+#[tokio::test]
+async fn etcd() {
+    let etcd = EtcdCluster::start(1).await.expect("etcd");
+    let mut server = SextantServer::start(Path::new(BINARY), Datastore::Etcd(&etcd))
+        .await
+        .expect("server");
+    bad_input(&server).await;
+    durable_across_kill(&mut server).await;
+    watch_resumes_after_restart(&mut server).await;
+}
