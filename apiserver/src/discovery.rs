@@ -104,6 +104,12 @@ fn resource_list(group: &str, version: &str) -> Response {
                 "kind": r.kind, "verbs": ["get", "patch", "update"],
             }));
         }
+        if r.has_scale() {
+            resources.push(json!({
+                "name": format!("{}/scale", r.plural), "singularName": "", "namespaced": r.namespaced,
+                "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"],
+            }));
+        }
     }
     let group_version = if group.is_empty() {
         version.to_owned()
@@ -142,8 +148,15 @@ fn aggregated(core: bool) -> Value {
                             if !r.categories.is_empty() {
                                 e["categories"] = json!(r.categories);
                             }
+                            let mut subresources = Vec::new();
                             if r.has_status {
-                                e["subresources"] = json!([{"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}]);
+                                subresources.push(json!({"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}));
+                            }
+                            if r.has_scale() {
+                                subresources.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+                            }
+                            if !subresources.is_empty() {
+                                e["subresources"] = json!(subresources);
                             }
                             e
                         })

@@ -27,6 +27,53 @@ pub struct ResourceType {
     pub has_spec: bool,
 }
 
+impl ResourceType {
+    /// Whether it has a `scale` subresource (`kubectl scale`).
+    pub fn has_scale(&self) -> bool {
+        matches!(
+            (self.group, self.kind),
+            ("apps", "Deployment" | "ReplicaSet" | "StatefulSet")
+        )
+    }
+
+    /// The field selectors upstream supports for this kind, besides
+    /// `metadata.name` and `metadata.namespace`.
+    pub fn field_selectors(&self) -> &'static [&'static str] {
+        match (self.group, self.kind) {
+            ("", "Pod") => &[
+                "spec.nodeName",
+                "spec.restartPolicy",
+                "spec.schedulerName",
+                "spec.serviceAccountName",
+                "spec.hostNetwork",
+                "status.phase",
+                "status.podIP",
+                "status.nominatedNodeName",
+            ],
+            ("", "Event") => &[
+                "involvedObject.kind",
+                "involvedObject.namespace",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
+                "reason",
+                "reportingComponent",
+                "source",
+                "type",
+            ],
+            ("", "Secret") => &["type"],
+            ("", "Node") => &["spec.unschedulable"],
+            ("", "Namespace") => &["status.phase"],
+            ("", "PersistentVolumeClaim") => &["spec.volumeName"],
+            ("apps", "ReplicaSet") => &["status.replicas"],
+            ("batch", "Job") => &["status.successful"],
+            _ => &[],
+        }
+    }
+}
+
 /// Verbs every resource supports.
 pub const VERBS: [&str; 8] = [
     "create",
@@ -89,11 +136,45 @@ macro_rules! resource {
 /// Every served resource type, in discovery order (group order sets kubectl's
 /// mapping priority: core first, then apps, ...).
 pub static RESOURCES: &[ResourceType] = &[
+    // core/v1
     resource!("", "v1", "Namespace", "namespaces", "namespace", false, short: ["ns"], categories: [], status: true, spec: false),
+    resource!("", "v1", "Pod", "pods", "pod", true, short: ["po"], categories: ["all"], status: true, spec: false),
+    resource!("", "v1", "Service", "services", "service", true, short: ["svc"], categories: ["all"], status: true, spec: false),
+    resource!("", "v1", "Endpoints", "endpoints", "endpoints", true, short: ["ep"], categories: [], status: false, spec: false),
     resource!("", "v1", "ConfigMap", "configmaps", "configmap", true, short: ["cm"], categories: [], status: false, spec: false),
     resource!("", "v1", "Secret", "secrets", "secret", true, short: [], categories: [], status: false, spec: false),
     resource!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, short: ["sa"], categories: [], status: false, spec: false),
+    resource!("", "v1", "Node", "nodes", "node", false, short: ["no"], categories: [], status: true, spec: false),
+    resource!("", "v1", "Event", "events", "event", true, short: ["ev"], categories: [], status: false, spec: false),
+    resource!("", "v1", "LimitRange", "limitranges", "limitrange", true, short: ["limits"], categories: [], status: false, spec: false),
+    resource!("", "v1", "ResourceQuota", "resourcequotas", "resourcequota", true, short: ["quota"], categories: [], status: true, spec: false),
+    resource!("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", false, short: ["pv"], categories: [], status: true, spec: false),
+    resource!("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", true, short: ["pvc"], categories: [], status: true, spec: false),
+    // apps/v1
     resource!("apps", "v1", "Deployment", "deployments", "deployment", true, short: ["deploy"], categories: ["all"], status: true, spec: true),
+    resource!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, short: ["rs"], categories: ["all"], status: true, spec: true),
+    resource!("apps", "v1", "StatefulSet", "statefulsets", "statefulset", true, short: ["sts"], categories: ["all"], status: true, spec: true),
+    resource!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, short: ["ds"], categories: ["all"], status: true, spec: true),
+    resource!("apps", "v1", "ControllerRevision", "controllerrevisions", "controllerrevision", true, short: [], categories: [], status: false, spec: false),
+    // batch/v1
+    resource!("batch", "v1", "Job", "jobs", "job", true, short: [], categories: ["all"], status: true, spec: true),
+    resource!("batch", "v1", "CronJob", "cronjobs", "cronjob", true, short: ["cj"], categories: ["all"], status: true, spec: true),
+    // autoscaling/v2
+    resource!("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, short: ["hpa"], categories: ["all"], status: true, spec: true),
+    // discovery.k8s.io/v1
+    resource!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, short: [], categories: [], status: false, spec: false),
+    // networking.k8s.io/v1
+    resource!("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", true, short: ["netpol"], categories: [], status: false, spec: true),
+    resource!("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", true, short: ["ing"], categories: [], status: true, spec: true),
+    resource!("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", false, short: [], categories: [], status: false, spec: false),
+    // coordination.k8s.io/v1
+    resource!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, short: [], categories: [], status: false, spec: false),
+    // storage.k8s.io/v1
+    resource!("storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", false, short: ["sc"], categories: [], status: false, spec: false),
+    // policy/v1
+    resource!("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", true, short: ["pdb"], categories: [], status: true, spec: true),
+    // scheduling.k8s.io/v1
+    resource!("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", false, short: ["pc"], categories: [], status: false, spec: false),
 ];
 
 /// The resource type served at `group`/`version`/`plural`.

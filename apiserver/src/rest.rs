@@ -144,6 +144,7 @@ async fn dispatch(
         .map_err(|_| ApiError::too_large(MAX_BODY))?;
     if let Some(sub) = &t.subresource
         && !(sub == "status" && t.rt.has_status)
+        && !(sub == "scale" && t.rt.has_scale())
     {
         return Err(ApiError::no_route());
     }
@@ -153,6 +154,14 @@ async fn dispatch(
         params,
         headers,
     };
+    if h.t.subresource.as_deref() == Some("scale") {
+        return match method {
+            Method::GET | Method::PUT | Method::PATCH => h.scale(&method, &body).await,
+            m => Err(ApiError::method_not_allowed(format!(
+                "{m} is not supported on scale"
+            ))),
+        };
+    }
     match (method, h.t.name.is_some()) {
         (Method::GET, false) if h.params.is_watch() => h.watch().await,
         (Method::GET, false) => h.list().await,
@@ -248,9 +257,11 @@ impl Handler {
         let labels =
             LabelSelector::parse(self.params.label_selector.as_deref().unwrap_or_default())
                 .map_err(ApiError::bad_request)?;
-        let fields =
-            FieldSelector::parse(self.params.field_selector.as_deref().unwrap_or_default())
-                .map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(
+            self.params.field_selector.as_deref().unwrap_or_default(),
+            self.rt(),
+        )
+        .map_err(ApiError::bad_request)?;
         let prefix = self.rt().prefix(self.t.namespace.as_deref());
         let (start_key, revision) = match &self.params.continue_token {
             Some(token) => {
@@ -499,7 +510,10 @@ impl Handler {
                 })?),
                 None => None,
             };
-        self.guaranteed_update(expected, |_| Ok(obj.clone())).await
+        let out = self
+            .guaranteed_update(expected, |_| Ok(obj.clone()))
+            .await?;
+        self.respond(StatusCode::OK, out)
     }
 
     async fn patch(&self, body: &[u8]) -> ApiResult {
@@ -534,27 +548,97 @@ impl Handler {
             .and_then(|m| m.get("resourceVersion"))
             .and_then(Value::as_str)
             .and_then(|s| s.parse().ok());
-        self.guaranteed_update(expected, |current| {
-            let mut doc = current.clone();
-            match media.as_str() {
-                "application/json-patch+json" => {
-                    let p: json_patch::Patch = serde_json::from_value(patch.clone())
-                        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-                    json_patch::patch(&mut doc, &p).map_err(|e| {
-                        ApiError::new_unprocessable(format!(
-                            "the server rejected our request due to an error in our request: {e}"
-                        ))
+        let out = self
+            .guaranteed_update(expected, |current| {
+                let mut doc = current.clone();
+                apply_patch(&mut doc, &patch, &media, &content_type, self.rt())?;
+                Ok(doc)
+            })
+            .await?;
+        self.respond(StatusCode::OK, out)
+    }
+
+    /// `GET`, `PUT` and `PATCH` of the `scale` subresource: an `autoscaling/v1`
+    /// `Scale` whose `spec.replicas` is the object's.
+    async fn scale(&self, method: &Method, body: &[u8]) -> ApiResult {
+        if *method == Method::GET {
+            let key = self.rt().key(self.t.namespace.as_deref(), self.name());
+            let kv = self
+                .state
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| self.not_found())?;
+            return Ok(json_response(
+                StatusCode::OK,
+                &scale_of(&self.object_of(&kv)?),
+            ));
+        }
+        let content_type = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        if *method == Method::PATCH
+            && !matches!(
+                media.as_str(),
+                "application/json-patch+json"
+                    | "application/merge-patch+json"
+                    | "application/strategic-merge-patch+json"
+            )
+        {
+            return Err(ApiError::unsupported_media_type(&content_type));
+        }
+        let input: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body of the request could not be decoded as JSON: {e}"
+            ))
+        })?;
+        let expected = input
+            .get("metadata")
+            .and_then(|m| m.get("resourceVersion"))
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok());
+        let rt = self.rt();
+        let out = self
+            .guaranteed_update(expected, |current| {
+                let mut scale = scale_of(current);
+                if *method == Method::PUT {
+                    scale = input.clone();
+                } else {
+                    apply_patch(&mut scale, &input, &media, &content_type, rt)?;
+                }
+                let replicas = scale["spec"]["replicas"]
+                    .as_i64()
+                    .filter(|r| *r >= 0)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "autoscaling",
+                            "Scale",
+                            self.name(),
+                            vec![Cause {
+                                reason: "FieldValueInvalid",
+                                message: format!(
+                                    "Invalid value: {}: must be greater than or equal to 0",
+                                    scale["spec"]["replicas"]
+                                ),
+                                field: "spec.replicas".into(),
+                            }],
+                        )
                     })?;
-                }
-                "application/merge-patch+json" => json_patch::merge(&mut doc, &patch),
-                "application/strategic-merge-patch+json" => {
-                    crate::smp::apply(&mut doc, &patch, self.rt()).map_err(ApiError::bad_request)?
-                }
-                _ => return Err(ApiError::unsupported_media_type(&content_type)),
-            }
-            Ok(doc)
-        })
-        .await
+                let mut next = current.clone();
+                next["spec"]["replicas"] = json!(replicas);
+                Ok(next)
+            })
+            .await?;
+        Ok(json_response(StatusCode::OK, &scale_of(&out)))
     }
 
     /// Read, change, compare-and-swap; retried on conflict when the caller gave no
@@ -563,7 +647,7 @@ impl Handler {
         &self,
         expected: Option<Revision>,
         change: impl Fn(&Value) -> ApiResult<Value>,
-    ) -> ApiResult {
+    ) -> ApiResult<Value> {
         let key = self.rt().key(self.t.namespace.as_deref(), self.name());
         for _ in 0..16 {
             let kv = self
@@ -592,10 +676,10 @@ impl Handler {
                 .map(|m| m.remove("resourceVersion"));
             if stored == without_rv(&current) {
                 // No change: upstream answers with the current object and writes nothing.
-                return self.respond(StatusCode::OK, current);
+                return Ok(current);
             }
             if self.params.is_dry_run() {
-                return self.respond(StatusCode::OK, next);
+                return Ok(next);
             }
             match self
                 .state
@@ -605,7 +689,7 @@ impl Handler {
             {
                 Ok(kv) => {
                     let out = self.object_of(&kv)?;
-                    return self.respond(StatusCode::OK, out);
+                    return Ok(out);
                 }
                 Err(storage::Error::Conflict { .. }) if expected.is_none() => continue,
                 Err(storage::Error::Conflict { .. }) => {
@@ -703,9 +787,11 @@ impl Handler {
         let labels =
             LabelSelector::parse(self.params.label_selector.as_deref().unwrap_or_default())
                 .map_err(ApiError::bad_request)?;
-        let fields =
-            FieldSelector::parse(self.params.field_selector.as_deref().unwrap_or_default())
-                .map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(
+            self.params.field_selector.as_deref().unwrap_or_default(),
+            self.rt(),
+        )
+        .map_err(ApiError::bad_request)?;
         let prefix = self.rt().prefix(self.t.namespace.as_deref());
         let page = self
             .state
@@ -742,9 +828,11 @@ impl Handler {
         let labels =
             LabelSelector::parse(self.params.label_selector.as_deref().unwrap_or_default())
                 .map_err(ApiError::bad_request)?;
-        let mut fields =
-            FieldSelector::parse(self.params.field_selector.as_deref().unwrap_or_default())
-                .map_err(ApiError::bad_request)?;
+        let mut fields = FieldSelector::parse(
+            self.params.field_selector.as_deref().unwrap_or_default(),
+            self.rt(),
+        )
+        .map_err(ApiError::bad_request)?;
         if let Some(name) = &self.t.name {
             fields.require_name(name);
         }
@@ -805,6 +893,56 @@ impl Handler {
         );
         Ok(r)
     }
+}
+
+/// Applies a patch of the given media type to `doc`.
+fn apply_patch(
+    doc: &mut Value,
+    patch: &Value,
+    media: &str,
+    content_type: &str,
+    rt: &ResourceType,
+) -> ApiResult<()> {
+    match media {
+        "application/json-patch+json" => {
+            let p: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+            json_patch::patch(doc, &p).map_err(|e| {
+                ApiError::new_unprocessable(format!(
+                    "the server rejected our request due to an error in our request: {e}"
+                ))
+            })?;
+        }
+        "application/merge-patch+json" => json_patch::merge(doc, patch),
+        "application/strategic-merge-patch+json" => {
+            crate::smp::apply(doc, patch, rt).map_err(ApiError::bad_request)?
+        }
+        _ => return Err(ApiError::unsupported_media_type(content_type)),
+    }
+    Ok(())
+}
+
+/// The `autoscaling/v1` `Scale` of an object with `spec.replicas`.
+fn scale_of(obj: &Value) -> Value {
+    let meta = &obj["metadata"];
+    let selector: Vec<String> = obj["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector.join(",")},
+    })
 }
 
 fn stored_object(bytes: &[u8], rv: Revision) -> Option<Value> {

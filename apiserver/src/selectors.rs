@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::rest::labels_of;
+use crate::{resources::ResourceType, rest::labels_of};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Requirement {
@@ -114,8 +114,9 @@ impl LabelSelector {
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
-    /// Parses `field=value` / `field==value` / `field!=value` terms.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    /// Parses `field=value` / `field==value` / `field!=value` terms over the fields
+    /// `rt` supports.
+    pub fn parse(s: &str, rt: &ResourceType) -> Result<Self, String> {
         let mut terms = Vec::new();
         for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let (field, equal, value) = if let Some((f, v)) = term.split_once("!=") {
@@ -128,7 +129,9 @@ impl FieldSelector {
                 ));
             };
             let field = field.trim();
-            if !matches!(field, "metadata.name" | "metadata.namespace") {
+            if !matches!(field, "metadata.name" | "metadata.namespace")
+                && !rt.field_selectors().contains(&field)
+            {
                 return Err(format!("field label not supported: {field}"));
             }
             terms.push((field.to_owned(), equal, value.trim().to_owned()));
@@ -144,13 +147,19 @@ impl FieldSelector {
     /// Whether `obj` satisfies every term.
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
-            let actual = match field.as_str() {
-                "metadata.name" => obj["metadata"]["name"].as_str(),
-                "metadata.namespace" => obj["metadata"]["namespace"].as_str(),
-                _ => None,
-            }
-            .unwrap_or_default();
-            (actual == value) == *equal
+            // Missing fields compare as their zero value, as upstream's field sets do.
+            let actual = match field.split('.').try_fold(obj, |v, part| v.get(part)) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Bool(b)) => b.to_string(),
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::Object(o)) if field == "source" => o
+                    .get("component")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                _ => String::new(),
+            };
+            (actual == *value) == *equal
         })
     }
 }
@@ -187,18 +196,34 @@ mod tests {
     }
 
     #[test]
-    fn field_selectors_support_name_and_namespace() {
-        let obj = json!({"metadata": {"name": "a", "namespace": "ns"}});
+    fn field_selectors_follow_each_kinds_supported_fields() {
+        let cm = crate::resources::find("", "v1", "configmaps").unwrap();
+        let pods = crate::resources::find("", "v1", "pods").unwrap();
+        let obj = json!({"metadata": {"name": "a", "namespace": "ns"}, "spec": {"nodeName": "n1"}});
         assert!(
-            FieldSelector::parse("metadata.name=a")
+            FieldSelector::parse("metadata.name=a", cm)
                 .unwrap()
                 .matches(&obj)
         );
         assert!(
-            !FieldSelector::parse("metadata.namespace!=ns")
+            !FieldSelector::parse("metadata.namespace!=ns", cm)
                 .unwrap()
                 .matches(&obj)
         );
-        assert!(FieldSelector::parse("spec.nodeName=x").is_err());
+        assert_eq!(
+            FieldSelector::parse("spec.nodeName=x", cm).unwrap_err(),
+            "field label not supported: spec.nodeName"
+        );
+        assert!(
+            FieldSelector::parse("spec.nodeName=n1", pods)
+                .unwrap()
+                .matches(&obj)
+        );
+        // An unset field is the empty string: `status.phase=` matches pods without one.
+        assert!(
+            FieldSelector::parse("status.phase=", pods)
+                .unwrap()
+                .matches(&obj)
+        );
     }
 }

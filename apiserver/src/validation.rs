@@ -5,8 +5,19 @@
 
 use k8s_openapi::{
     api::{
-        apps::v1::Deployment,
-        core::v1::{ConfigMap, Namespace, Secret, ServiceAccount},
+        apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet},
+        autoscaling::v2::HorizontalPodAutoscaler,
+        batch::v1::{CronJob, Job},
+        coordination::v1::Lease,
+        core::v1::{
+            ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, PersistentVolume,
+            PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service, ServiceAccount,
+        },
+        discovery::v1::EndpointSlice,
+        networking::v1::{Ingress, IngressClass, NetworkPolicy},
+        policy::v1::PodDisruptionBudget,
+        scheduling::v1::PriorityClass,
+        storage::v1::StorageClass,
     },
     serde::de::DeserializeOwned,
 };
@@ -18,6 +29,7 @@ use crate::{
 };
 
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 
 /// Whether `s` is an RFC 1123 label (at most 63 characters).
@@ -115,10 +127,34 @@ pub fn check(
 ) -> Result<(), ApiError> {
     let unknown = match (rt.group, rt.kind) {
         ("", "Namespace") => typed::<Namespace>(obj),
+        ("", "Pod") => typed::<Pod>(obj),
+        ("", "Service") => typed::<Service>(obj),
+        ("", "Endpoints") => typed::<Endpoints>(obj),
         ("", "ConfigMap") => typed::<ConfigMap>(obj),
         ("", "Secret") => typed::<Secret>(obj),
         ("", "ServiceAccount") => typed::<ServiceAccount>(obj),
+        ("", "Node") => typed::<Node>(obj),
+        ("", "Event") => typed::<Event>(obj),
+        ("", "LimitRange") => typed::<LimitRange>(obj),
+        ("", "ResourceQuota") => typed::<ResourceQuota>(obj),
+        ("", "PersistentVolume") => typed::<PersistentVolume>(obj),
+        ("", "PersistentVolumeClaim") => typed::<PersistentVolumeClaim>(obj),
         ("apps", "Deployment") => typed::<Deployment>(obj),
+        ("apps", "ReplicaSet") => typed::<ReplicaSet>(obj),
+        ("apps", "StatefulSet") => typed::<StatefulSet>(obj),
+        ("apps", "DaemonSet") => typed::<DaemonSet>(obj),
+        ("apps", "ControllerRevision") => typed::<ControllerRevision>(obj),
+        ("batch", "Job") => typed::<Job>(obj),
+        ("batch", "CronJob") => typed::<CronJob>(obj),
+        ("autoscaling", "HorizontalPodAutoscaler") => typed::<HorizontalPodAutoscaler>(obj),
+        ("discovery.k8s.io", "EndpointSlice") => typed::<EndpointSlice>(obj),
+        ("networking.k8s.io", "NetworkPolicy") => typed::<NetworkPolicy>(obj),
+        ("networking.k8s.io", "Ingress") => typed::<Ingress>(obj),
+        ("networking.k8s.io", "IngressClass") => typed::<IngressClass>(obj),
+        ("coordination.k8s.io", "Lease") => typed::<Lease>(obj),
+        ("storage.k8s.io", "StorageClass") => typed::<StorageClass>(obj),
+        ("policy", "PodDisruptionBudget") => typed::<PodDisruptionBudget>(obj),
+        ("scheduling.k8s.io", "PriorityClass") => typed::<PriorityClass>(obj),
         _ => Ok(Vec::new()),
     };
     let unknown = unknown.map_err(|e| {
@@ -142,18 +178,26 @@ pub fn check(
     }
     let mut causes = Vec::new();
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-    let name_is_label = matches!(
-        (rt.group, rt.kind),
-        ("", "Namespace") | ("apps", "Deployment")
-    );
-    if name_is_label && !is_dns1123_label(name) {
-        causes.push(invalid("metadata.name", &json!(name), DNS1123_LABEL_MSG));
-    } else if !name_is_label && !is_dns1123_subdomain(name) {
-        causes.push(invalid(
-            "metadata.name",
-            &json!(name),
-            DNS1123_SUBDOMAIN_MSG,
-        ));
+    // Upstream's name rules: namespaces are RFC 1123 labels, services RFC 1035
+    // labels (a letter first), everything else RFC 1123 subdomains.
+    match (rt.group, rt.kind) {
+        ("", "Namespace") if !is_dns1123_label(name) => {
+            causes.push(invalid("metadata.name", &json!(name), DNS1123_LABEL_MSG));
+        }
+        ("", "Service")
+            if !(is_dns1123_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase())) =>
+        {
+            causes.push(invalid("metadata.name", &json!(name), DNS1035_LABEL_MSG));
+        }
+        ("", "Namespace" | "Service") => {}
+        _ if !is_dns1123_subdomain(name) => {
+            causes.push(invalid(
+                "metadata.name",
+                &json!(name),
+                DNS1123_SUBDOMAIN_MSG,
+            ));
+        }
+        _ => {}
     }
     labels(&obj["metadata"]["labels"], "metadata.labels", &mut causes);
     if rt.kind == "Deployment" && rt.group == "apps" {

@@ -2,6 +2,8 @@
 //! store and on a real etcd: apply, get in every output format, label, annotate,
 //! patch, delete, refusals of invalid input (and nothing stored), watch, and no
 //! acknowledged write lost across `kill -9`.
+// Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
@@ -298,6 +300,78 @@ async fn scenario(server: &SextantServer) {
         k.ok(&["get", "deploy", "web", "-n", "shop", "-o", "jsonpath={.spec.template.spec.containers[*].image} {.spec.template.spec.containers[0].env[0].name}"]).unwrap(),
         "sextant.local/demo:v2 MODE"
     );
+
+    // scale, describe, edit (EDITOR is a script), get -w.
+    assert!(
+        k.ok(&["scale", "deploy", "web", "-n", "shop", "--replicas=5"])
+            .unwrap()
+            .contains("deployment.apps/web scaled")
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ])
+        .unwrap(),
+        "5"
+    );
+    let described = k.ok(&["describe", "deploy", "web", "-n", "shop"]).unwrap();
+    assert!(
+        described.contains("Replicas:               5 desired")
+            && described.contains("Selector:               app=web"),
+        "{described}"
+    );
+    let editor = server.data_dir().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/^  color: green$/  color: red/' \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = k
+        .ok_env(
+            &["edit", "cm", "settings", "-n", "shop"],
+            &[("EDITOR", editor.to_str().unwrap())],
+        )
+        .unwrap();
+    assert!(out.contains("configmap/settings edited"), "{out}");
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.data.color}"
+        ])
+        .unwrap(),
+        "red"
+    );
+    let watcher = k
+        .spawn(&["get", "cm", "-n", "shop", "-w", "--request-timeout=5s"])
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    k.ok_with(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: later, namespace: shop}\n"),
+    )
+    .unwrap();
+    let watched = String::from_utf8_lossy(&watcher.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        watched.lines().any(|l| l.starts_with("settings")),
+        "{watched}"
+    );
+    assert!(
+        watched.lines().any(|l| l.starts_with("later")),
+        "get -w did not print the later change: {watched}"
+    );
+    k.ok(&["delete", "cm", "later", "-n", "shop"]).unwrap();
 
     // Invalid input is refused with upstream's message and field path; nothing is stored.
     let bad_name = MANIFEST

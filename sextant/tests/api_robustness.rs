@@ -1,6 +1,8 @@
 //! The API server's answers to bad input (each a `Status` with upstream's code and
 //! reason, and nothing written), its durability across `kill -9`, and watch
 //! resumption across a restart — on both datastores.
+// Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
+#![allow(clippy::unwrap_used)]
 
 use std::{path::Path, time::Duration};
 

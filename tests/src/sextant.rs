@@ -182,6 +182,33 @@ impl Kubectl {
         cmd
     }
 
+    /// Starts kubectl in the background (e.g. `get -w`) with stdout and stderr piped.
+    pub fn spawn(&self, args: &[&str]) -> Result<std::process::Child> {
+        let mut cmd = self.command(args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn()
+            .map_err(io_err(format!("running kubectl {args:?}")))
+    }
+
+    /// Runs kubectl with extra environment variables (e.g. `EDITOR`).
+    pub fn ok_env(&self, args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
+        let out = cmd
+            .output()
+            .map_err(io_err(format!("running kubectl {args:?}")))?;
+        if !out.status.success() {
+            return Err(Error::CommandFailed {
+                command: format!("kubectl {}", args.join(" ")),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Runs kubectl with `stdin` as input and returns everything it did.
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
         let mut cmd = self.command(args);
