@@ -200,6 +200,12 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         }
     };
 
+    ensure_system_namespaces(store.as_ref())
+        .await
+        .map_err(|source| Error::Store {
+            datastore: config.datastore,
+            source,
+        })?;
     let pki = Pki::load_or_create(&data_dir.join("pki"))?;
     let listener = TcpListener::bind(config.listen)
         .await
@@ -250,6 +256,36 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         kubeconfig,
         task,
     })
+}
+
+/// The namespaces upstream's API server keeps in existence.
+pub const SYSTEM_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Creates the system namespaces that do not exist yet (idempotent; several
+/// servers starting at once on one etcd are fine: the loser of a create race
+/// sees `AlreadyExists`).
+async fn ensure_system_namespaces(store: &dyn Store) -> Result<(), crate::storage::Error> {
+    let rt = crate::resources::find("", "v1", "namespaces")
+        .ok_or_else(|| crate::storage::Error::Internal("namespaces are not served".into()))?;
+    for name in SYSTEM_NAMESPACES {
+        let key = rt.key(None, name);
+        if store.get(&key).await?.is_some() {
+            continue;
+        }
+        let ns = json!({
+            "kind": "Namespace", "apiVersion": "v1",
+            "metadata": {"name": name, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": crate::rest::now(),
+                         "labels": {"kubernetes.io/metadata.name": name}},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        });
+        match store.create(&key, ns.to_string().into_bytes()).await {
+            Ok(_) | Err(crate::storage::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn tls_config(pki: &Pki, serving: &pki::CertPair) -> Result<ServerConfig, Error> {

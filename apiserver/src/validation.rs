@@ -51,8 +51,19 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
 /// Fills upstream's defaults in on create and update.
 pub fn default(rt: &ResourceType, obj: &mut Value) {
     match (rt.group, rt.kind) {
-        ("", "Namespace") if obj["status"]["phase"].is_null() => {
-            obj["status"] = json!({"phase": "Active"})
+        ("", "Namespace") => {
+            if obj["status"]["phase"].is_null() {
+                obj["status"] = json!({"phase": "Active"});
+            }
+            // Upstream labels every namespace with its own name (for namespaceSelector).
+            if let Some(name) = obj["metadata"]["name"].as_str().map(str::to_owned)
+                && let Some(meta) = obj["metadata"].as_object_mut()
+            {
+                let labels = meta.entry("labels").or_insert_with(|| json!({}));
+                if let Some(l) = labels.as_object_mut() {
+                    l.insert("kubernetes.io/metadata.name".into(), json!(name));
+                }
+            }
         }
         ("", "Secret") if obj["type"].is_null() => obj["type"] = json!("Opaque"),
         ("apps", "Deployment") => {

@@ -61,6 +61,17 @@ spec:
 
 async fn scenario(server: &SextantServer) {
     let k = server.kubectl().expect("kubectl");
+    let namespaces = k.ok(&["get", "ns", "-o", "name"]).unwrap();
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            namespaces.contains(&format!("namespace/{ns}")),
+            "{namespaces}"
+        );
+    }
+    let labels = k
+        .ok(&["get", "ns", "default", "-o", "jsonpath={.metadata.labels}"])
+        .unwrap();
+    assert_eq!(labels, r#"{"kubernetes.io/metadata.name":"default"}"#);
 
     // apply: created, then unchanged, then configured.
     let out = k
