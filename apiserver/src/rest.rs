@@ -435,58 +435,11 @@ impl Handler {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json");
-        let media = content_type.split(';').next().unwrap_or_default().trim();
-        if media != "application/json" && media != "*/*" {
-            return Err(ApiError::unsupported_media_type(content_type));
-        }
-        let obj: Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "the body of the request could not be decoded as JSON: {e}"
-            ))
-        })?;
-        self.check_kind(obj)
+        decode_object(self.rt(), self.t.namespace.as_deref(), content_type, body)
     }
 
-    fn check_kind(&self, mut obj: Value) -> ApiResult<Value> {
-        let o = obj
-            .as_object_mut()
-            .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
-        let rt = self.rt();
-        match o.get("kind").and_then(Value::as_str) {
-            Some(k) if k != rt.kind => {
-                return Err(ApiError::bad_request(format!(
-                    "the kind of the object ({k}) does not match the kind of the resource ({})",
-                    rt.kind
-                )));
-            }
-            _ => {}
-        }
-        match o.get("apiVersion").and_then(Value::as_str) {
-            Some(v) if v != rt.api_version() => {
-                return Err(ApiError::bad_request(format!(
-                    "the API version in the data ({v}) does not match the expected API version ({})",
-                    rt.api_version()
-                )));
-            }
-            _ => {}
-        }
-        o.insert("kind".into(), json!(rt.kind));
-        o.insert("apiVersion".into(), json!(rt.api_version()));
-        let meta = o.entry("metadata").or_insert_with(|| json!({}));
-        if !meta.is_object() {
-            return Err(ApiError::bad_request("metadata must be an object"));
-        }
-        if let (Some(want), Some(got)) = (
-            &self.t.namespace,
-            meta.get("namespace").and_then(Value::as_str),
-        ) && !got.is_empty()
-            && got != want
-        {
-            return Err(ApiError::bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request",
-            ));
-        }
-        Ok(obj)
+    fn check_kind(&self, obj: Value) -> ApiResult<Value> {
+        check_kind(self.rt(), self.t.namespace.as_deref(), obj)
     }
 
     async fn update(&self, body: &[u8]) -> ApiResult {
@@ -945,6 +898,66 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
+/// Decodes a create/update body (JSON only so far) into an object of `rt`.
+pub fn decode_object(
+    rt: &ResourceType,
+    namespace: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> ApiResult<Value> {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    if media != "application/json" && media != "*/*" {
+        return Err(ApiError::unsupported_media_type(content_type));
+    }
+    let obj: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body of the request could not be decoded as JSON: {e}"
+        ))
+    })?;
+    check_kind(rt, namespace, obj)
+}
+
+/// Checks that `obj` is a JSON object of `rt`'s kind and version (filling them in
+/// when absent) and in `namespace`.
+pub fn check_kind(rt: &ResourceType, namespace: Option<&str>, mut obj: Value) -> ApiResult<Value> {
+    let o = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
+    match o.get("kind").and_then(Value::as_str) {
+        Some(k) if k != rt.kind => {
+            return Err(ApiError::bad_request(format!(
+                "the kind of the object ({k}) does not match the kind of the resource ({})",
+                rt.kind
+            )));
+        }
+        _ => {}
+    }
+    match o.get("apiVersion").and_then(Value::as_str) {
+        Some(v) if v != rt.api_version() => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({})",
+                rt.api_version()
+            )));
+        }
+        _ => {}
+    }
+    o.insert("kind".into(), json!(rt.kind));
+    o.insert("apiVersion".into(), json!(rt.api_version()));
+    let meta = o.entry("metadata").or_insert_with(|| json!({}));
+    if !meta.is_object() {
+        return Err(ApiError::bad_request("metadata must be an object"));
+    }
+    if let (Some(want), Some(got)) = (namespace, meta.get("namespace").and_then(Value::as_str))
+        && !got.is_empty()
+        && got != want
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    Ok(obj)
+}
+
 fn stored_object(bytes: &[u8], rv: Revision) -> Option<Value> {
     let mut obj: Value = serde_json::from_slice(bytes).ok()?;
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -1073,4 +1086,113 @@ pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::resources::RESOURCES;
+
+    /// Any JSON value, a few levels deep.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            "[ -~]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map("[a-zA-Z$/.-]{1,10}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A valid Deployment, so mutations reach deep into validation.
+    fn deployment() -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}},
+                                     "spec": {"containers": [{"name": "c", "image": "i:1", "ports": [{"containerPort": 80}]}]}}}})
+    }
+
+    /// Sets `value` at the path picked by `choices` (walking into objects and arrays).
+    fn set_somewhere(doc: &mut Value, choices: &[usize], value: Value) {
+        let Some((c, rest)) = choices.split_first() else {
+            *doc = value;
+            return;
+        };
+        match doc {
+            Value::Object(m) if !m.is_empty() => {
+                let key = m.keys().nth(c % m.len()).cloned().unwrap_or_default();
+                if let Some(n) = m.get_mut(&key) {
+                    set_somewhere(n, rest, value);
+                }
+            }
+            Value::Array(a) if !a.is_empty() => {
+                let n = a.len();
+                set_somewhere(&mut a[c % n], rest, value);
+            }
+            _ => *doc = value,
+        }
+    }
+
+    fn expected_refusal(e: &ApiError) -> bool {
+        matches!(e.code, 400 | 415 | 422)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes never panic the decoder; a refusal is a 400 or 415.
+        #[test]
+        fn arbitrary_bodies_are_refused_cleanly(body in prop::collection::vec(any::<u8>(), 0..256), rt in 0..RESOURCES.len()) {
+            if let Err(e) = decode_object(&RESOURCES[rt], Some("default"), "application/json", &body) {
+                prop_assert!(expected_refusal(&e), "{e:?}");
+            }
+        }
+
+        /// Any JSON object of any kind decodes and validates without panicking, and
+        /// is either accepted or refused with 400/422.
+        #[test]
+        fn arbitrary_objects_validate_cleanly(obj in json_value(), rt in 0..RESOURCES.len()) {
+            let rt = &RESOURCES[rt];
+            let body = serde_json::to_vec(&obj).unwrap();
+            match decode_object(rt, Some("default"), "application/json", &body) {
+                Ok(mut o) => {
+                    crate::validation::default(rt, &mut o);
+                    if let Err(e) = crate::validation::check(rt, &o, None, true) {
+                        prop_assert!(expected_refusal(&e), "{e:?}");
+                    }
+                }
+                Err(e) => prop_assert!(expected_refusal(&e), "{e:?}"),
+            }
+        }
+
+        /// A valid Deployment with one field replaced by anything validates without
+        /// panicking (against itself as the old object too, the update path).
+        #[test]
+        fn mutated_deployments_validate_cleanly(choices in prop::collection::vec(any::<usize>(), 0..8), value in json_value()) {
+            let rt = crate::resources::find("apps", "v1", "deployments").unwrap();
+            let mut d = deployment();
+            set_somewhere(&mut d, &choices, value);
+            let body = serde_json::to_vec(&d).unwrap();
+            if let Ok(mut o) = decode_object(rt, Some("default"), "application/json", &body) {
+                crate::validation::default(rt, &mut o);
+                for old in [None, Some(&deployment())] {
+                    if let Err(e) = crate::validation::check(rt, &o, old, true) {
+                        prop_assert!(expected_refusal(&e), "{e:?}");
+                    }
+                }
+                let _ = crate::smp::apply(&mut deployment(), &o, rt);
+            }
+        }
+    }
 }

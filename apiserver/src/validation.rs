@@ -67,10 +67,11 @@ pub fn default(rt: &ResourceType, obj: &mut Value) {
         }
         ("", "Secret") if obj["type"].is_null() => obj["type"] = json!("Opaque"),
         ("apps", "Deployment") => {
-            let spec = &mut obj["spec"];
-            if !spec.is_object() {
+            // Checked access only: a field of the wrong type is validation's to
+            // report, and indexing into it here would panic.
+            let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
                 return;
-            }
+            };
             set_default(spec, "replicas", json!(1));
             set_default(spec, "revisionHistoryLimit", json!(10));
             set_default(spec, "progressDeadlineSeconds", json!(600));
@@ -79,27 +80,29 @@ pub fn default(rt: &ResourceType, obj: &mut Value) {
                 "strategy",
                 json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
             );
-            let pod = &mut spec["template"]["spec"];
-            if pod.is_object() {
-                set_default(pod, "restartPolicy", json!("Always"));
-                set_default(pod, "terminationGracePeriodSeconds", json!(30));
-                set_default(pod, "dnsPolicy", json!("ClusterFirst"));
-                set_default(pod, "schedulerName", json!("default-scheduler"));
-                set_default(pod, "securityContext", json!({}));
-                if let Some(cs) = pod["containers"].as_array_mut() {
-                    for c in cs {
-                        set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
-                        set_default(c, "terminationMessagePolicy", json!("File"));
-                        let latest = c["image"]
-                            .as_str()
-                            .is_some_and(|i| i.ends_with(":latest") || !i.contains(':'));
-                        set_default(
-                            c,
-                            "imagePullPolicy",
-                            json!(if latest { "Always" } else { "IfNotPresent" }),
-                        );
-                    }
-                }
+            let Some(pod) = spec.pointer_mut("/template/spec").filter(|p| p.is_object()) else {
+                return;
+            };
+            set_default(pod, "restartPolicy", json!("Always"));
+            set_default(pod, "terminationGracePeriodSeconds", json!(30));
+            set_default(pod, "dnsPolicy", json!("ClusterFirst"));
+            set_default(pod, "schedulerName", json!("default-scheduler"));
+            set_default(pod, "securityContext", json!({}));
+            let Some(containers) = pod.get_mut("containers").and_then(Value::as_array_mut) else {
+                return;
+            };
+            for c in containers.iter_mut().filter(|c| c.is_object()) {
+                set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
+                set_default(c, "terminationMessagePolicy", json!("File"));
+                let latest = c
+                    .get("image")
+                    .and_then(Value::as_str)
+                    .is_some_and(|i| i.ends_with(":latest") || !i.contains(':'));
+                set_default(
+                    c,
+                    "imagePullPolicy",
+                    json!(if latest { "Always" } else { "IfNotPresent" }),
+                );
             }
         }
         _ => {}
