@@ -5,6 +5,7 @@
 //! component reaches the store only through this API, with the kube-rs client.
 
 pub mod discovery;
+pub mod kinds;
 pub mod metrics;
 pub mod openapi;
 pub mod pki;

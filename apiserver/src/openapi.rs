@@ -4,12 +4,18 @@
 //! leave field validation to the server. `/openapi/v2` answers an empty document so
 //! kubectl's client-side fallback never fails.
 //!
-//! Schemas (for `kubectl explain`) are not served yet.
+//! `components.schemas` carries every kind's schema from `k8s-openapi` (upstream's
+//! names and descriptions), each kind marked with `x-kubernetes-group-version-kind`
+//! so `kubectl explain` finds it.
 
 use axum::{
     extract::Path,
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
+};
+use k8s_openapi::{
+    schemars::{JsonSchema, SchemaGenerator, generate::SchemaSettings},
+    serde::{Serialize, de::DeserializeOwned},
 };
 use serde_json::{Map, Value, json};
 
@@ -93,6 +99,37 @@ fn operation(rt: &ResourceType, verb: &str) -> Value {
     })
 }
 
+/// Adds a kind's schema (and everything it refers to) to the generator.
+struct AddSchema<'a>(&'a mut SchemaGenerator);
+
+impl crate::kinds::Visitor for AddSchema<'_> {
+    type Output = String;
+    fn visit<T: DeserializeOwned + Serialize + JsonSchema>(self) -> String {
+        self.0.subschema_for::<T>();
+        T::schema_name().into_owned()
+    }
+}
+
+fn schemas(kinds: &[&ResourceType]) -> Map<String, Value> {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let mut named = Vec::new();
+    for rt in kinds {
+        if let Some(name) = crate::kinds::visit(rt, AddSchema(&mut generator)) {
+            named.push((name, *rt));
+        }
+    }
+    let mut defs = generator.take_definitions(true);
+    for (name, rt) in named {
+        if let Some(Value::Object(schema)) = defs.get_mut(&name) {
+            schema.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": rt.group, "version": rt.version, "kind": rt.kind}]),
+            );
+        }
+    }
+    defs.into_iter().collect()
+}
+
 fn document(group: &str, version: &str) -> Response {
     let of_gv: Vec<&ResourceType> = RESOURCES
         .iter()
@@ -101,6 +138,7 @@ fn document(group: &str, version: &str) -> Response {
     if of_gv.is_empty() {
         return ApiError::no_route().into_response();
     }
+    let schemas = schemas(&of_gv);
     let mut paths = Map::new();
     for rt in of_gv {
         let base = format!("/{}", gv_path(group, version));
@@ -128,6 +166,6 @@ fn document(group: &str, version: &str) -> Response {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": format!("v{}.{}.0", crate::server::KUBERNETES_VERSION.0, crate::server::KUBERNETES_VERSION.1)},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas},
     }))
 }

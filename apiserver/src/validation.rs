@@ -4,22 +4,8 @@
 //! (a Deployment's selector must match its template's labels, and is immutable).
 
 use k8s_openapi::{
-    api::{
-        apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet},
-        autoscaling::v2::HorizontalPodAutoscaler,
-        batch::v1::{CronJob, Job},
-        coordination::v1::Lease,
-        core::v1::{
-            ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, PersistentVolume,
-            PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service, ServiceAccount,
-        },
-        discovery::v1::EndpointSlice,
-        networking::v1::{Ingress, IngressClass, NetworkPolicy},
-        policy::v1::PodDisruptionBudget,
-        scheduling::v1::PriorityClass,
-        storage::v1::StorageClass,
-    },
-    serde::de::DeserializeOwned,
+    schemars::JsonSchema,
+    serde::{Serialize, de::DeserializeOwned},
 };
 use serde_json::{Value, json};
 
@@ -139,38 +125,7 @@ pub fn check(
     old: Option<&Value>,
     strict: bool,
 ) -> Result<(), ApiError> {
-    let unknown = match (rt.group, rt.kind) {
-        ("", "Namespace") => typed::<Namespace>(obj),
-        ("", "Pod") => typed::<Pod>(obj),
-        ("", "Service") => typed::<Service>(obj),
-        ("", "Endpoints") => typed::<Endpoints>(obj),
-        ("", "ConfigMap") => typed::<ConfigMap>(obj),
-        ("", "Secret") => typed::<Secret>(obj),
-        ("", "ServiceAccount") => typed::<ServiceAccount>(obj),
-        ("", "Node") => typed::<Node>(obj),
-        ("", "Event") => typed::<Event>(obj),
-        ("", "LimitRange") => typed::<LimitRange>(obj),
-        ("", "ResourceQuota") => typed::<ResourceQuota>(obj),
-        ("", "PersistentVolume") => typed::<PersistentVolume>(obj),
-        ("", "PersistentVolumeClaim") => typed::<PersistentVolumeClaim>(obj),
-        ("apps", "Deployment") => typed::<Deployment>(obj),
-        ("apps", "ReplicaSet") => typed::<ReplicaSet>(obj),
-        ("apps", "StatefulSet") => typed::<StatefulSet>(obj),
-        ("apps", "DaemonSet") => typed::<DaemonSet>(obj),
-        ("apps", "ControllerRevision") => typed::<ControllerRevision>(obj),
-        ("batch", "Job") => typed::<Job>(obj),
-        ("batch", "CronJob") => typed::<CronJob>(obj),
-        ("autoscaling", "HorizontalPodAutoscaler") => typed::<HorizontalPodAutoscaler>(obj),
-        ("discovery.k8s.io", "EndpointSlice") => typed::<EndpointSlice>(obj),
-        ("networking.k8s.io", "NetworkPolicy") => typed::<NetworkPolicy>(obj),
-        ("networking.k8s.io", "Ingress") => typed::<Ingress>(obj),
-        ("networking.k8s.io", "IngressClass") => typed::<IngressClass>(obj),
-        ("coordination.k8s.io", "Lease") => typed::<Lease>(obj),
-        ("storage.k8s.io", "StorageClass") => typed::<StorageClass>(obj),
-        ("policy", "PodDisruptionBudget") => typed::<PodDisruptionBudget>(obj),
-        ("scheduling.k8s.io", "PriorityClass") => typed::<PriorityClass>(obj),
-        _ => Ok(Vec::new()),
-    };
+    let unknown = crate::kinds::visit(rt, UnknownFields(obj)).unwrap_or_else(|| Ok(Vec::new()));
     let unknown = unknown.map_err(|e| {
         ApiError::bad_request(format!(
             "{kind} in version \"{v}\" cannot be handled as a {kind}: {e}",
@@ -224,8 +179,18 @@ pub fn check(
     }
 }
 
+/// Decodes an object as its kind's type and lists the fields the type does not know.
+struct UnknownFields<'a>(&'a Value);
+
+impl crate::kinds::Visitor for UnknownFields<'_> {
+    type Output = Result<Vec<String>, String>;
+    fn visit<T: DeserializeOwned + Serialize + JsonSchema>(self) -> Self::Output {
+        typed::<T>(self.0)
+    }
+}
+
 /// Decodes `obj` as `T` and returns the paths of fields `T` does not know.
-fn typed<T: DeserializeOwned + serde::Serialize>(obj: &Value) -> Result<Vec<String>, String> {
+fn typed<T: DeserializeOwned + Serialize>(obj: &Value) -> Result<Vec<String>, String> {
     let t: T = serde_json::from_value(obj.clone()).map_err(|e| e.to_string())?;
     let back = serde_json::to_value(&t).map_err(|e| e.to_string())?;
     let mut unknown = Vec::new();

@@ -207,6 +207,14 @@ async fn scenario(server: &SextantServer) {
         "{all_ns}"
     );
 
+    // explain reads the server's OpenAPI v3 schemas.
+    let explained = k.ok(&["explain", "deployment.spec.strategy"]).unwrap();
+    assert!(
+        explained.contains("FIELD: strategy <DeploymentStrategy>")
+            && explained.contains("rollingUpdate"),
+        "{explained}"
+    );
+
     // label and annotate, selectors.
     k.ok(&["label", "cm", "settings", "-n", "shop", "env=prod"])
         .unwrap();
