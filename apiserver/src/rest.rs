@@ -50,6 +50,7 @@ pub struct Params {
     allow_watch_bookmarks: Option<bool>,
     dry_run: Option<String>,
     field_validation: Option<String>,
+    grace_period_seconds: Option<i64>,
 }
 
 impl Params {
@@ -170,7 +171,7 @@ async fn dispatch(
         (Method::POST, false) => h.create(&body).await,
         (Method::PUT, true) => h.update(&body).await,
         (Method::PATCH, true) => h.patch(&body).await,
-        (Method::DELETE, true) => h.delete().await,
+        (Method::DELETE, true) => h.delete(&body).await,
         (Method::DELETE, false) => h.delete_collection().await,
         (m, _) => Err(ApiError::method_not_allowed(format!(
             "{m} is not supported on this path"
@@ -390,7 +391,7 @@ impl Handler {
         }
         validation::default(self.rt(), &mut obj);
         self.validate(&obj, None)?;
-        self.check_namespace_exists().await?;
+        self.check_namespace_exists(&name).await?;
         if self.params.is_dry_run() {
             return self.respond(StatusCode::CREATED, obj);
         }
@@ -411,16 +412,24 @@ impl Handler {
     }
 
     /// Upstream's NamespaceLifecycle admission: no objects in a missing namespace.
-    async fn check_namespace_exists(&self) -> ApiResult<()> {
+    async fn check_namespace_exists(&self, name: &str) -> ApiResult<()> {
         let Some(ns) = &self.t.namespace else {
             return Ok(());
         };
         let nsrt = resources::find("", "v1", "namespaces")
             .ok_or_else(|| ApiError::internal("namespaces not served"))?;
-        match self.state.store.get(&nsrt.key(None, ns)).await? {
-            Some(_) => Ok(()),
-            None => Err(ApiError::not_found("", "namespaces", ns)),
+        let Some(kv) = self.state.store.get(&nsrt.key(None, ns)).await? else {
+            return Err(ApiError::not_found("", "namespaces", ns));
+        };
+        let namespace = self.object_of(&kv)?;
+        if !namespace["metadata"]["deletionTimestamp"].is_null() {
+            return Err(ApiError::forbidden(format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                self.rt().plural,
+                name
+            )));
         }
+        Ok(())
     }
 
     fn validate(&self, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
@@ -623,6 +632,42 @@ impl Handler {
             let mut next = self.merge_update(&current, changed)?;
             validation::default(self.rt(), &mut next);
             self.validate(&next, Some(&current))?;
+            let deleting = !current["metadata"]["deletionTimestamp"].is_null();
+            let finalizers = |o: &Value| -> Vec<Value> {
+                o["metadata"]["finalizers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            if deleting
+                && finalizers(&next)
+                    .iter()
+                    .any(|f| !finalizers(&current).contains(f))
+            {
+                return Err(ApiError::forbidden(format!(
+                    "{} \"{}\" is forbidden: no new finalizers can be added if the object is being deleted",
+                    self.rt().plural,
+                    self.name()
+                )));
+            }
+            // The last finalizer gone from an object being deleted: delete it now.
+            let namespace_pending = self.rt().group.is_empty()
+                && self.rt().kind == "Namespace"
+                && next["spec"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty());
+            if deleting
+                && finalizers(&next).is_empty()
+                && !namespace_pending
+                && !self.params.is_dry_run()
+            {
+                match self.state.store.delete(&key, Some(kv.mod_revision)).await {
+                    Ok(_) => return Ok(next),
+                    Err(storage::Error::Conflict { .. }) => continue,
+                    Err(storage::Error::NotFound { .. }) => return Err(self.not_found()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
             let mut stored = next.clone();
             stored["metadata"]
                 .as_object_mut()
@@ -711,9 +756,25 @@ impl Handler {
         Ok(next)
     }
 
-    async fn delete(&self) -> ApiResult {
+    /// Deletes at once, or — when the object has finalizers, is a namespace, or is a
+    /// scheduled pod with a grace period — marks it with `deletionTimestamp` and
+    /// answers 202; whoever owns the finalizer (or the kubelet) completes it.
+    async fn delete(&self, body: &[u8]) -> ApiResult {
+        let options: Value = if body.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the body of the request could not be decoded as DeleteOptions: {e}"
+                ))
+            })?
+        };
+        let grace = self
+            .params
+            .grace_period_seconds
+            .or_else(|| options["gracePeriodSeconds"].as_i64());
         let key = self.rt().key(self.t.namespace.as_deref(), self.name());
-        if self.params.is_dry_run() {
+        for _ in 0..16 {
             let kv = self
                 .state
                 .store
@@ -721,19 +782,72 @@ impl Handler {
                 .await?
                 .ok_or_else(|| self.not_found())?;
             let obj = self.object_of(&kv)?;
-            return Ok(json_response(StatusCode::OK, &obj));
+            check_preconditions(&options, &obj, self.rt(), self.name())?;
+            let is_pod = self.rt().group.is_empty() && self.rt().kind == "Pod";
+            let is_namespace = self.rt().group.is_empty() && self.rt().kind == "Namespace";
+            let has_finalizers = obj["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
+            let pod_grace = if is_pod
+                && obj["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty())
+            {
+                grace.unwrap_or_else(|| {
+                    obj["spec"]["terminationGracePeriodSeconds"]
+                        .as_i64()
+                        .unwrap_or(30)
+                })
+            } else {
+                0
+            };
+            let graceful = has_finalizers || is_namespace || pod_grace > 0;
+            if self.params.is_dry_run() {
+                let code = if graceful {
+                    StatusCode::ACCEPTED
+                } else {
+                    StatusCode::OK
+                };
+                return Ok(json_response(code, &obj));
+            }
+            if !graceful {
+                return match self.state.store.delete(&key, Some(kv.mod_revision)).await {
+                    Ok((prev, _)) => Ok(json_response(StatusCode::OK, &self.object_of(&prev)?)),
+                    Err(storage::Error::Conflict { .. }) => continue,
+                    Err(storage::Error::NotFound { .. }) => Err(self.not_found()),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            if !obj["metadata"]["deletionTimestamp"].is_null() {
+                // Already being deleted: repeating the request changes nothing.
+                return Ok(json_response(StatusCode::ACCEPTED, &obj));
+            }
+            let mut next = obj.clone();
+            next["metadata"]["deletionTimestamp"] = json!(now());
+            next["metadata"]["deletionGracePeriodSeconds"] = json!(pod_grace);
+            if is_namespace {
+                next["status"]["phase"] = json!("Terminating");
+            }
+            next["metadata"]
+                .as_object_mut()
+                .map(|m| m.remove("resourceVersion"));
+            match self
+                .state
+                .store
+                .update(&key, to_bytes(&next)?, kv.mod_revision)
+                .await
+            {
+                Ok(kv) => return Ok(json_response(StatusCode::ACCEPTED, &self.object_of(&kv)?)),
+                Err(storage::Error::Conflict { .. }) => continue,
+                Err(storage::Error::NotFound { .. }) => return Err(self.not_found()),
+                Err(e) => return Err(e.into()),
+            }
         }
-        let (prev, _) = self
-            .state
-            .store
-            .delete(&key, None)
-            .await
-            .map_err(|e| match e {
-                storage::Error::NotFound { .. } => self.not_found(),
-                other => other.into(),
-            })?;
-        let obj = self.object_of(&prev)?;
-        Ok(json_response(StatusCode::OK, &obj))
+        Err(ApiError::conflict(
+            self.rt().group,
+            self.rt().plural,
+            self.name(),
+        ))
     }
 
     async fn delete_collection(&self) -> ApiResult {
@@ -956,6 +1070,30 @@ pub fn check_kind(rt: &ResourceType, namespace: Option<&str>, mut obj: Value) ->
         ));
     }
     Ok(obj)
+}
+
+/// `DeleteOptions.preconditions`: the uid and resourceVersion the caller expects.
+fn check_preconditions(
+    options: &Value,
+    obj: &Value,
+    rt: &ResourceType,
+    name: &str,
+) -> ApiResult<()> {
+    let pre = &options["preconditions"];
+    for field in ["uid", "resourceVersion"] {
+        if let Some(want) = pre[field].as_str()
+            && obj["metadata"][field].as_str() != Some(want)
+        {
+            let mut e = ApiError::conflict(rt.group, rt.plural, name);
+            e.message = format!(
+                "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: {field}: {want}, {field} in object meta: {}",
+                rt.plural,
+                obj["metadata"][field].as_str().unwrap_or_default()
+            );
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 fn stored_object(bytes: &[u8], rv: Revision) -> Option<Value> {

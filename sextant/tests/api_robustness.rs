@@ -249,6 +249,7 @@ async fn embedded_store() {
         .await
         .expect("server");
     bad_input(&server).await;
+    finalizers_and_graceful_deletion(&server).await;
     durable_across_kill(&mut server).await;
     watch_resumes_after_restart(&mut server).await;
 }
@@ -260,6 +261,85 @@ async fn etcd() {
         .await
         .expect("server");
     bad_input(&server).await;
+    finalizers_and_graceful_deletion(&server).await;
     durable_across_kill(&mut server).await;
     watch_resumes_after_restart(&mut server).await;
+}
+
+/// Finalizers hold an object in deletion (202, `deletionTimestamp`) until the
+/// last one is removed; a namespace being deleted takes no new content.
+async fn finalizers_and_graceful_deletion(server: &SextantServer) {
+    let c = server.http_client().unwrap();
+    let base = server.url();
+    let cms = format!("{base}/api/v1/namespaces/default/configmaps");
+    let held = json!({"metadata": {"name": "held", "finalizers": ["example.com/keep"]}});
+    assert_eq!(send(&c, c.post(&cms).json(&held)).await.0, 201);
+    let (code, body) = send(&c, c.delete(format!("{cms}/held"))).await;
+    assert_eq!(code, 202, "{body}");
+    assert!(body["metadata"]["deletionTimestamp"].is_string(), "{body}");
+    // Still readable while being deleted; no new finalizers.
+    let (code, _) = send(&c, c.get(format!("{cms}/held"))).await;
+    assert_eq!(code, 200);
+    let (code, body) = send(
+        &c,
+        c.patch(format!("{cms}/held"))
+            .header("content-type", "application/merge-patch+json")
+            .body(r#"{"metadata":{"finalizers":["example.com/keep","example.com/more"]}}"#),
+    )
+    .await;
+    assert_status(code, &body, 403, "Forbidden");
+    // Removing the last finalizer completes the deletion.
+    let (code, _) = send(
+        &c,
+        c.patch(format!("{cms}/held"))
+            .header("content-type", "application/merge-patch+json")
+            .body(r#"{"metadata":{"finalizers":null}}"#),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, body) = send(&c, c.get(format!("{cms}/held"))).await;
+    assert_status(code, &body, 404, "NotFound");
+
+    // A namespace is deleted gracefully (the namespace controller finishes it) and
+    // refuses new content meanwhile.
+    let ns = format!("{base}/api/v1/namespaces");
+    assert_eq!(
+        send(
+            &c,
+            c.post(&ns).json(&json!({"metadata": {"name": "leaving"}}))
+        )
+        .await
+        .0,
+        201
+    );
+    let (code, body) = send(
+        &c,
+        c.delete(format!("{ns}/leaving"))
+            .json(&json!({"propagationPolicy": "Background"})),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["status"]["phase"], "Terminating");
+    let (code, body) = send(
+        &c,
+        c.post(format!("{ns}/leaving/configmaps"))
+            .json(&json!({"metadata": {"name": "late"}})),
+    )
+    .await;
+    assert_status(code, &body, 403, "Forbidden");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("because it is being terminated"),
+        "{body}"
+    );
+    // A wrong uid precondition is a 409.
+    let (code, body) = send(
+        &c,
+        c.delete(format!("{cms}/p"))
+            .json(&json!({"preconditions": {"uid": "not-the-uid"}})),
+    )
+    .await;
+    assert_status(code, &body, 409, "Conflict");
 }
