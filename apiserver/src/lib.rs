@@ -14,6 +14,7 @@ pub mod resources;
 pub mod rest;
 pub mod selectors;
 pub mod server;
+pub mod service_allocation;
 pub mod smp;
 pub mod status;
 pub mod storage;

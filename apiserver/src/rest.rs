@@ -23,6 +23,7 @@ use crate::{
     resources::{self, ResourceType},
     selectors::{FieldSelector, LabelSelector},
     server::AppState,
+    service_allocation::Ranges,
     status::{ApiError, Cause},
     storage::{self, ListOptions, Revision},
     table, validation,
@@ -213,6 +214,14 @@ impl Handler {
         self.t.name.as_deref().unwrap_or_default()
     }
 
+    fn is_service(&self) -> bool {
+        self.rt().group.is_empty() && self.rt().kind == "Service"
+    }
+
+    fn owner(&self, name: &str) -> String {
+        format!("{}/{name}", self.t.namespace.as_deref().unwrap_or_default())
+    }
+
     fn not_found(&self) -> ApiError {
         ApiError::not_found(self.rt().group, self.rt().plural, self.name())
     }
@@ -395,18 +404,27 @@ impl Handler {
         if self.params.is_dry_run() {
             return self.respond(StatusCode::CREATED, obj);
         }
+        let claimed = if self.is_service() {
+            self.state
+                .ranges
+                .on_create(self.state.store.as_ref(), &mut obj, &self.owner(&name))
+                .await?
+        } else {
+            Vec::new()
+        };
         let key = self.rt().key(self.t.namespace.as_deref(), &name);
-        let kv = self
-            .state
-            .store
-            .create(&key, to_bytes(&obj)?)
-            .await
-            .map_err(|e| match e {
-                storage::Error::AlreadyExists { .. } => {
-                    ApiError::already_exists(self.rt().group, self.rt().plural, &name)
-                }
-                other => other.into(),
-            })?;
+        let kv = match self.state.store.create(&key, to_bytes(&obj)?).await {
+            Ok(kv) => kv,
+            Err(e) => {
+                Ranges::release_all(self.state.store.as_ref(), &claimed).await;
+                return Err(match e {
+                    storage::Error::AlreadyExists { .. } => {
+                        ApiError::already_exists(self.rt().group, self.rt().plural, &name)
+                    }
+                    other => other.into(),
+                });
+            }
+        };
         let out = self.object_of(&kv)?;
         self.respond(StatusCode::CREATED, out)
     }
@@ -662,7 +680,12 @@ impl Handler {
                 && !self.params.is_dry_run()
             {
                 match self.state.store.delete(&key, Some(kv.mod_revision)).await {
-                    Ok(_) => return Ok(next),
+                    Ok(_) => {
+                        if self.is_service() {
+                            Ranges::on_delete(self.state.store.as_ref(), &current).await;
+                        }
+                        return Ok(next);
+                    }
                     Err(storage::Error::Conflict { .. }) => continue,
                     Err(storage::Error::NotFound { .. }) => return Err(self.not_found()),
                     Err(e) => return Err(e.into()),
@@ -679,12 +702,33 @@ impl Handler {
             if self.params.is_dry_run() {
                 return Ok(next);
             }
-            match self
+            let claimed = if self.is_service() {
+                let owner = self.owner(self.name());
+                let c = self
+                    .state
+                    .ranges
+                    .on_update(self.state.store.as_ref(), &current, &mut stored, &owner)
+                    .await?;
+                next = stored.clone();
+                c
+            } else {
+                Vec::new()
+            };
+            let written = self
                 .state
                 .store
                 .update(&key, to_bytes(&stored)?, kv.mod_revision)
-                .await
-            {
+                .await;
+            if written.is_err() {
+                Ranges::release_all(self.state.store.as_ref(), &claimed).await;
+            } else if self.is_service() {
+                Ranges::release_all(
+                    self.state.store.as_ref(),
+                    &Ranges::no_longer_used(&current, &next),
+                )
+                .await;
+            }
+            match written {
                 Ok(kv) => {
                     let out = self.object_of(&kv)?;
                     return Ok(out);
@@ -812,7 +856,13 @@ impl Handler {
             }
             if !graceful {
                 return match self.state.store.delete(&key, Some(kv.mod_revision)).await {
-                    Ok((prev, _)) => Ok(json_response(StatusCode::OK, &self.object_of(&prev)?)),
+                    Ok((prev, _)) => {
+                        let prev = self.object_of(&prev)?;
+                        if self.is_service() {
+                            Ranges::on_delete(self.state.store.as_ref(), &prev).await;
+                        }
+                        Ok(json_response(StatusCode::OK, &prev))
+                    }
                     Err(storage::Error::Conflict { .. }) => continue,
                     Err(storage::Error::NotFound { .. }) => Err(self.not_found()),
                     Err(e) => Err(e.into()),
@@ -876,7 +926,12 @@ impl Handler {
             }
             if !self.params.is_dry_run() {
                 match self.state.store.delete(&kv.key, None).await {
-                    Ok(_) | Err(storage::Error::NotFound { .. }) => {}
+                    Ok(_) => {
+                        if self.is_service() {
+                            Ranges::on_delete(self.state.store.as_ref(), &obj).await;
+                        }
+                    }
+                    Err(storage::Error::NotFound { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }
             }

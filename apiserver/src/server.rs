@@ -61,6 +61,8 @@ pub struct Config {
     pub datastore: Datastore,
     /// etcd client URLs, for [`Datastore::Etcd`].
     pub etcd_endpoints: Vec<String>,
+    /// ClusterIP and NodePort ranges.
+    pub service_ranges: crate::service_allocation::Ranges,
 }
 
 /// Errors while starting the server.
@@ -143,6 +145,8 @@ impl Identity {
 pub struct AppState {
     /// The store.
     pub store: Arc<dyn Store>,
+    /// Where Services get their ClusterIPs and NodePorts.
+    pub ranges: crate::service_allocation::Ranges,
 }
 
 /// A started server.
@@ -243,7 +247,10 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     let mut registry = sextant_metrics::Registry::default();
     let metrics = ApiMetrics::register(&mut registry);
     let registry = Arc::new(registry);
-    let state = AppState { store };
+    let state = AppState {
+        store,
+        ranges: config.service_ranges.clone(),
+    };
     let router = router(state, metrics, registry);
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), datastore = ?config.datastore, "API server listening");
     let task = tokio::spawn(accept_loop(

@@ -92,6 +92,92 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
             },
             AGE,
         ],
+        ("", "Service") => vec![
+            NAME,
+            Column {
+                name: "Type",
+                kind: "string",
+                description: "type determines how the Service is exposed.",
+                priority: 0,
+                cell: |o| json!(o["spec"]["type"].as_str().unwrap_or("ClusterIP")),
+            },
+            Column {
+                name: "Cluster-IP",
+                kind: "string",
+                description: "clusterIP is the IP address of the service.",
+                priority: 0,
+                cell: |o| json!(o["spec"]["clusterIP"].as_str().unwrap_or("<none>")),
+            },
+            Column {
+                name: "External-IP",
+                kind: "string",
+                description: "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.",
+                priority: 0,
+                cell: |o| {
+                    let ips: Vec<&str> = o["spec"]["externalIPs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    match (o["spec"]["type"].as_str(), ips.is_empty()) {
+                        (Some("ExternalName"), _) => {
+                            json!(o["spec"]["externalName"].as_str().unwrap_or("<none>"))
+                        }
+                        (Some("LoadBalancer"), true) => json!("<pending>"),
+                        (_, true) => json!("<none>"),
+                        (_, false) => json!(ips.join(",")),
+                    }
+                },
+            },
+            Column {
+                name: "Port(s)",
+                kind: "string",
+                description: "The list of ports that are exposed by this service.",
+                priority: 0,
+                cell: |o| {
+                    let ports: Vec<String> = o["spec"]["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| {
+                            let proto = p["protocol"].as_str().unwrap_or("TCP");
+                            match p["nodePort"].as_u64() {
+                                Some(n) => format!("{}:{n}/{proto}", p["port"]),
+                                None => format!("{}/{proto}", p["port"]),
+                            }
+                        })
+                        .collect();
+                    json!(if ports.is_empty() {
+                        "<none>".to_owned()
+                    } else {
+                        ports.join(",")
+                    })
+                },
+            },
+            AGE,
+            Column {
+                name: "Selector",
+                kind: "string",
+                description: "Route service traffic to pods with label keys and values matching this selector.",
+                priority: 1,
+                cell: |o| {
+                    let parts: Vec<String> = o["spec"]["selector"]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    json!(if parts.is_empty() {
+                        "<none>".to_owned()
+                    } else {
+                        parts.join(",")
+                    })
+                },
+            },
+        ],
         ("", "ServiceAccount") => vec![
             NAME,
             Column {

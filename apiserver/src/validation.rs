@@ -169,8 +169,10 @@ pub fn check(
         _ => {}
     }
     labels(&obj["metadata"]["labels"], "metadata.labels", &mut causes);
-    if rt.kind == "Deployment" && rt.group == "apps" {
-        deployment(obj, old, &mut causes);
+    match (rt.group, rt.kind) {
+        ("apps", "Deployment") => deployment(obj, old, &mut causes),
+        ("", "Service") => service(obj, &mut causes),
+        _ => {}
     }
     if causes.is_empty() {
         Ok(())
@@ -253,6 +255,71 @@ fn labels(labels: &Value, field: &str, causes: &mut Vec<Cause>) {
                 "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
             ));
         }
+    }
+}
+
+fn service(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = &obj["spec"];
+    let kind = spec["type"].as_str().unwrap_or("ClusterIP");
+    if !matches!(
+        kind,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
+        causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            message: format!(
+                "Unsupported value: {}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"",
+                json!(kind)
+            ),
+            field: "spec.type".into(),
+        });
+        return;
+    }
+    if kind == "ExternalName" {
+        if spec["externalName"].as_str().is_none_or(str::is_empty) {
+            causes.push(required("spec.externalName"));
+        }
+        return;
+    }
+    let headless = spec["clusterIP"].as_str() == Some("None");
+    let ports = spec["ports"].as_array().cloned().unwrap_or_default();
+    if ports.is_empty() && !headless {
+        causes.push(required("spec.ports"));
+    }
+    let mut names = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let field = format!("spec.ports[{i}]");
+        match p["port"].as_i64() {
+            Some(n) if (1..=65535).contains(&n) => {}
+            Some(n) => causes.push(invalid(
+                &format!("{field}.port"),
+                &json!(n),
+                "must be between 1 and 65535, inclusive",
+            )),
+            None => causes.push(required(&format!("{field}.port"))),
+        }
+        let protocol = p["protocol"].as_str().unwrap_or("TCP");
+        if !matches!(protocol, "TCP" | "UDP" | "SCTP") {
+            causes.push(Cause {
+                reason: "FieldValueNotSupported",
+                message: format!(
+                    "Unsupported value: {}: supported values: \"SCTP\", \"TCP\", \"UDP\"",
+                    json!(protocol)
+                ),
+                field: format!("{field}.protocol"),
+            });
+        }
+        let name = p["name"].as_str().unwrap_or_default();
+        if ports.len() > 1 && name.is_empty() {
+            causes.push(required(&format!("{field}.name")));
+        } else if !name.is_empty() && names.contains(&name) {
+            causes.push(Cause {
+                reason: "FieldValueDuplicate",
+                message: format!("Duplicate value: {}", json!(name)),
+                field: format!("{field}.name"),
+            });
+        }
+        names.push(name);
     }
 }
 

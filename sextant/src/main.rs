@@ -52,6 +52,24 @@ struct ServerArgs {
     /// etcd client URLs (comma-separated), with --datastore etcd.
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
+    /// CIDR Services get their ClusterIPs from.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: ipnet::Ipv4Net,
+    /// Port range (inclusive) for NodePort Services.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: (u16, u16),
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a range like 30000-32767"))?;
+    let lo: u16 = lo.trim().parse().map_err(|e| format!("{lo:?}: {e}"))?;
+    let hi: u16 = hi.trim().parse().map_err(|e| format!("{hi:?}: {e}"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("{s:?} is not a valid port range"));
+    }
+    Ok((lo, hi))
 }
 
 #[tokio::main]
@@ -80,6 +98,10 @@ async fn run_server(args: ServerArgs) -> Result<(), server::Error> {
         listen: args.listen,
         datastore: args.datastore,
         etcd_endpoints: args.etcd_endpoints,
+        service_ranges: sextant_apiserver::service_allocation::Ranges {
+            cluster_ips: args.service_cluster_ip_range,
+            node_ports: args.service_node_port_range,
+        },
     };
     let running = server::start(config).await?;
     println!("Sextant API server listening on https://{}", running.addr);

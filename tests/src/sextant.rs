@@ -39,6 +39,15 @@ impl SextantServer {
     /// Starts `binary server` (pass `env!("CARGO_BIN_EXE_sextant")`) and waits until
     /// `/readyz` answers and the admin kubeconfig exists.
     pub async fn start(binary: &Path, datastore: Datastore<'_>) -> Result<Self> {
+        Self::start_with(binary, datastore, &[]).await
+    }
+
+    /// Like [`SextantServer::start`], with extra `sextant server` flags.
+    pub async fn start_with(
+        binary: &Path,
+        datastore: Datastore<'_>,
+        extra: &[&str],
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("sextant-server-")
             .tempdir()
@@ -51,6 +60,7 @@ impl SextantServer {
             "--listen".to_owned(),
             addr.clone(),
         ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         if let Datastore::Etcd(etcd) = datastore {
             args.extend([
                 "--datastore".to_owned(),
