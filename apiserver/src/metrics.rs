@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::{extract::Request, middleware::Next, response::Response};
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -50,11 +50,33 @@ const DURATION_BUCKETS: [f64; 23] = [
     10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
 ];
 
-/// Request metrics, registered on the server's registry.
+/// Labels naming a resource.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// `configmaps`, `deployments.apps`, ... as upstream's `resource` label.
+    pub resource: String,
+}
+
+/// Labels of `apiserver_registered_watchers`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatcherLabels {
+    /// API group.
+    pub group: String,
+    /// Version.
+    pub version: String,
+    /// Kind.
+    pub kind: String,
+}
+
+/// The server's own metrics, registered on its registry.
 #[derive(Clone, Debug)]
 pub struct ApiMetrics {
     requests: Family<RequestLabels, Counter>,
     durations: Family<DurationLabels, Histogram>,
+    /// `apiserver_storage_objects`: objects stored, per resource.
+    pub storage_objects: Family<ResourceLabels, Gauge>,
+    /// `apiserver_registered_watchers`: open watches, per kind.
+    pub watchers: Family<WatcherLabels, Gauge>,
 }
 
 impl ApiMetrics {
@@ -74,10 +96,46 @@ impl ApiMetrics {
             "Response latency distribution in seconds for each verb, group, version, resource and subresource",
             durations.clone(),
         );
+        let storage_objects = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "apiserver_storage_objects",
+            "Number of stored objects at the time of last check split by kind",
+            storage_objects.clone(),
+        );
+        let watchers = Family::<WatcherLabels, Gauge>::default();
+        registry.register(
+            "apiserver_registered_watchers",
+            "Number of currently registered watchers for a given resources",
+            watchers.clone(),
+        );
         Self {
             requests,
             durations,
+            storage_objects,
+            watchers,
         }
+    }
+
+    /// Counts a new watch of `rt`; dropping the guard uncounts it.
+    pub fn watch_started(&self, rt: &crate::resources::ResourceType) -> WatchGuard {
+        let labels = WatcherLabels {
+            group: rt.group.into(),
+            version: rt.version.into(),
+            kind: rt.kind.into(),
+        };
+        let gauge = self.watchers.get_or_create(&labels).clone();
+        gauge.inc();
+        WatchGuard(gauge)
+    }
+}
+
+/// Keeps one watch counted in `apiserver_registered_watchers` while alive.
+#[derive(Debug)]
+pub struct WatchGuard(Gauge);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

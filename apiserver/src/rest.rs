@@ -1008,6 +1008,12 @@ impl Handler {
             timeout,
             bookmarks.then_some(rt),
         );
+        // Counted while the client holds the stream open.
+        let guard = self.state.metrics.watch_started(self.rt());
+        let stream = stream.map(move |chunk| {
+            let _counted = &guard;
+            chunk
+        });
         let mut r = Response::new(Body::from_stream(stream));
         r.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -147,6 +147,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Where Services get their ClusterIPs and NodePorts.
     pub ranges: crate::service_allocation::Ranges,
+    /// The server's metrics.
+    pub metrics: ApiMetrics,
 }
 
 /// A started server.
@@ -157,6 +159,7 @@ pub struct RunningServer {
     /// Path of the admin kubeconfig.
     pub kubeconfig: PathBuf,
     task: JoinHandle<()>,
+    counting: JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -169,6 +172,31 @@ impl RunningServer {
 impl Drop for RunningServer {
     fn drop(&mut self) {
         self.task.abort();
+        self.counting.abort();
+    }
+}
+
+/// Refreshes `apiserver_storage_objects` from the store every 10 s, as upstream does.
+async fn count_objects(store: Arc<dyn Store>, metrics: ApiMetrics) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        for rt in crate::resources::RESOURCES {
+            let resource = if rt.group.is_empty() {
+                rt.plural.to_owned()
+            } else {
+                format!("{}.{}", rt.plural, rt.group)
+            };
+            match store.count(&rt.prefix(None)).await {
+                Ok(n) => {
+                    metrics
+                        .storage_objects
+                        .get_or_create(&crate::metrics::ResourceLabels { resource })
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+                Err(e) => tracing::debug!(error = %e, "counting stored objects"),
+            }
+        }
     }
 }
 
@@ -246,10 +274,16 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
 
     let mut registry = sextant_metrics::Registry::default();
     let metrics = ApiMetrics::register(&mut registry);
+    let store: Arc<dyn Store> = Arc::new(crate::storage::metered::MeteredStore::new(
+        store,
+        &mut registry,
+    ));
     let registry = Arc::new(registry);
+    let counting = tokio::spawn(count_objects(store.clone(), metrics.clone()));
     let state = AppState {
         store,
         ranges: config.service_ranges.clone(),
+        metrics: metrics.clone(),
     };
     let router = router(state, metrics, registry);
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), datastore = ?config.datastore, "API server listening");
@@ -262,6 +296,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         addr,
         kubeconfig,
         task,
+        counting,
     })
 }
 

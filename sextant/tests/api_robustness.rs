@@ -250,6 +250,7 @@ async fn embedded_store() {
         .expect("server");
     bad_input(&server).await;
     finalizers_and_graceful_deletion(&server).await;
+    metrics_are_exported(&server).await;
     durable_across_kill(&mut server).await;
     watch_resumes_after_restart(&mut server).await;
 }
@@ -262,6 +263,7 @@ async fn etcd() {
         .expect("server");
     bad_input(&server).await;
     finalizers_and_graceful_deletion(&server).await;
+    metrics_are_exported(&server).await;
     durable_across_kill(&mut server).await;
     watch_resumes_after_restart(&mut server).await;
 }
@@ -342,4 +344,68 @@ async fn finalizers_and_graceful_deletion(server: &SextantServer) {
     )
     .await;
     assert_status(code, &body, 409, "Conflict");
+}
+
+/// `/metrics` carries upstream's API server and store metrics in OpenMetrics.
+async fn metrics_are_exported(server: &SextantServer) {
+    let c = server.http_client().unwrap();
+    let base = server.url();
+    let metrics = |c: reqwest::Client| {
+        let url = format!("{base}/metrics");
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            assert!(
+                r.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("application/openmetrics-text")
+            );
+            r.text().await.unwrap()
+        }
+    };
+    // A watch is counted while it is open.
+    let watch = c
+        .get(format!(
+            "{}/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=30",
+            server.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    let text = metrics(c.clone()).await;
+    assert!(
+        text.contains(r#"apiserver_registered_watchers{group="",version="v1",kind="ConfigMap"} 1"#),
+        "{text}"
+    );
+    drop(watch);
+    assert!(text.contains(r#"apiserver_request_total{verb="POST",group="",version="v1",resource="configmaps",subresource="",code="201"}"#), "{text}");
+    assert!(
+        text.contains(r#"apiserver_request_duration_seconds_bucket{le="0.005",verb="GET""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"etcd_request_duration_seconds_count{operation="create",type="configmaps"}"#
+        ),
+        "{text}"
+    );
+    // Counted at start: the four system namespaces (at least).
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(r#"apiserver_storage_objects{resource="namespaces"}"#))
+        .unwrap();
+    let n: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 4, "{line}");
+    assert!(text.trim_end().ends_with("# EOF"));
+    // The watch gauge goes back down once the stream is gone.
+    for _ in 0..50 {
+        let text = metrics(c.clone()).await;
+        if text
+            .contains(r#"apiserver_registered_watchers{group="",version="v1",kind="ConfigMap"} 0"#)
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the watcher gauge did not go back to 0");
 }

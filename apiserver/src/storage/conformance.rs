@@ -184,6 +184,8 @@ pub async fn list_pages_read_one_snapshot(s: &dyn Store) {
         ]
     );
     assert!(!all.more);
+    assert_eq!(s.count("/c/list/a/").await.expect("count"), 5);
+    assert_eq!(s.count("/c/list/").await.expect("count"), 6);
 
     let first = s
         .list(&ListOptions {

@@ -526,6 +526,21 @@ impl Store for EmbeddedStore {
         self.blocking(move |i| i.list(&options)).await
     }
 
+    async fn count(&self, prefix: &str) -> Result<usize> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |i| {
+            let txn = i.db.begin_read().map_err(internal)?;
+            let latest = txn.open_table(LATEST).map_err(internal)?;
+            let end = prefix_end(&prefix);
+            let n = latest
+                .range(prefix.as_bytes()..end.as_slice())
+                .map_err(internal)?
+                .count();
+            Ok(n)
+        })
+        .await
+    }
+
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
         let key = key.to_owned();
         match self

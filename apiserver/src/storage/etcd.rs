@@ -121,6 +121,15 @@ impl Store for EtcdStore {
         })
     }
 
+    async fn count(&self, prefix: &str) -> Result<usize> {
+        let mut kv = self.client.kv_client();
+        let opts = GetOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_count_only();
+        let resp = kv.get(prefix, Some(opts)).await.map_err(map_err)?;
+        Ok(usize::try_from(resp.count()).unwrap_or(0))
+    }
+
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
         let mut kv = self.client.kv_client();
         let txn = Txn::new()

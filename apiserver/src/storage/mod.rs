@@ -24,6 +24,7 @@ use futures::Stream;
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+pub mod metered;
 
 /// A store revision (etcd's `int64` revision; Kubernetes' `resourceVersion`).
 pub type Revision = i64;
@@ -174,6 +175,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Keys under a prefix, in key order, one page at a time.
     async fn list(&self, options: &ListOptions) -> Result<ListResult>;
+
+    /// How many keys start with `prefix` now.
+    async fn count(&self, prefix: &str) -> Result<usize>;
 
     /// Creates `key`; [`Error::AlreadyExists`] if it exists.
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue>;
