@@ -254,3 +254,143 @@ async fn prometheus_scrapes_the_demo_servers_metrics() {
         .expect("number");
     assert!(value >= 1.0, "scrapes counted: {value}");
 }
+
+#[test]
+fn network_namespace_nodes_reach_each_other_over_the_bridge() {
+    let net = sextant_tests::netns::Network::new(3, [10, 202, 0]).expect("network");
+    for (i, from) in net.nodes.iter().enumerate() {
+        let to = &net.nodes[(i + 1) % net.nodes.len()];
+        let out = sextant_tests::run(from.netns.command("ping").args([
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &to.addr.to_string(),
+        ]))
+        .unwrap_or_else(|e| panic!("node {i} cannot reach {}: {e}", to.addr));
+        assert!(out.contains("1 received"), "{out}");
+    }
+    // Each node has its own address on its uplink.
+    let addrs = net.nodes[1]
+        .netns
+        .ip(&["-4", "-o", "addr", "show", "dev", "eth0"])
+        .expect("ip addr");
+    assert!(addrs.contains("10.202.0.2/24"), "{addrs}");
+}
+
+#[tokio::test]
+async fn the_demo_server_answers_probes_env_echo_and_load_requests() {
+    let port = free_port().expect("port");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(images::binary("sextant-demo").expect("demo binary"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("DEMO_GREETING", "hello");
+    let _demo = ChildProcess::spawn("demo", cmd, &dir.path().join("demo.log")).expect("demo");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_for(
+        "the demo server",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let r = http.get(format!("{base}/healthz")).send();
+            async move { r.await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        },
+    )
+    .await
+    .expect("demo up");
+
+    let status = |path: &'static str| {
+        let r = http.get(format!("{base}{path}")).send();
+        async move { r.await.expect("request").status().as_u16() }
+    };
+    assert_eq!(
+        (status("/healthz").await, status("/readyz").await),
+        (200, 200)
+    );
+    // Told to fail liveness: /healthz fails, /readyz does not; and back.
+    http.post(format!("{base}/fail?probe=liveness&fail=true"))
+        .send()
+        .await
+        .expect("fail");
+    assert_eq!(
+        (status("/healthz").await, status("/readyz").await),
+        (503, 200)
+    );
+    http.post(format!("{base}/fail?probe=liveness&fail=false"))
+        .send()
+        .await
+        .expect("pass");
+    http.post(format!("{base}/fail?probe=readiness"))
+        .send()
+        .await
+        .expect("fail readiness");
+    assert_eq!(
+        (status("/healthz").await, status("/readyz").await),
+        (200, 503)
+    );
+    let bad = http
+        .post(format!("{base}/fail?probe=startup"))
+        .send()
+        .await
+        .expect("bad probe");
+    assert_eq!(bad.status().as_u16(), 400);
+
+    let env: serde_json::Value = http
+        .get(format!("{base}/env"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(env["DEMO_GREETING"], "hello");
+    let echo: serde_json::Value = http
+        .put(format!("{base}/some/path?x=1"))
+        .body("payload")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            echo["method"].as_str(),
+            echo["path"].as_str(),
+            echo["query"].as_str()
+        ),
+        (Some("PUT"), Some("/some/path"), Some("x=1"))
+    );
+    assert_eq!(echo["body"], "payload");
+
+    // Memory is allocated and held; CPU burn is accepted; both show in /metrics.
+    let r = http
+        .post(format!("{base}/alloc?mb=8"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = http
+        .post(format!("{base}/burn?seconds=1&threads=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let held: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("demo_allocated_bytes "))
+        .expect("demo_allocated_bytes")
+        .parse()
+        .unwrap();
+    assert!(held >= 8.0 * 1024.0 * 1024.0, "{metrics}");
+    assert!(metrics.contains("demo_burn_seconds_total 1"), "{metrics}");
+}

@@ -41,6 +41,32 @@ enum Command {
     },
     /// Set up the machine, build everything, and start what exists of the cluster.
     Up,
+    /// Run a benchmark (release build) and record it in docs/benchmarks.md: `api`.
+    Bench {
+        /// Which benchmark.
+        name: String,
+    },
+}
+
+/// Builds the release binaries and runs `bench <name>` from the tests crate (which
+/// has the harness; xtask itself stays buildable before `setup` installs protoc).
+fn bench(name: &str) -> anyhow::Result<()> {
+    setup::setup()?;
+    step::step("build release binaries", || {
+        step::run(step::cargo().args(["build", "--release", "-p", "sextant"]))
+    })?;
+    step::step(&format!("bench {name}"), || {
+        step::run(step::cargo().args([
+            "run",
+            "--release",
+            "-p",
+            "sextant-tests",
+            "--bin",
+            "bench",
+            "--",
+            name,
+        ]))
+    })
 }
 
 fn main() {
@@ -51,6 +77,7 @@ fn main() {
         Command::Images => images::build().map(|_| ()),
         Command::Test { cargo_test_args } => test::run_all(&cargo_test_args),
         Command::Up => up::run_up(),
+        Command::Bench { name } => bench(&name),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

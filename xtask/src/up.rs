@@ -1,29 +1,48 @@
-//! `cargo xtask up`: sets up the machine, builds everything, and starts what exists
-//! of the cluster. Today that is the build and the images; the API server (issue 3)
-//! and the agent with the demo app (issue 4) are not built yet, and this says so.
+//! `cargo xtask up`: sets up the machine, builds everything, and runs what exists of
+//! the cluster in the foreground: today the API server on the embedded store (the
+//! agent with the demo app joins with issue 4). Ctrl-C stops it.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
-use crate::step::{cargo, run, step};
+use crate::step::{cargo, run, step, target_dir};
 
-/// Sets up, builds, and reports.
+/// Sets up, builds, and runs `sextant server` until interrupted.
 pub(crate) fn run_up() -> Result<()> {
     crate::setup::setup()?;
     step("build the workspace (with the eBPF programs)", || {
         run(cargo().arg("build"))
     })?;
     let images = crate::images::build()?;
+    let data_dir = target_dir().join("sextant-up");
+    let kubeconfig = data_dir.join("admin.kubeconfig");
     println!();
-    println!("Sextant is built. What exists today:");
-    println!("  built   eBPF build-and-load pipeline (dataplane: per-interface XDP/TC counters)");
-    println!("  built   metrics crate: OpenMetrics /metrics and tracing setup");
-    println!("  built   offline images in {}", images.display());
-    println!("  missing API server (`sextant server`): issue 3");
-    println!("  missing kubelet and agent (`sextant server --with-agent`): issue 4");
-    println!();
+    println!("What exists today:");
     println!(
-        "No cluster is started yet: there is no API server to start. Run `cargo xtask test` to"
+        "  running API server (`sextant server`, embedded store in {})",
+        data_dir.display()
     );
-    println!("exercise what exists against real etcd, containerd and Prometheus.");
+    println!("  built   offline images in {}", images.display());
+    println!(
+        "  missing kubelet and agent with the demo app (`sextant server --with-agent`): issue 4"
+    );
+    println!();
+    println!("Reach the cluster with kubectl:");
+    println!("  export KUBECONFIG={}", kubeconfig.display());
+    println!("  kubectl get namespaces");
+    println!("  kubectl apply -f your-manifest.yaml");
+    println!(
+        "Ctrl-C stops the server; its data stays in {} for the next `cargo xtask up`.",
+        data_dir.display()
+    );
+    println!();
+    let binary = target_dir().join("debug").join("sextant");
+    let status = std::process::Command::new(&binary)
+        .args(["server", "--data-dir"])
+        .arg(&data_dir)
+        .args(["--listen", "0.0.0.0:6443"])
+        .status()?;
+    if !status.success() {
+        bail!("sextant server exited with {status}");
+    }
     Ok(())
 }

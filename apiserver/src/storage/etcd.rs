@@ -14,6 +14,9 @@ use super::{
     prefix_end,
 };
 
+/// Keys read per etcd range request when listing.
+const ETCD_CHUNK: usize = 1000;
+
 /// A store on an etcd cluster (v3 API). Cheap to clone: clones share connections.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -100,25 +103,66 @@ impl Store for EtcdStore {
 
     async fn list(&self, options: &ListOptions) -> Result<ListResult> {
         let mut kv = self.client.kv_client();
-        let start = match &options.start_key {
-            Some(s) if s.as_str() > options.prefix.as_str() => s.clone(),
-            _ => options.prefix.clone(),
+        let mut start = match &options.start_key {
+            Some(s) if s.as_str() > options.prefix.as_str() => s.clone().into_bytes(),
+            _ => options.prefix.clone().into_bytes(),
         };
-        let mut opts = GetOptions::new().with_range(prefix_end(&options.prefix));
-        if let Some(limit) = options.limit.filter(|l| *l > 0) {
-            opts = opts.with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        let end = prefix_end(&options.prefix);
+        let wanted = options.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let mut revision = options.revision.filter(|r| *r > 0);
+        let mut items = Vec::new();
+        let mut chunk_size = ETCD_CHUNK;
+        // Read in chunks at one revision: a single large range would exceed the
+        // gRPC message size (4 MiB), and chunks keep etcd's per-request work bounded.
+        // A chunk of large objects that still exceeds it is retried at half the size.
+        loop {
+            let chunk = (wanted - items.len()).min(chunk_size);
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(i64::try_from(chunk).unwrap_or(i64::MAX));
+            if let Some(rev) = revision {
+                opts = opts.with_revision(rev);
+            }
+            let resp = match kv.get(start.clone(), Some(opts)).await {
+                Ok(r) => r,
+                Err(etcd_client::Error::GRpcStatus(status))
+                    if status.code() == tonic::Code::OutOfRange
+                        && status.message().contains("message length too large")
+                        && chunk > 1 =>
+                {
+                    chunk_size = chunk / 2;
+                    continue;
+                }
+                Err(e) => return Err(map_err(e)),
+            };
+            let rev =
+                *revision.get_or_insert(resp.header().map(|h| h.revision()).unwrap_or_default());
+            for k in resp.kvs() {
+                items.push(convert(k)?);
+            }
+            let more = resp.more();
+            if !more || items.len() >= wanted {
+                return Ok(ListResult {
+                    items,
+                    revision: rev,
+                    more,
+                });
+            }
+            // Continue just after the last key read.
+            match resp.kvs().last() {
+                Some(last) => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                None => {
+                    return Ok(ListResult {
+                        items,
+                        revision: rev,
+                        more: false,
+                    });
+                }
+            }
         }
-        if let Some(rev) = options.revision.filter(|r| *r > 0) {
-            opts = opts.with_revision(rev);
-        }
-        let resp = kv.get(start, Some(opts)).await.map_err(map_err)?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        let items = resp.kvs().iter().map(convert).collect::<Result<Vec<_>>>()?;
-        Ok(ListResult {
-            items,
-            revision: options.revision.filter(|r| *r > 0).unwrap_or(revision),
-            more: resp.more(),
-        })
     }
 
     async fn count(&self, prefix: &str) -> Result<usize> {

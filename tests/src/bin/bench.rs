@@ -1,0 +1,335 @@
+//! Benchmarks run by `cargo xtask bench <name>`: each measures Sextant beside the
+//! alternative a user would pick, in the same run, prints one table, and rewrites
+//! its section of `docs/benchmarks.md`.
+//!
+//! `api`: ConfigMap creates through `sextant server` on etcd beside raw etcd puts
+//! (1, 16 and 64 concurrent clients), list latency at 10 000 objects, and event
+//! delivery latency to 100 watchers.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use serde_json::json;
+use sextant_tests::{
+    etcd::EtcdCluster,
+    sextant::{Datastore, SextantServer},
+};
+use tokio::sync::Mutex;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() {
+    let name = std::env::args().nth(1).unwrap_or_default();
+    let result = match name.as_str() {
+        "api" => api().await,
+        other => Err(format!("unknown benchmark {other:?}; known: api").into()),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Percentile of sorted durations, in milliseconds.
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+struct Run {
+    ops: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Runs `total` operations on `clients` concurrent tasks; `op(i)` does the i-th.
+async fn load<F, Fut>(clients: usize, total: usize, op: F) -> Result<Run, Error>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), Error>> + Send,
+{
+    let op = Arc::new(op);
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (op, latencies) = (op.clone(), latencies.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut i = c;
+            while i < total {
+                let t = Instant::now();
+                op(i).await?;
+                mine.push(t.elapsed());
+                i += clients;
+            }
+            latencies.lock().await.extend(mine);
+            Ok::<(), Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = start.elapsed();
+    let mut latencies = std::mem::take(&mut *latencies.lock().await);
+    latencies.sort();
+    Ok(Run {
+        ops: total,
+        elapsed,
+        latencies,
+    })
+}
+
+fn sextant_binary() -> PathBuf {
+    sextant_tests::target_dir().join("release").join("sextant")
+}
+
+async fn api() -> Result<(), Error> {
+    let binary = sextant_binary();
+    if !binary.exists() {
+        return Err(format!(
+            "{} is missing: run `cargo build --release -p sextant` (cargo xtask bench does)",
+            binary.display()
+        )
+        .into());
+    }
+    eprintln!("bench api: starting etcd and sextant server (release build) on it");
+    let etcd = EtcdCluster::start(1).await?;
+    let server = SextantServer::start(Path::new(&binary), Datastore::Etcd(&etcd)).await?;
+    let http = server.http_client()?;
+    let cms = format!("{}/api/v1/namespaces/default/configmaps", server.url());
+    let value = "x".repeat(256);
+
+    let mut rows = Vec::new();
+    for (clients, total) in [(1usize, 500usize), (16, 2000), (64, 4000)] {
+        eprintln!("bench api: {clients} client(s), {total} writes each way");
+        let etcd_client = etcd.client().await?;
+        let v = value.clone();
+        let raw = load(clients, total, move |i| {
+            let mut c = etcd_client.clone();
+            let v = v.clone();
+            async move {
+                c.put(format!("/bench/raw-{clients}-{i}"), v, None).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        let (h, url, v) = (http.clone(), cms.clone(), value.clone());
+        let api = load(clients, total, move |i| {
+            let (h, url) = (h.clone(), url.clone());
+            let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("c{clients}-{i}")}, "data": {"v": v}});
+            async move {
+                let r = h.post(url).json(&body).send().await?;
+                if r.status().as_u16() != 201 {
+                    return Err(format!("create answered {}: {}", r.status(), r.text().await.unwrap_or_default()).into());
+                }
+                Ok(())
+            }
+        })
+        .await?;
+        rows.push((clients, raw, api));
+    }
+
+    eprintln!("bench api: filling 10 000 objects for the list");
+    let (h, v) = (http.clone(), value.clone());
+    let url = format!("{}/api/v1/namespaces/default/configmaps", server.url());
+    let fill_url = url.clone();
+    load(64, 10_000 - 6500, move |i| {
+        let (h, url) = (h.clone(), fill_url.clone());
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("fill-{i}")}, "data": {"v": v}});
+        async move {
+            let r = h.post(url).json(&body).send().await?;
+            if r.status().as_u16() != 201 {
+                return Err(format!("fill: {} {}", r.status(), r.text().await.unwrap_or_default()).into());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let mut full = Vec::new();
+    let mut count = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let list: serde_json::Value = http
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        full.push(t.elapsed());
+        count = list["items"].as_array().map(Vec::len).unwrap_or(0);
+    }
+    full.sort();
+    let mut paged = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let mut token = String::new();
+        loop {
+            let q = if token.is_empty() {
+                "?limit=500".to_owned()
+            } else {
+                format!("?limit=500&continue={token}")
+            };
+            let page: serde_json::Value = http
+                .get(format!("{url}{q}"))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            match page["metadata"]["continue"].as_str() {
+                Some(c) if !c.is_empty() => token = c.to_owned(),
+                _ => break,
+            }
+        }
+        paged.push(t.elapsed());
+    }
+    paged.sort();
+
+    eprintln!("bench api: 100 watchers, 100 events");
+    let ns_url = format!("{}/api/v1/namespaces", server.url());
+    http.post(&ns_url)
+        .json(&json!({"metadata": {"name": "watched"}}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let watched = format!("{ns_url}/watched/configmaps");
+    let sent: Arc<Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+    let received: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let mut watchers = Vec::new();
+    for _ in 0..100 {
+        let resp = http
+            .get(format!("{watched}?watch=true&timeoutSeconds=60"))
+            .send()
+            .await?
+            .error_for_status()?;
+        let (sent, received) = (sent.clone(), received.clone());
+        watchers.push(tokio::spawn(async move {
+            let mut stream = resp.bytes_stream();
+            let mut buf = Vec::new();
+            let mut seen = 0;
+            while seen < 100 {
+                let Some(Ok(chunk)) = stream.next().await else {
+                    break;
+                };
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let Ok(e) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                        continue;
+                    };
+                    let name = e["object"]["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    if let Some(t) = sent.lock().await.get(&name) {
+                        received.lock().await.push(t.elapsed());
+                        seen += 1;
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..100 {
+        let name = format!("ev-{i}");
+        sent.lock().await.insert(name.clone(), Instant::now());
+        http.post(&watched)
+            .json(&json!({"metadata": {"name": name}}))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    for w in watchers {
+        let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
+    }
+    let mut delivery = std::mem::take(&mut *received.lock().await);
+    delivery.sort();
+
+    let mut table = String::new();
+    table.push_str("| clients | raw etcd puts/s | etcd p50 ms | etcd p99 ms | Sextant creates/s | Sextant p50 ms | Sextant p99 ms | Sextant / etcd |\n");
+    table.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (clients, raw, api) in &rows {
+        table.push_str(&format!(
+            "| {clients} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
+            raw.rate(),
+            pct(&raw.latencies, 0.5),
+            pct(&raw.latencies, 0.99),
+            api.rate(),
+            pct(&api.latencies, 0.5),
+            pct(&api.latencies, 0.99),
+            api.rate() / raw.rate()
+        ));
+    }
+    table.push_str(&format!(
+        "\n| list of {count} ConfigMaps | p50 ms | max ms |\n|---|---:|---:|\n| one request | {:.1} | {:.1} |\n| pages of 500 | {:.1} | {:.1} |\n",
+        pct(&full, 0.5),
+        pct(&full, 1.0),
+        pct(&paged, 0.5),
+        pct(&paged, 1.0)
+    ));
+    table.push_str(&format!(
+        "\n| watch delivery (100 watchers × 100 events, from write start) | p50 ms | p99 ms | delivered |\n|---|---:|---:|---:|\n| Sextant on etcd | {:.2} | {:.2} | {}/10000 |\n",
+        pct(&delivery, 0.5),
+        pct(&delivery, 0.99),
+        delivery.len()
+    ));
+    println!("{table}");
+    let section = format!(
+        "## api\n\n`cargo xtask bench api` on {} ({} cores), {}. Sextant is the release build\non a 1-member etcd; the raw etcd column is etcd-client puts of the same size to the\nsame etcd in the same run. Creates are HTTPS (HTTP/1.1, client certificate) with\n256-byte ConfigMaps. Watches go to the store directly (no watch cache yet).\n\n{table}",
+        std::fs::read_to_string("/etc/debian_version")
+            .map(|v| format!("Debian {}", v.trim()))
+            .unwrap_or_else(|_| "Linux".into()),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        today(),
+    );
+    write_section("api", &section)?;
+    Ok(())
+}
+
+/// Today's date, from `date`.
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Replaces (or appends) the `## <name>` section of docs/benchmarks.md.
+fn write_section(name: &str, section: &str) -> Result<(), Error> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
+    let doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let header = format!("## {name}\n");
+    let out = match doc.find(&header) {
+        Some(start) => {
+            let rest = &doc[start + header.len()..];
+            let end = rest
+                .find("\n## ")
+                .map(|i| start + header.len() + i + 1)
+                .unwrap_or(doc.len());
+            format!("{}{}\n{}", &doc[..start], section.trim_end(), &doc[end..])
+        }
+        None => format!("{}\n{}\n", doc.trim_end(), section.trim_end()),
+    };
+    std::fs::write(&path, out)?;
+    eprintln!("bench {name}: wrote {}", path.display());
+    Ok(())
+}
