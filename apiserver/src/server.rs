@@ -160,6 +160,7 @@ pub struct RunningServer {
     pub kubeconfig: PathBuf,
     task: JoinHandle<()>,
     counting: JoinHandle<()>,
+    compacting: JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -173,6 +174,38 @@ impl Drop for RunningServer {
     fn drop(&mut self) {
         self.task.abort();
         self.counting.abort();
+        self.compacting.abort();
+    }
+}
+
+/// How often history is compacted, as upstream's `--etcd-compaction-interval`.
+const COMPACTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Compacts the store's history every `interval` to the revision seen one interval
+/// earlier, so watches and lists may go back about one interval (older ones get
+/// 410 and re-list). Several servers on one etcd may all run this: compacting to an
+/// already compacted revision is refused and ignored.
+async fn compact_history(store: Arc<dyn Store>, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut previous: Option<crate::storage::Revision> = None;
+    loop {
+        tick.tick().await;
+        let now = match store.current_revision().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the revision to compact");
+                continue;
+            }
+        };
+        if let Some(rev) = previous.filter(|r| *r > 1) {
+            match store.compact(rev).await {
+                Ok(()) => tracing::info!(revision = rev, "compacted store history"),
+                Err(crate::storage::Error::Compacted { .. }) => {}
+                Err(e) => tracing::warn!(error = %e, revision = rev, "compacting store history"),
+            }
+        }
+        previous = Some(now);
     }
 }
 
@@ -280,6 +313,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     ));
     let registry = Arc::new(registry);
     let counting = tokio::spawn(count_objects(store.clone(), metrics.clone()));
+    let compacting = tokio::spawn(compact_history(store.clone(), COMPACTION_INTERVAL));
     let state = AppState {
         store,
         ranges: config.service_ranges.clone(),
@@ -297,6 +331,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         kubeconfig,
         task,
         counting,
+        compacting,
     })
 }
 
@@ -474,4 +509,52 @@ async fn version() -> Json<serde_json::Value> {
         "compiler": "rustc",
         "platform": format!("{}/{}", std::env::consts::OS, if cfg!(target_arch = "x86_64") { "amd64" } else { std::env::consts::ARCH }),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{ListOptions, embedded::EmbeddedStore};
+
+    #[tokio::test(start_paused = true)]
+    async fn history_is_compacted_one_interval_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+        let first = store.create("/k/a", b"1".to_vec()).await.unwrap();
+        let task = tokio::spawn(compact_history(
+            store.clone(),
+            std::time::Duration::from_secs(300),
+        ));
+        // First tick (t=0) only records the revision; the second compacts to it.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let second = store
+            .update("/k/a", b"2".to_vec(), first.mod_revision)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+        // Compaction runs on a blocking thread: give it real time to finish.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let old = ListOptions {
+            prefix: "/k/".into(),
+            revision: Some(first.mod_revision - 1),
+            ..Default::default()
+        };
+        assert!(matches!(
+            store.list(&old).await,
+            Err(crate::storage::Error::Compacted { .. })
+        ));
+        // Reads at the compaction revision and later still work.
+        let at = ListOptions {
+            prefix: "/k/".into(),
+            revision: Some(first.mod_revision),
+            ..Default::default()
+        };
+        assert_eq!(store.list(&at).await.unwrap().items[0].value, b"1");
+        assert_eq!(store.get("/k/a").await.unwrap().unwrap(), second);
+        task.abort();
+    }
 }
