@@ -178,6 +178,264 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
                 },
             },
         ],
+        ("", "Pod") => vec![
+            NAME,
+            Column {
+                name: "Ready",
+                kind: "string",
+                description: "The aggregate readiness state of this pod for accepting traffic.",
+                priority: 0,
+                cell: |o| {
+                    let statuses = o["status"]["containerStatuses"].as_array();
+                    let ready = statuses
+                        .map(|s| s.iter().filter(|c| c["ready"] == true).count())
+                        .unwrap_or(0);
+                    let total = o["spec"]["containers"]
+                        .as_array()
+                        .map(Vec::len)
+                        .unwrap_or(0);
+                    json!(format!("{ready}/{total}"))
+                },
+            },
+            Column {
+                name: "Status",
+                kind: "string",
+                description: "The aggregate status of the containers in this pod.",
+                priority: 0,
+                cell: |o| {
+                    if !o["metadata"]["deletionTimestamp"].is_null() {
+                        return json!("Terminating");
+                    }
+                    let waiting = o["status"]["containerStatuses"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find_map(|c| {
+                            c["state"]["waiting"]["reason"]
+                                .as_str()
+                                .or(c["state"]["terminated"]["reason"].as_str())
+                        });
+                    json!(
+                        waiting
+                            .or(o["status"]["reason"].as_str())
+                            .or(o["status"]["phase"].as_str())
+                            .unwrap_or("Pending")
+                    )
+                },
+            },
+            Column {
+                name: "Restarts",
+                kind: "string",
+                description: "The number of times the containers in this pod have been restarted.",
+                priority: 0,
+                cell: |o| {
+                    json!(
+                        o["status"]["containerStatuses"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|c| c["restartCount"].as_i64().unwrap_or(0))
+                            .sum::<i64>()
+                    )
+                },
+            },
+            AGE,
+            Column {
+                name: "IP",
+                kind: "string",
+                description: "IP address allocated to the pod.",
+                priority: 1,
+                cell: |o| json!(o["status"]["podIP"].as_str().unwrap_or("<none>")),
+            },
+            Column {
+                name: "Node",
+                kind: "string",
+                description: "Name of the node the pod is assigned to.",
+                priority: 1,
+                cell: |o| json!(o["spec"]["nodeName"].as_str().unwrap_or("<none>")),
+            },
+        ],
+        ("", "Node") => vec![
+            NAME,
+            Column {
+                name: "Status",
+                kind: "string",
+                description: "The status of the node",
+                priority: 0,
+                cell: |o| {
+                    let ready = o["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|c| c["type"] == "Ready");
+                    let mut s = match ready.and_then(|c| c["status"].as_str()) {
+                        Some("True") => "Ready".to_owned(),
+                        Some(_) => "NotReady".to_owned(),
+                        None => "Unknown".to_owned(),
+                    };
+                    if o["spec"]["unschedulable"] == true {
+                        s.push_str(",SchedulingDisabled");
+                    }
+                    json!(s)
+                },
+            },
+            Column {
+                name: "Roles",
+                kind: "string",
+                description: "The roles of the node",
+                priority: 0,
+                cell: |o| {
+                    let roles: Vec<&str> = o["metadata"]["labels"]
+                        .as_object()
+                        .map(|m| {
+                            m.keys()
+                                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    json!(if roles.is_empty() {
+                        "<none>".to_owned()
+                    } else {
+                        roles.join(",")
+                    })
+                },
+            },
+            AGE,
+            Column {
+                name: "Version",
+                kind: "string",
+                description: "Kubelet Version reported by the node.",
+                priority: 0,
+                cell: |o| {
+                    json!(
+                        o["status"]["nodeInfo"]["kubeletVersion"]
+                            .as_str()
+                            .unwrap_or("")
+                    )
+                },
+            },
+        ],
+        ("apps", "ReplicaSet") => vec![
+            NAME,
+            Column {
+                name: "Desired",
+                kind: "integer",
+                description: "Number of desired pods.",
+                priority: 0,
+                cell: |o| json!(o["spec"]["replicas"].as_i64().unwrap_or(1)),
+            },
+            Column {
+                name: "Current",
+                kind: "integer",
+                description: "Number of actual replicas.",
+                priority: 0,
+                cell: |o| json!(o["status"]["replicas"].as_i64().unwrap_or(0)),
+            },
+            Column {
+                name: "Ready",
+                kind: "integer",
+                description: "Number of ready replicas.",
+                priority: 0,
+                cell: |o| json!(o["status"]["readyReplicas"].as_i64().unwrap_or(0)),
+            },
+            AGE,
+        ],
+        ("batch", "Job") => vec![
+            NAME,
+            Column {
+                name: "Status",
+                kind: "string",
+                description: "Status of the job.",
+                priority: 0,
+                cell: |o| {
+                    let done = |t: &str| {
+                        o["status"]["conditions"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|c| c["type"] == t && c["status"] == "True")
+                    };
+                    json!(if done("Complete") {
+                        "Complete"
+                    } else if done("Failed") {
+                        "Failed"
+                    } else {
+                        "Running"
+                    })
+                },
+            },
+            Column {
+                name: "Completions",
+                kind: "string",
+                description: "The desired number of successfully finished pods the job should be run with.",
+                priority: 0,
+                cell: |o| {
+                    json!(format!(
+                        "{}/{}",
+                        o["status"]["succeeded"].as_i64().unwrap_or(0),
+                        o["spec"]["completions"].as_i64().unwrap_or(1)
+                    ))
+                },
+            },
+            AGE,
+        ],
+        ("", "Event") => vec![
+            Column {
+                name: "Last Seen",
+                kind: "string",
+                description: "The time since the last occurrence.",
+                priority: 0,
+                cell: |o| {
+                    let ts = o["lastTimestamp"]
+                        .as_str()
+                        .or(o["eventTime"].as_str())
+                        .or(o["metadata"]["creationTimestamp"].as_str());
+                    match ts.and_then(|t| t.parse::<jiff::Timestamp>().ok()) {
+                        Some(t) => json!(human_duration(
+                            jiff::Timestamp::now().as_second() - t.as_second()
+                        )),
+                        None => json!("<unknown>"),
+                    }
+                },
+            },
+            Column {
+                name: "Type",
+                kind: "string",
+                description: "Type of this event.",
+                priority: 0,
+                cell: |o| json!(o["type"].as_str().unwrap_or("")),
+            },
+            Column {
+                name: "Reason",
+                kind: "string",
+                description: "Short, machine understandable reason.",
+                priority: 0,
+                cell: |o| json!(o["reason"].as_str().unwrap_or("")),
+            },
+            Column {
+                name: "Object",
+                kind: "string",
+                description: "The object this event is about.",
+                priority: 0,
+                cell: |o| {
+                    let kind = o["involvedObject"]["kind"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_lowercase();
+                    json!(format!(
+                        "{kind}/{}",
+                        o["involvedObject"]["name"].as_str().unwrap_or("")
+                    ))
+                },
+            },
+            Column {
+                name: "Message",
+                kind: "string",
+                description: "A human-readable description.",
+                priority: 0,
+                cell: |o| json!(o["message"].as_str().unwrap_or("")),
+            },
+        ],
         ("", "ServiceAccount") => vec![
             NAME,
             Column {
@@ -367,6 +625,25 @@ mod tests {
         ] {
             assert_eq!(human_duration(s), want, "{s}");
         }
+    }
+
+    #[test]
+    fn pods_show_ready_status_and_restarts() {
+        let rt = crate::resources::find("", "v1", "pods").unwrap();
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [
+                {"ready": true, "restartCount": 2, "state": {"running": {}}},
+                {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
+        let t = table_of(rt, &[pod], None, None);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(
+            (cells[1].as_str(), cells[2].as_str(), cells[3].as_i64()),
+            (Some("1/2"), Some("CrashLoopBackOff"), Some(3))
+        );
+        assert_eq!(
+            (cells[5].as_str(), cells[6].as_str()),
+            (Some("10.0.0.5"), Some("n1"))
+        );
     }
 
     #[test]
