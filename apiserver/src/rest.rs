@@ -144,9 +144,11 @@ async fn dispatch(
     let body = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|_| ApiError::too_large(MAX_BODY))?;
+    let is_pod = t.rt.group.is_empty() && t.rt.kind == "Pod";
     if let Some(sub) = &t.subresource
         && !(sub == "status" && t.rt.has_status)
         && !(sub == "scale" && t.rt.has_scale())
+        && !(is_pod && matches!(sub.as_str(), "binding" | "eviction"))
     {
         return Err(ApiError::no_route());
     }
@@ -156,6 +158,16 @@ async fn dispatch(
         params,
         headers,
     };
+    match (h.t.subresource.as_deref(), &method) {
+        (Some("binding"), &Method::POST) => return h.bind(&body).await,
+        (Some("eviction"), &Method::POST) => return h.evict(&body).await,
+        (Some("binding" | "eviction"), m) => {
+            return Err(ApiError::method_not_allowed(format!(
+                "{m} is not supported; use POST"
+            )));
+        }
+        _ => {}
+    }
     if h.t.subresource.as_deref() == Some("scale") {
         return match method {
             Method::GET | Method::PUT | Method::PATCH => h.scale(&method, &body).await,
@@ -536,6 +548,143 @@ impl Handler {
             })
             .await?;
         self.respond(StatusCode::OK, out)
+    }
+
+    /// `POST pods/<name>/binding`: assigns the pod to `target.name` (the scheduler's
+    /// write), once; a bound pod answers 409.
+    async fn bind(&self, body: &[u8]) -> ApiResult {
+        let binding: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body of the request could not be decoded as a Binding: {e}"
+            ))
+        })?;
+        let node = binding["target"]["name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "",
+                    "Binding",
+                    self.name(),
+                    vec![Cause {
+                        reason: "FieldValueRequired",
+                        message: "Required value".into(),
+                        field: "target.name".into(),
+                    }],
+                )
+            })?;
+        let key = self.rt().key(self.t.namespace.as_deref(), self.name());
+        loop {
+            let kv = self
+                .state
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| self.not_found())?;
+            let mut pod = self.object_of(&kv)?;
+            if !pod["metadata"]["deletionTimestamp"].is_null() {
+                return Err(ApiError::conflict("", "pods", self.name()));
+            }
+            if let Some(bound) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+                let mut e = ApiError::conflict("", "pods", self.name());
+                e.message = format!(
+                    "Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{bound}\"",
+                    self.name(),
+                    self.name()
+                );
+                return Err(e);
+            }
+            pod["spec"]["nodeName"] = json!(node);
+            let mut conditions = pod["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            conditions.retain(|c| c["type"] != "PodScheduled");
+            conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}));
+            pod["status"]["conditions"] = json!(conditions);
+            pod["metadata"]
+                .as_object_mut()
+                .map(|m| m.remove("resourceVersion"));
+            match self
+                .state
+                .store
+                .update(&key, to_bytes(&pod)?, kv.mod_revision)
+                .await
+            {
+                Ok(_) => return Ok(json_response(StatusCode::CREATED, &success_status(201))),
+                Err(storage::Error::Conflict { .. }) => continue,
+                Err(storage::Error::NotFound { .. }) => return Err(self.not_found()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// `POST pods/<name>/eviction`: deletes the pod unless a PodDisruptionBudget
+    /// selecting it allows no disruption (429, as upstream).
+    async fn evict(&self, body: &[u8]) -> ApiResult {
+        let eviction: Value = if body.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the body of the request could not be decoded as an Eviction: {e}"
+                ))
+            })?
+        };
+        let key = self.rt().key(self.t.namespace.as_deref(), self.name());
+        let kv = self
+            .state
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| self.not_found())?;
+        let pod = self.object_of(&kv)?;
+        let pdb_rt = resources::find("policy", "v1", "poddisruptionbudgets")
+            .ok_or_else(|| ApiError::internal("PodDisruptionBudgets are not served"))?;
+        let pdbs = self
+            .state
+            .store
+            .list(&ListOptions {
+                prefix: pdb_rt.prefix(self.t.namespace.as_deref()),
+                ..Default::default()
+            })
+            .await?;
+        for kv in &pdbs.items {
+            let pdb = self.object_of(kv)?;
+            let selector = &pdb["spec"]["selector"]["matchLabels"];
+            let labels = labels_of(&pod);
+            let selects = selector.as_object().is_some_and(|m| {
+                !m.is_empty()
+                    && m.iter()
+                        .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str())
+            });
+            // Until the disruption controller has computed the budget, none is allowed.
+            if selects && pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0) < 1 {
+                let mut e = ApiError::too_many_requests(
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                );
+                e.details = Some(
+                    json!({"causes": [{"reason": "DisruptionBudget", "message": format!(
+                        "The disruption budget {} needs {} healthy pods and has {} currently",
+                        pdb["metadata"]["name"].as_str().unwrap_or_default(),
+                        pdb["status"]["desiredHealthy"].as_i64().unwrap_or(0),
+                        pdb["status"]["currentHealthy"].as_i64().unwrap_or(0)
+                    )}]}),
+                );
+                return Err(e);
+            }
+        }
+        let delete_options = serde_json::to_vec(&eviction["deleteOptions"]).unwrap_or_default();
+        let options = if eviction["deleteOptions"].is_null() {
+            Vec::new()
+        } else {
+            delete_options
+        };
+        let deleted = self.delete(&options).await?;
+        if !deleted.status().is_success() {
+            return Ok(deleted);
+        }
+        Ok(json_response(StatusCode::CREATED, &success_status(201)))
     }
 
     /// `GET`, `PUT` and `PATCH` of the `scale` subresource: an `autoscaling/v1`
@@ -1155,6 +1304,11 @@ fn check_preconditions(
         }
     }
     Ok(())
+}
+
+/// A `Status` of success, as binding and eviction answer.
+fn success_status(code: u16) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code})
 }
 
 fn stored_object(bytes: &[u8], rv: Revision) -> Option<Value> {

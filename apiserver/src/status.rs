@@ -145,6 +145,11 @@ impl ApiError {
         Self::new(422, "Invalid", message)
     }
 
+    /// 429 TooManyRequests (an eviction a disruption budget refuses).
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(429, "TooManyRequests", message)
+    }
+
     /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(

@@ -250,6 +250,7 @@ async fn embedded_store() {
         .expect("server");
     bad_input(&server).await;
     finalizers_and_graceful_deletion(&server).await;
+    binding_and_eviction(&server).await;
     metrics_are_exported(&server).await;
     durable_across_kill(&mut server).await;
     watch_resumes_after_restart(&mut server).await;
@@ -263,6 +264,7 @@ async fn etcd() {
         .expect("server");
     bad_input(&server).await;
     finalizers_and_graceful_deletion(&server).await;
+    binding_and_eviction(&server).await;
     metrics_are_exported(&server).await;
     durable_across_kill(&mut server).await;
     watch_resumes_after_restart(&mut server).await;
@@ -408,4 +410,75 @@ async fn metrics_are_exported(server: &SextantServer) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("the watcher gauge did not go back to 0");
+}
+
+/// `pods/binding` assigns a pod once; `pods/eviction` honours disruption budgets.
+async fn binding_and_eviction(server: &SextantServer) {
+    let c = server.http_client().unwrap();
+    let pods = format!("{}/api/v1/namespaces/default/pods", server.url());
+    let pod = |name: &str, app: &str| json!({"metadata": {"name": name, "labels": {"app": app}}, "spec": {"containers": [{"name": "c", "image": "sextant.local/demo:v1"}]}});
+    assert_eq!(
+        send(&c, c.post(&pods).json(&pod("guarded", "web"))).await.0,
+        201
+    );
+    assert_eq!(
+        send(&c, c.post(&pods).json(&pod("free", "batch"))).await.0,
+        201
+    );
+
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "guarded"}, "target": {"apiVersion": "v1", "kind": "Node", "name": "node-1"}});
+    let (code, body) = send(&c, c.post(format!("{pods}/guarded/binding")).json(&binding)).await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["status"], "Success");
+    let (_, bound) = send(&c, c.get(format!("{pods}/guarded"))).await;
+    assert_eq!(bound["spec"]["nodeName"], "node-1");
+    assert_eq!(bound["status"]["conditions"][0]["type"], "PodScheduled");
+    let (code, body) = send(&c, c.post(format!("{pods}/guarded/binding")).json(&binding)).await;
+    assert_status(code, &body, 409, "Conflict");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("is already assigned to node \"node-1\""),
+        "{body}"
+    );
+
+    // A budget selecting app=web with no disruption allowed (not yet computed).
+    let pdbs = format!(
+        "{}/apis/policy/v1/namespaces/default/poddisruptionbudgets",
+        server.url()
+    );
+    let pdb = json!({"metadata": {"name": "web-pdb"}, "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}});
+    assert_eq!(send(&c, c.post(&pdbs).json(&pdb)).await.0, 201);
+    let eviction =
+        json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "guarded"}});
+    let (code, body) = send(
+        &c,
+        c.post(format!("{pods}/guarded/eviction")).json(&eviction),
+    )
+    .await;
+    assert_status(code, &body, 429, "TooManyRequests");
+    assert_eq!(
+        send(&c, c.get(format!("{pods}/guarded"))).await.0,
+        200,
+        "a refused eviction deleted the pod"
+    );
+    // A pod no budget selects is evicted (unscheduled: deleted at once).
+    let eviction =
+        json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "free"}});
+    let (code, body) = send(&c, c.post(format!("{pods}/free/eviction")).json(&eviction)).await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = send(&c, c.get(format!("{pods}/free"))).await;
+    assert_status(code, &body, 404, "NotFound");
+    // A scheduled pod is deleted gracefully: it gets a deletionTimestamp first.
+    let (code, body) = send(&c, c.delete(format!("{pods}/guarded"))).await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["metadata"]["deletionGracePeriodSeconds"], 30);
+    let (code, _) = send(
+        &c,
+        c.delete(format!("{pods}/guarded"))
+            .json(&json!({"gracePeriodSeconds": 0})),
+    )
+    .await;
+    assert!(code == 200 || code == 202, "{code}");
 }
