@@ -508,7 +508,9 @@ impl Handler {
         self.respond(StatusCode::OK, out)
     }
 
-    async fn patch(&self, body: &[u8]) -> ApiResult {
+    /// A patch request's body: its media type checked, parsed, and the
+    /// resourceVersion inside it read as a precondition (as upstream).
+    fn patch_body(&self, body: &[u8]) -> ApiResult<PatchBody> {
         let content_type = self
             .headers
             .get(header::CONTENT_TYPE)
@@ -521,25 +523,25 @@ impl Handler {
             .unwrap_or_default()
             .trim()
             .to_owned();
-        if !matches!(
-            media.as_str(),
-            "application/json-patch+json"
-                | "application/merge-patch+json"
-                | "application/strategic-merge-patch+json"
-        ) {
+        if !PATCH_TYPES.contains(&media.as_str()) {
             return Err(ApiError::unsupported_media_type(&content_type));
         }
-        let patch: Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "the body of the request could not be decoded as JSON: {e}"
-            ))
-        })?;
-        // A resourceVersion inside a merge patch is a precondition, as upstream.
-        let expected = patch
-            .get("metadata")
-            .and_then(|m| m.get("resourceVersion"))
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok());
+        let patch = json_body(body)?;
+        Ok(PatchBody {
+            media,
+            content_type,
+            expected: precondition(&patch),
+            patch,
+        })
+    }
+
+    async fn patch(&self, body: &[u8]) -> ApiResult {
+        let PatchBody {
+            media,
+            content_type,
+            patch,
+            expected,
+        } = self.patch_body(body)?;
         let out = self
             .guaranteed_update(expected, |current| {
                 let mut doc = current.clone();
@@ -703,38 +705,22 @@ impl Handler {
                 &scale_of(&self.object_of(&kv)?),
             ));
         }
-        let content_type = self
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
-            .to_owned();
-        let media = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        if *method == Method::PATCH
-            && !matches!(
-                media.as_str(),
-                "application/json-patch+json"
-                    | "application/merge-patch+json"
-                    | "application/strategic-merge-patch+json"
-            )
-        {
-            return Err(ApiError::unsupported_media_type(&content_type));
-        }
-        let input: Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "the body of the request could not be decoded as JSON: {e}"
-            ))
-        })?;
-        let expected = input
-            .get("metadata")
-            .and_then(|m| m.get("resourceVersion"))
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok());
+        let PatchBody {
+            media,
+            content_type,
+            patch: input,
+            expected,
+        } = if *method == Method::PATCH {
+            self.patch_body(body)?
+        } else {
+            let input = json_body(body)?;
+            PatchBody {
+                media: String::new(),
+                content_type: String::new(),
+                expected: precondition(&input),
+                patch: input,
+            }
+        };
         let rt = self.rt();
         let out = self
             .guaranteed_update(expected, |current| {
@@ -1233,11 +1219,7 @@ pub fn decode_object(
     if media != "application/json" && media != "*/*" {
         return Err(ApiError::unsupported_media_type(content_type));
     }
-    let obj: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the body of the request could not be decoded as JSON: {e}"
-        ))
-    })?;
+    let obj = json_body(body)?;
     check_kind(rt, namespace, obj)
 }
 
@@ -1304,6 +1286,38 @@ fn check_preconditions(
         }
     }
     Ok(())
+}
+
+/// The patch media types the server applies.
+const PATCH_TYPES: [&str; 3] = [
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+];
+
+/// A parsed patch (or, for `PUT` of a subresource, the new object).
+struct PatchBody {
+    media: String,
+    content_type: String,
+    patch: Value,
+    expected: Option<Revision>,
+}
+
+/// A JSON request body.
+fn json_body(body: &[u8]) -> ApiResult<Value> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body of the request could not be decoded as JSON: {e}"
+        ))
+    })
+}
+
+/// `metadata.resourceVersion` of a request body, as a precondition.
+fn precondition(v: &Value) -> Option<Revision> {
+    v.get("metadata")
+        .and_then(|m| m.get("resourceVersion"))
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
 }
 
 /// A `Status` of success, as binding and eviction answer.
