@@ -103,44 +103,36 @@ impl Prometheus {
 
     /// GETs an API path (e.g. `/api/v1/targets`) and returns its `data` field.
     pub async fn api(&self, path_and_query: &str) -> Result<Value> {
-        let url = format!("{}{path_and_query}", self.url);
-        let body: Value = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|source| Error::Http {
-                url: url.clone(),
-                source,
-            })?
-            .json()
-            .await
-            .map_err(|source| Error::Http { url, source })?;
+        let body = self
+            .get_json(&format!("{}{path_and_query}", self.url), &[])
+            .await?;
         Ok(body.get("data").cloned().unwrap_or(Value::Null))
     }
 
     /// Runs an instant query and returns the result vector.
     pub async fn query(&self, expr: &str) -> Result<Vec<Value>> {
-        let url = format!("{}/api/v1/query", self.url);
-        let body: Value = self
-            .http
-            .get(&url)
-            .query(&[("query", expr)])
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|source| Error::Http {
-                url: url.clone(),
-                source,
-            })?
-            .json()
-            .await
-            .map_err(|source| Error::Http { url, source })?;
+        let body = self
+            .get_json(&format!("{}/api/v1/query", self.url), &[("query", expr)])
+            .await?;
         Ok(body["data"]["result"]
             .as_array()
             .cloned()
             .unwrap_or_default())
+    }
+
+    async fn get_json(&self, url: &str, query: &[(&str, &str)]) -> Result<Value> {
+        let http = |source| Error::Http {
+            url: url.to_owned(),
+            source,
+        };
+        let response = self
+            .http
+            .get(url)
+            .query(query)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status);
+        response.map_err(http)?.json().await.map_err(http)
     }
 
     /// Waits until every active target of `job` has been scraped successfully.

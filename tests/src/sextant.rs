@@ -204,25 +204,18 @@ impl Kubectl {
 
     /// Runs kubectl with extra environment variables (e.g. `EDITOR`).
     pub fn ok_env(&self, args: &[&str], env: &[(&str, &str)]) -> Result<String> {
-        let mut cmd = self.command(args);
-        cmd.envs(env.iter().copied());
-        let out = cmd
-            .output()
-            .map_err(io_err(format!("running kubectl {args:?}")))?;
-        if !out.status.success() {
-            return Err(Error::CommandFailed {
-                command: format!("kubectl {}", args.join(" ")),
-                status: out.status,
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        succeeded(args, self.run_env(args, None, env)?)
     }
 
     /// Runs kubectl with `stdin` as input and returns everything it did.
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        self.run_env(args, stdin, &[])
+    }
+
+    fn run_env(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Result<Output> {
         let mut cmd = self.command(args);
-        cmd.stdin(Stdio::piped())
+        cmd.envs(env.iter().copied())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd
@@ -245,15 +238,7 @@ impl Kubectl {
 
     /// Like [`Kubectl::ok`], with `stdin`.
     pub fn ok_with(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let out = self.run(args, stdin)?;
-        if !out.status.success() {
-            return Err(Error::CommandFailed {
-                command: format!("kubectl {}", args.join(" ")),
-                status: out.status,
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        succeeded(args, self.run(args, stdin)?)
     }
 
     /// Runs kubectl expecting failure and returns stderr.
@@ -314,4 +299,16 @@ impl SextantServer {
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
     }
+}
+
+/// stdout of a kubectl run that succeeded; an error carrying stderr otherwise.
+fn succeeded(args: &[&str], out: Output) -> Result<String> {
+    if !out.status.success() {
+        return Err(Error::CommandFailed {
+            command: format!("kubectl {}", args.join(" ")),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
