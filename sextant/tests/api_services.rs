@@ -107,11 +107,19 @@ async fn scenario(server: &mut SextantServer) {
     let r = c.get(format!("{svcs}/dup")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
 
-    // The ClusterIP cannot change.
+    // The ClusterIP cannot change (to an address other than the one allocated,
+    // which the random allocator may have picked from anywhere in the range).
+    let other = if ip == Ipv4Addr::new(10, 97, 0, 14) {
+        "10.97.0.13"
+    } else {
+        "10.97.0.14"
+    };
     let r = c
         .patch(format!("{svcs}/web"))
         .header("content-type", "application/merge-patch+json")
-        .body(r#"{"spec":{"clusterIP":"10.97.0.14","clusterIPs":["10.97.0.14"]}}"#)
+        .body(format!(
+            r#"{{"spec":{{"clusterIP":"{other}","clusterIPs":["{other}"]}}}}"#
+        ))
         .send()
         .await
         .unwrap();
