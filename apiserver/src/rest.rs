@@ -157,6 +157,7 @@ async fn dispatch(
         t,
         params,
         headers,
+        warnings: Default::default(),
     };
     match (h.t.subresource.as_deref(), &method) {
         (Some("binding"), &Method::POST) => return h.bind(&body).await,
@@ -197,6 +198,8 @@ struct Handler {
     t: Target,
     params: Params,
     headers: HeaderMap,
+    /// Warnings for the response (unknown fields under `fieldValidation=Warn`).
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 /// Now, as Kubernetes writes timestamps (RFC 3339, seconds, UTC).
@@ -260,7 +263,20 @@ impl Handler {
         } else {
             obj
         };
-        Ok(json_response(code, &body))
+        let mut r = json_response(code, &body);
+        // RFC 7234 warnings, as upstream sends them: `299 - "<text>"`.
+        for w in self
+            .warnings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            let text = w.replace('\\', "\\\\").replace('"', "\\\"");
+            if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+                r.headers_mut().append(header::WARNING, v);
+            }
+        }
+        Ok(r)
     }
 
     async fn get(&self) -> ApiResult {
@@ -411,7 +427,7 @@ impl Handler {
             obj.as_object_mut().map(|o| o.remove("status"));
         }
         validation::default(self.rt(), &mut obj);
-        self.validate(&obj, None)?;
+        self.validate(&mut obj, None)?;
         self.check_namespace_exists(&name).await?;
         if self.params.is_dry_run() {
             return self.respond(StatusCode::CREATED, obj);
@@ -462,9 +478,16 @@ impl Handler {
         Ok(())
     }
 
-    fn validate(&self, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
-        let strict = self.params.field_validation.as_deref() == Some("Strict");
-        validation::check(self.rt(), obj, old, strict)
+    /// Decodes `obj` as its kind (dropping unknown fields unless Strict) and
+    /// validates it; warnings are kept for the response's `Warning` headers.
+    fn validate(&self, obj: &mut Value, old: Option<&Value>) -> ApiResult<()> {
+        let mode = validation::FieldValidation::from_param(self.params.field_validation.as_deref());
+        let warnings = validation::decode(self.rt(), obj, mode)?;
+        *self
+            .warnings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = warnings;
+        validation::check(self.rt(), obj, old)
     }
 
     /// Decodes a request body and checks it names this resource's kind.
@@ -784,7 +807,7 @@ impl Handler {
             let changed = self.check_kind(change(&current)?)?;
             let mut next = self.merge_update(&current, changed)?;
             validation::default(self.rt(), &mut next);
-            self.validate(&next, Some(&current))?;
+            self.validate(&mut next, Some(&current))?;
             let deleting = !current["metadata"]["deletionTimestamp"].is_null();
             let finalizers = |o: &Value| -> Vec<Value> {
                 o["metadata"]["finalizers"]
@@ -1535,7 +1558,9 @@ mod tests {
             match decode_object(rt, Some("default"), "application/json", &body) {
                 Ok(mut o) => {
                     crate::validation::default(rt, &mut o);
-                    if let Err(e) = crate::validation::check(rt, &o, None, true) {
+                    let checked = crate::validation::decode(rt, &mut o, crate::validation::FieldValidation::Strict)
+                        .and_then(|_| crate::validation::check(rt, &o, None));
+                    if let Err(e) = checked {
                         prop_assert!(expected_refusal(&e), "{e:?}");
                     }
                 }
@@ -1553,8 +1578,10 @@ mod tests {
             let body = serde_json::to_vec(&d).unwrap();
             if let Ok(mut o) = decode_object(rt, Some("default"), "application/json", &body) {
                 crate::validation::default(rt, &mut o);
-                for old in [None, Some(&deployment())] {
-                    if let Err(e) = crate::validation::check(rt, &o, old, true) {
+                for (old, mode) in [(None, crate::validation::FieldValidation::Strict), (Some(&deployment()), crate::validation::FieldValidation::Warn)] {
+                    let mut o = o.clone();
+                    let checked = crate::validation::decode(rt, &mut o, mode).and_then(|_| crate::validation::check(rt, &o, old));
+                    if let Err(e) = checked {
                         prop_assert!(expected_refusal(&e), "{e:?}");
                     }
                 }

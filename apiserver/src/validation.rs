@@ -117,14 +117,37 @@ fn required(field: &str) -> Cause {
     }
 }
 
-/// Validates `obj` (with `old` on update). Unknown fields are a 400 under
-/// `strict`, as upstream's strict decoding; everything else a 422 with causes.
-pub fn check(
+/// How unknown fields are handled (`fieldValidation`), as upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Refuse the request: 400 "strict decoding error" (kubectl's default).
+    Strict,
+    /// Drop them and answer a `Warning` header for each (the server's default).
+    #[default]
+    Warn,
+    /// Drop them silently.
+    Ignore,
+}
+
+impl FieldValidation {
+    /// From the `fieldValidation` query parameter; unknown values are Warn.
+    pub fn from_param(p: Option<&str>) -> Self {
+        match p {
+            Some("Strict") => Self::Strict,
+            Some("Ignore") => Self::Ignore,
+            _ => Self::Warn,
+        }
+    }
+}
+
+/// Decodes `obj` as its kind's type: wrongly typed fields are a 400; unknown
+/// fields a 400 under Strict, otherwise dropped from `obj` (with a warning each
+/// under Warn), as upstream's decoder does. Returns the warnings.
+pub fn decode(
     rt: &ResourceType,
-    obj: &Value,
-    old: Option<&Value>,
-    strict: bool,
-) -> Result<(), ApiError> {
+    obj: &mut Value,
+    mode: FieldValidation,
+) -> Result<Vec<String>, ApiError> {
     let unknown = crate::kinds::visit(rt, UnknownFields(obj)).unwrap_or_else(|| Ok(Vec::new()));
     let unknown = unknown.map_err(|e| {
         ApiError::bad_request(format!(
@@ -133,18 +156,30 @@ pub fn check(
             v = rt.version
         ))
     })?;
-    if strict && !unknown.is_empty() {
-        let fields: Vec<String> = unknown
-            .iter()
-            .map(|f| format!("unknown field \"{f}\""))
-            .collect();
+    let messages: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    if mode == FieldValidation::Strict && !unknown.is_empty() {
         return Err(ApiError::bad_request(format!(
             "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {}",
-            fields.join(", "),
+            messages.join(", "),
             kind = rt.kind,
             v = rt.version
         )));
     }
+    for path in &unknown {
+        path.remove_from(obj);
+    }
+    Ok(if mode == FieldValidation::Warn {
+        messages
+    } else {
+        Vec::new()
+    })
+}
+
+/// Validates `obj` (with `old` on update): a 422 with a cause per invalid field.
+pub fn check(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
     let mut causes = Vec::new();
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
     // Upstream's name rules: namespaces are RFC 1123 labels, services RFC 1035
@@ -181,45 +216,91 @@ pub fn check(
     }
 }
 
+/// One step of a path into a JSON document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// A field path, printed as upstream prints it: `spec.template.spec.containers[0].x`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FieldPath(Vec<Step>);
+
+impl std::fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, step) in self.0.iter().enumerate() {
+            match step {
+                Step::Key(k) if n == 0 => write!(f, "{k}")?,
+                Step::Key(k) => write!(f, ".{k}")?,
+                Step::Index(i) => write!(f, "[{i}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FieldPath {
+    /// Removes the field at this path from `doc`, if it is there.
+    fn remove_from(&self, doc: &mut Value) {
+        let Some((last, parents)) = self.0.split_last() else {
+            return;
+        };
+        let mut cur = doc;
+        for step in parents {
+            let next = match step {
+                Step::Key(k) => cur.get_mut(k.as_str()),
+                Step::Index(i) => cur.get_mut(*i),
+            };
+            match next {
+                Some(n) => cur = n,
+                None => return,
+            }
+        }
+        if let (Step::Key(k), Some(o)) = (last, cur.as_object_mut()) {
+            o.remove(k);
+        }
+    }
+}
+
 /// Decodes an object as its kind's type and lists the fields the type does not know.
 struct UnknownFields<'a>(&'a Value);
 
 impl crate::kinds::Visitor for UnknownFields<'_> {
-    type Output = Result<Vec<String>, String>;
+    type Output = Result<Vec<FieldPath>, String>;
     fn visit<T: DeserializeOwned + Serialize + JsonSchema>(self) -> Self::Output {
         typed::<T>(self.0)
     }
 }
 
 /// Decodes `obj` as `T` and returns the paths of fields `T` does not know.
-fn typed<T: DeserializeOwned + Serialize>(obj: &Value) -> Result<Vec<String>, String> {
+fn typed<T: DeserializeOwned + Serialize>(obj: &Value) -> Result<Vec<FieldPath>, String> {
     let t: T = serde_json::from_value(obj.clone()).map_err(|e| e.to_string())?;
     let back = serde_json::to_value(&t).map_err(|e| e.to_string())?;
     let mut unknown = Vec::new();
-    missing_paths(obj, &back, "", &mut unknown);
+    missing_paths(obj, &back, &mut Vec::new(), &mut unknown);
     Ok(unknown)
 }
 
 /// Paths present (and not null) in `input` but absent from `known`.
-fn missing_paths(input: &Value, known: &Value, path: &str, out: &mut Vec<String>) {
+fn missing_paths(input: &Value, known: &Value, path: &mut Vec<Step>, out: &mut Vec<FieldPath>) {
     match (input, known) {
         (Value::Object(i), Value::Object(k)) => {
             for (key, v) in i {
-                let p = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
+                path.push(Step::Key(key.clone()));
                 match k.get(key) {
-                    Some(kv) => missing_paths(v, kv, &p, out),
-                    None if !v.is_null() => out.push(p),
+                    Some(kv) => missing_paths(v, kv, path, out),
+                    None if !v.is_null() => out.push(FieldPath(path.clone())),
                     None => {}
                 }
+                path.pop();
             }
         }
         (Value::Array(i), Value::Array(k)) => {
             for (n, (iv, kv)) in i.iter().zip(k).enumerate() {
-                missing_paths(iv, kv, &format!("{path}[{n}]"), out);
+                path.push(Step::Index(n));
+                missing_paths(iv, kv, path, out);
+                path.pop();
             }
         }
         _ => {}
@@ -409,22 +490,38 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_found_with_their_paths() {
+    fn unknown_fields_are_refused_pruned_or_warned_as_asked() {
         let rt = find("", "v1", "configmaps").unwrap();
-        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "bogus": 1}, "data": {"a": "b"}, "extra": true});
-        let err = check(rt, &cm, None, true).unwrap_err();
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "bogus": 1, "labels": {"app.kubernetes.io/name": "n"}}, "data": {"a": "b"}, "extra.dotted": true});
+        let err = decode(rt, &mut cm.clone(), FieldValidation::Strict).unwrap_err();
         assert_eq!(err.code, 400);
         assert!(
-            err.message.contains(
-                "strict decoding error: unknown field \"extra\", unknown field \"metadata.bogus\""
-            ),
+            err.message.contains("strict decoding error: unknown field \"extra.dotted\", unknown field \"metadata.bogus\""),
             "{}",
             err.message
         );
-        assert!(
-            check(rt, &cm, None, false).is_ok(),
-            "without Strict unknown fields are dropped silently"
+        let mut warned = cm.clone();
+        let warnings = decode(rt, &mut warned, FieldValidation::Warn).unwrap();
+        assert_eq!(
+            warnings,
+            [
+                "unknown field \"extra.dotted\"",
+                "unknown field \"metadata.bogus\""
+            ]
         );
+        let mut ignored = cm.clone();
+        assert!(
+            decode(rt, &mut ignored, FieldValidation::Ignore)
+                .unwrap()
+                .is_empty()
+        );
+        // Both drop the unknown fields and keep everything known (dotted label keys too).
+        for o in [warned, ignored] {
+            assert_eq!(
+                o,
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "labels": {"app.kubernetes.io/name": "n"}}, "data": {"a": "b"}})
+            );
+        }
     }
 
     #[test]
@@ -433,7 +530,7 @@ mod tests {
         let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
             "spec": {"selector": {"matchLabels": {"app": "web"}},
                      "template": {"metadata": {"labels": {"app": "other"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
-        let err = check(rt, &d, None, true).unwrap_err();
+        let err = check(rt, &d, None).unwrap_err();
         assert_eq!(err.code, 422);
         assert_eq!(
             err.message,
@@ -445,7 +542,7 @@ mod tests {
     fn bad_names_are_refused_with_the_field_path() {
         let rt = find("", "v1", "configmaps").unwrap();
         let cm = json!({"metadata": {"name": "Bad_Name"}});
-        let err = check(rt, &cm, None, true).unwrap_err();
+        let err = check(rt, &cm, None).unwrap_err();
         assert_eq!(err.details.unwrap()["causes"][0]["field"], "metadata.name");
     }
 }

@@ -431,6 +431,34 @@ async fn scenario(server: &SextantServer) {
         err.contains(r#"strict decoding error: unknown field "spec.replicaz""#),
         "{err}"
     );
+    // --validate=warn: the object is created without the unknown field, with a warning.
+    let warned = unknown.replace("name: third", "name: fourth");
+    let out = k
+        .run(&["apply", "--validate=warn", "-f", "-"], Some(&warned))
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(r#"Warning: unknown field "spec.replicaz""#),
+        "{stderr}"
+    );
+    // (kubectl's last-applied annotation keeps the manifest as sent; the spec does not.)
+    let stored = k
+        .ok(&[
+            "get",
+            "deploy",
+            "fourth",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec}",
+        ])
+        .unwrap();
+    assert!(
+        !stored.contains("replicaz") && stored.contains("\"replicas\":2"),
+        "{stored}"
+    );
+    k.ok(&["delete", "deploy", "fourth", "-n", "shop"]).unwrap();
     for (kind, name) in [("cm", "Bad_Name"), ("deploy", "other"), ("deploy", "third")] {
         let err = k.fails(&["get", kind, name, "-n", "shop"], None).unwrap();
         assert!(err.contains("NotFound"), "{kind}/{name} was stored: {err}");
