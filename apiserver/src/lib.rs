@@ -4,6 +4,7 @@
 //! Built so far: [`storage`], the store trait and its two backends. Every other
 //! component reaches the store only through this API, with the kube-rs client.
 
+pub mod bootstrap;
 pub mod discovery;
 pub mod kinds;
 pub mod metrics;

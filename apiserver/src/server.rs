@@ -158,6 +158,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// Path of the admin kubeconfig.
     pub kubeconfig: PathBuf,
+    /// Path of the join token agents present (`<data-dir>/node-token`).
+    pub node_token: PathBuf,
     task: JoinHandle<()>,
     counting: JoinHandle<()>,
     compacting: JoinHandle<()>,
@@ -271,7 +273,8 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
             datastore: config.datastore,
             source,
         })?;
-    let pki = Pki::load_or_create(&data_dir.join("pki"))?;
+    let pki = Arc::new(Pki::load_or_create(&data_dir.join("pki"))?);
+    let token = crate::bootstrap::load_or_create(data_dir, pki.ca_pem())?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Bind {
@@ -319,16 +322,22 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         ranges: config.service_ranges.clone(),
         metrics: metrics.clone(),
     };
-    let router = router(state, metrics, registry);
+    let joiner = crate::bootstrap::Joiner {
+        token,
+        pki: pki.clone(),
+    };
+    let router = router(state, joiner, metrics, registry);
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), datastore = ?config.datastore, "API server listening");
     let task = tokio::spawn(accept_loop(
         listener,
         TlsAcceptor::from(Arc::new(tls)),
         router,
     ));
+    let node_token = data_dir.join("node-token");
     Ok(RunningServer {
         addr,
         kubeconfig,
+        node_token,
         task,
         counting,
         compacting,
@@ -436,7 +445,14 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, router: Route
 }
 
 /// Paths anyone may read, as upstream's `system:public-info-viewer` allows.
-const PUBLIC_PATHS: [&str; 4] = ["/healthz", "/livez", "/readyz", "/version"];
+/// The join endpoint is public too: its token is the credential.
+const PUBLIC_PATHS: [&str; 5] = [
+    "/healthz",
+    "/livez",
+    "/readyz",
+    "/version",
+    "/sextant/v1/join",
+];
 
 async fn authenticate(req: Request, next: Next) -> Response {
     let anonymous = req
@@ -451,9 +467,16 @@ async fn authenticate(req: Request, next: Next) -> Response {
 
 fn router(
     state: AppState,
+    joiner: crate::bootstrap::Joiner,
     metrics: ApiMetrics,
     registry: Arc<sextant_metrics::Registry>,
 ) -> Router {
+    let join = Router::new()
+        .route(
+            "/sextant/v1/join",
+            axum::routing::post(crate::bootstrap::join),
+        )
+        .with_state(joiner);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
@@ -481,6 +504,7 @@ fn router(
         ))
         .with_state(state)
         .merge(sextant_metrics::router(registry))
+        .merge(join)
         .fallback(|| async { ApiError::no_route() })
         .layer(middleware::from_fn(authenticate))
         .layer(middleware::from_fn_with_state(

@@ -106,6 +106,7 @@ async fn run_server(args: ServerArgs) -> Result<(), server::Error> {
     let running = server::start(config).await?;
     println!("Sextant API server listening on https://{}", running.addr);
     println!("Admin kubeconfig: {}", running.kubeconfig.display());
+    println!("Node join token: {}", running.node_token.display());
     println!(
         "Try: kubectl --kubeconfig {} version",
         running.kubeconfig.display()

@@ -251,6 +251,7 @@ async fn embedded_store() {
     bad_input(&server).await;
     finalizers_and_graceful_deletion(&server).await;
     binding_and_eviction(&server).await;
+    nodes_join_with_the_token(&server).await;
     metrics_are_exported(&server).await;
     durable_across_kill(&mut server).await;
     watch_resumes_after_restart(&mut server).await;
@@ -265,6 +266,7 @@ async fn etcd() {
     bad_input(&server).await;
     finalizers_and_graceful_deletion(&server).await;
     binding_and_eviction(&server).await;
+    nodes_join_with_the_token(&server).await;
     metrics_are_exported(&server).await;
     durable_across_kill(&mut server).await;
     watch_resumes_after_restart(&mut server).await;
@@ -481,4 +483,55 @@ async fn binding_and_eviction(server: &SextantServer) {
     )
     .await;
     assert!(code == 200 || code == 202, "{code}");
+}
+
+/// An agent joins with the node token: it gets the CA (matching the token's hash)
+/// and a client certificate of its own that the server accepts; a wrong token is
+/// refused.
+async fn nodes_join_with_the_token(server: &SextantServer) {
+    let text = std::fs::read_to_string(server.data_dir().join("node-token")).unwrap();
+    let token = sextant_apiserver::bootstrap::JoinToken::parse(&text).expect("a well-formed token");
+    let anonymous = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let join = format!("{}/sextant/v1/join", server.url());
+
+    let wrong = format!("SX1::{}::{}", token.ca_hash, "0".repeat(64));
+    let (code, body) = send(
+        &anonymous,
+        anonymous
+            .post(&join)
+            .json(&json!({"token": wrong, "nodeName": "n1"})),
+    )
+    .await;
+    assert_status(code, &body, 401, "Unauthorized");
+
+    let (code, body) = send(
+        &anonymous,
+        anonymous
+            .post(&join)
+            .json(&json!({"token": text.trim(), "nodeName": "n1"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let ca = body["ca"].as_str().unwrap();
+    assert!(token.trusts(ca), "the CA sent does not match the token");
+    // The node's own certificate authenticates it.
+    let identity = format!(
+        "{}{}",
+        body["certificate"].as_str().unwrap(),
+        body["key"].as_str().unwrap()
+    );
+    let node = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let (code, _) = send(
+        &node,
+        node.get(format!("{}/api/v1/namespaces/default", server.url())),
+    )
+    .await;
+    assert_eq!(code, 200);
 }
