@@ -1,8 +1,11 @@
-//! The Kubernetes REST API of Sextant: generic resource handlers over a revisioned
-//! store (etcd or embedded), a watch cache, admission, and authentication.
+//! The Kubernetes REST API of Sextant (`sextant server`): one generic REST handler
+//! ([`rest`]) for every kind in [`resources`], over a revisioned [`storage::Store`]
+//! (etcd or the embedded redb file), behind HTTPS with client-certificate
+//! authentication ([`server`], [`pki`], [`bootstrap`]).
 //!
-//! Built so far: [`storage`], the store trait and its two backends. Every other
-//! component reaches the store only through this API, with the kube-rs client.
+//! Every other component reaches the store only through this API, with the kube-rs
+//! client. Not built yet: the shared watch cache, protobuf request bodies,
+//! authorization; see docs/architecture.md.
 
 pub mod bootstrap;
 pub mod discovery;
