@@ -241,6 +241,19 @@ impl Handler {
         ApiError::not_found(self.rt().group, self.rt().plural, self.name())
     }
 
+    /// The request's label and field selectors; a malformed one is a 400.
+    fn selectors(&self) -> ApiResult<(LabelSelector, FieldSelector)> {
+        let labels =
+            LabelSelector::parse(self.params.label_selector.as_deref().unwrap_or_default())
+                .map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(
+            self.params.field_selector.as_deref().unwrap_or_default(),
+            self.rt(),
+        )
+        .map_err(ApiError::bad_request)?;
+        Ok((labels, fields))
+    }
+
     fn wants_table(&self) -> bool {
         self.headers
             .get_all(header::ACCEPT)
@@ -292,14 +305,7 @@ impl Handler {
     }
 
     async fn list(&self) -> ApiResult {
-        let labels =
-            LabelSelector::parse(self.params.label_selector.as_deref().unwrap_or_default())
-                .map_err(ApiError::bad_request)?;
-        let fields = FieldSelector::parse(
-            self.params.field_selector.as_deref().unwrap_or_default(),
-            self.rt(),
-        )
-        .map_err(ApiError::bad_request)?;
+        let (labels, fields) = self.selectors()?;
         let prefix = self.rt().prefix(self.t.namespace.as_deref());
         let (start_key, revision) = match &self.params.continue_token {
             Some(token) => {
@@ -1059,14 +1065,7 @@ impl Handler {
     }
 
     async fn delete_collection(&self) -> ApiResult {
-        let labels =
-            LabelSelector::parse(self.params.label_selector.as_deref().unwrap_or_default())
-                .map_err(ApiError::bad_request)?;
-        let fields = FieldSelector::parse(
-            self.params.field_selector.as_deref().unwrap_or_default(),
-            self.rt(),
-        )
-        .map_err(ApiError::bad_request)?;
+        let (labels, fields) = self.selectors()?;
         let prefix = self.rt().prefix(self.t.namespace.as_deref());
         let page = self
             .state
@@ -1105,14 +1104,7 @@ impl Handler {
     /// resourceVersion (or with "0"), the current objects come first as ADDED, as
     /// upstream's watch cache sends them.
     async fn watch(&self) -> ApiResult {
-        let labels =
-            LabelSelector::parse(self.params.label_selector.as_deref().unwrap_or_default())
-                .map_err(ApiError::bad_request)?;
-        let mut fields = FieldSelector::parse(
-            self.params.field_selector.as_deref().unwrap_or_default(),
-            self.rt(),
-        )
-        .map_err(ApiError::bad_request)?;
+        let (labels, mut fields) = self.selectors()?;
         if let Some(name) = &self.t.name {
             fields.require_name(name);
         }
