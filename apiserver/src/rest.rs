@@ -653,15 +653,7 @@ impl Handler {
     /// `POST pods/<name>/eviction`: deletes the pod unless a PodDisruptionBudget
     /// selecting it allows no disruption (429, as upstream).
     async fn evict(&self, body: &[u8]) -> ApiResult {
-        let eviction: Value = if body.is_empty() {
-            json!({})
-        } else {
-            serde_json::from_slice(body).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "the body of the request could not be decoded as an Eviction: {e}"
-                ))
-            })?
-        };
+        let eviction = optional_json_body(body, "an Eviction")?;
         let key = self.rt().key(self.t.namespace.as_deref(), self.name());
         let kv = self
             .state
@@ -968,15 +960,7 @@ impl Handler {
     /// scheduled pod with a grace period — marks it with `deletionTimestamp` and
     /// answers 202; whoever owns the finalizer (or the kubelet) completes it.
     async fn delete(&self, body: &[u8]) -> ApiResult {
-        let options: Value = if body.is_empty() {
-            json!({})
-        } else {
-            serde_json::from_slice(body).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "the body of the request could not be decoded as DeleteOptions: {e}"
-                ))
-            })?
-        };
+        let options = optional_json_body(body, "DeleteOptions")?;
         let grace = self
             .params
             .grace_period_seconds
@@ -1203,14 +1187,7 @@ fn apply_patch(
 /// The `autoscaling/v1` `Scale` of an object with `spec.replicas`.
 fn scale_of(obj: &Value) -> Value {
     let meta = &obj["metadata"];
-    let selector: Vec<String> = obj["spec"]["selector"]["matchLabels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let selector = table::label_string(&obj["spec"]["selector"]["matchLabels"]);
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -1219,7 +1196,7 @@ fn scale_of(obj: &Value) -> Value {
             "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
         },
         "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
-        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector.join(",")},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
     })
 }
 
@@ -1323,6 +1300,18 @@ fn json_body(body: &[u8]) -> ApiResult<Value> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body of the request could not be decoded as JSON: {e}"
+        ))
+    })
+}
+
+/// An optional JSON body (`DeleteOptions`, `Eviction`): empty is `{}`.
+fn optional_json_body(body: &[u8], what: &str) -> ApiResult<Value> {
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body of the request could not be decoded as {what}: {e}"
         ))
     })
 }

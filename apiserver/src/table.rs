@@ -162,19 +162,8 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
                 description: "Route service traffic to pods with label keys and values matching this selector.",
                 priority: 1,
                 cell: |o| {
-                    let parts: Vec<String> = o["spec"]["selector"]
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    json!(if parts.is_empty() {
-                        "<none>".to_owned()
-                    } else {
-                        parts.join(",")
-                    })
+                    let s = label_string(&o["spec"]["selector"]);
+                    json!(if s.is_empty() { "<none>".to_owned() } else { s })
                 },
             },
         ],
@@ -496,21 +485,24 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
                 kind: "string",
                 description: "Label selector for pods.",
                 priority: 1,
-                cell: |o| {
-                    let m = o["spec"]["selector"]["matchLabels"].as_object();
-                    let parts: Vec<String> = m
-                        .map(|m| {
-                            m.iter()
-                                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    json!(parts.join(","))
-                },
+                cell: |o| json!(label_string(&o["spec"]["selector"]["matchLabels"])),
             },
         ],
         _ => vec![NAME, AGE],
     }
+}
+
+/// A label map as `k=v,k2=v2` (how kubectl prints selectors).
+pub(crate) fn label_string(labels: &Value) -> String {
+    let parts: Vec<String> = labels
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    parts.join(",")
 }
 
 fn containers(o: &Value, field: &str) -> String {

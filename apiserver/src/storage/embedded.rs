@@ -92,6 +92,18 @@ fn decode(bytes: &[u8]) -> Result<Record<'_>> {
     })
 }
 
+/// The current and the compacted revision from the `meta` table.
+fn revisions(meta: &impl ReadableTable<&'static str, i64>) -> Result<(Revision, Revision)> {
+    let read = |name: &str, default: i64| -> Result<i64> {
+        Ok(meta
+            .get(name)
+            .map_err(internal)?
+            .map(|g| g.value())
+            .unwrap_or(default))
+    };
+    Ok((read(META_REVISION, 1)?, read(META_COMPACTED, 0)?))
+}
+
 fn key_string(key: &[u8]) -> Result<String> {
     String::from_utf8(key.to_vec()).map_err(|_| internal("stored key is not UTF-8"))
 }
@@ -263,18 +275,7 @@ impl Inner {
     }
 
     fn meta(&self, txn: &redb::ReadTransaction) -> Result<(Revision, Revision)> {
-        let meta = txn.open_table(META).map_err(internal)?;
-        let rev = meta
-            .get(META_REVISION)
-            .map_err(internal)?
-            .map(|g| g.value())
-            .unwrap_or(1);
-        let compacted = meta
-            .get(META_COMPACTED)
-            .map_err(internal)?
-            .map(|g| g.value())
-            .unwrap_or(0);
-        Ok((rev, compacted))
+        revisions(&txn.open_table(META).map_err(internal)?)
     }
 
     fn list(&self, opts: &ListOptions) -> Result<ListResult> {
@@ -458,16 +459,7 @@ impl Inner {
         let txn = self.db.begin_write().map_err(internal)?;
         {
             let mut meta = txn.open_table(META).map_err(internal)?;
-            let current = meta
-                .get(META_REVISION)
-                .map_err(internal)?
-                .map(|g| g.value())
-                .unwrap_or(1);
-            let compacted = meta
-                .get(META_COMPACTED)
-                .map_err(internal)?
-                .map(|g| g.value())
-                .unwrap_or(0);
+            let (current, compacted) = revisions(&meta)?;
             if revision > current {
                 return Err(Error::FutureRevision {
                     requested: revision,
