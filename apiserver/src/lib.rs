@@ -4,15 +4,17 @@
 //! authentication ([`server`], [`pki`], [`bootstrap`]).
 //!
 //! Every other component reaches the store only through this API, with the kube-rs
-//! client. Not built yet: the shared watch cache, protobuf request bodies,
+//! client. Not built yet: the shared watch cache,
 //! authorization; see docs/architecture.md.
 
 pub mod bootstrap;
+pub mod defaults;
 pub mod discovery;
 pub mod kinds;
 pub mod metrics;
 pub mod openapi;
 pub mod pki;
+pub mod protobuf;
 pub mod request_info;
 pub mod resources;
 pub mod rest;

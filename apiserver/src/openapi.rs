@@ -110,7 +110,8 @@ impl crate::kinds::Visitor for AddSchema<'_> {
     }
 }
 
-fn schemas(kinds: &[&ResourceType]) -> Map<String, Value> {
+/// The schema definitions of `kinds` and everything they refer to, by definition name.
+pub(crate) fn schemas(kinds: &[&ResourceType]) -> Map<String, Value> {
     let mut generator = SchemaSettings::openapi3().into_generator();
     let mut named = Vec::new();
     for rt in kinds {

@@ -432,7 +432,7 @@ impl Handler {
         if self.rt().has_status {
             obj.as_object_mut().map(|o| o.remove("status"));
         }
-        validation::default(self.rt(), &mut obj);
+        crate::defaults::apply(self.rt(), &mut obj);
         self.validate(&mut obj, None)?;
         self.check_namespace_exists(&name).await?;
         if self.params.is_dry_run() {
@@ -804,7 +804,7 @@ impl Handler {
             let current = self.object_of(&kv)?;
             let changed = self.check_kind(change(&current)?)?;
             let mut next = self.merge_update(&current, changed)?;
-            validation::default(self.rt(), &mut next);
+            crate::defaults::apply(self.rt(), &mut next);
             self.validate(&mut next, Some(&current))?;
             let deleting = !current["metadata"]["deletionTimestamp"].is_null();
             let finalizers = |o: &Value| -> Vec<Value> {
@@ -1200,7 +1200,7 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
-/// Decodes a create/update body (JSON only so far) into an object of `rt`.
+/// Decodes a create/update body, JSON or Kubernetes protobuf, into an object of `rt`.
 pub fn decode_object(
     rt: &ResourceType,
     namespace: Option<&str>,
@@ -1208,10 +1208,11 @@ pub fn decode_object(
     body: &[u8],
 ) -> ApiResult<Value> {
     let media = content_type.split(';').next().unwrap_or_default().trim();
-    if media != "application/json" && media != "*/*" {
-        return Err(ApiError::unsupported_media_type(content_type));
-    }
-    let obj = json_body(body)?;
+    let obj = match media {
+        "application/json" | "*/*" => json_body(body)?,
+        crate::protobuf::MEDIA_TYPE => crate::protobuf::decode(body)?,
+        _ => return Err(ApiError::unsupported_media_type(content_type)),
+    };
     check_kind(rt, namespace, obj)
 }
 
@@ -1538,7 +1539,7 @@ mod tests {
             let body = serde_json::to_vec(&obj).unwrap();
             match decode_object(rt, Some("default"), "application/json", &body) {
                 Ok(mut o) => {
-                    crate::validation::default(rt, &mut o);
+                    crate::defaults::apply(rt, &mut o);
                     let checked = crate::validation::decode(rt, &mut o, crate::validation::FieldValidation::Strict)
                         .and_then(|_| crate::validation::check(rt, &o, None));
                     if let Err(e) = checked {
@@ -1558,7 +1559,7 @@ mod tests {
             set_somewhere(&mut d, &choices, value);
             let body = serde_json::to_vec(&d).unwrap();
             if let Ok(mut o) = decode_object(rt, Some("default"), "application/json", &body) {
-                crate::validation::default(rt, &mut o);
+                crate::defaults::apply(rt, &mut o);
                 for (old, mode) in [(None, crate::validation::FieldValidation::Strict), (Some(&deployment()), crate::validation::FieldValidation::Warn)] {
                     let mut o = o.clone();
                     let checked = crate::validation::decode(rt, &mut o, mode).and_then(|_| crate::validation::check(rt, &o, old));

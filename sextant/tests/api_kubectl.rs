@@ -59,8 +59,104 @@ spec:
         - {name: MODE, value: fast}
 "#;
 
+/// kubectl's typed `create` commands send protobuf bodies (client-go ≥ 1.32).
+fn typed_creates(k: &sextant_tests::sextant::Kubectl) {
+    let out = k
+        .ok(&["create", "namespace", "typed"])
+        .expect("create namespace");
+    assert_eq!(out.trim(), "namespace/typed created");
+    let created = [
+        (
+            vec![
+                "configmap",
+                "conf",
+                "--from-literal=color=blue",
+                "--from-literal=empty=",
+            ],
+            "configmap/conf created",
+        ),
+        (
+            vec!["secret", "generic", "pw", "--from-literal=password=s3cr3t"],
+            "secret/pw created",
+        ),
+        (
+            vec![
+                "deployment",
+                "web",
+                "--image=sextant.local/demo:v1",
+                "--replicas=3",
+                "--port=8080",
+            ],
+            "deployment.apps/web created",
+        ),
+        (
+            vec![
+                "job",
+                "once",
+                "--image=sextant.local/busybox:v1",
+                "--",
+                "echo",
+                "hi",
+            ],
+            "job.batch/once created",
+        ),
+        (
+            vec!["service", "clusterip", "web", "--tcp=80:8080"],
+            "service/web created",
+        ),
+    ];
+    for (args, want) in created {
+        let args: Vec<&str> = [&["create", "-n", "typed"][..], &args].concat();
+        let out = k
+            .ok(&args)
+            .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"));
+        assert_eq!(out.trim(), want);
+    }
+    let get = |what: &str, path: &str| {
+        k.ok(&[
+            "get",
+            what,
+            "-n",
+            "typed",
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+        .unwrap()
+    };
+    assert_eq!(get("cm/conf", "{.data}"), r#"{"color":"blue","empty":""}"#);
+    assert_eq!(get("secret/pw", "{.data.password}"), "czNjcjN0");
+    assert_eq!(get("deploy/web", "{.spec.replicas}"), "3");
+    assert_eq!(
+        get(
+            "deploy/web",
+            "{.spec.template.spec.containers[0].ports[0].containerPort}"
+        ),
+        "8080"
+    );
+    assert_eq!(get("deploy/web", "{.spec.selector.matchLabels.app}"), "web");
+    assert_eq!(
+        get("job/once", "{.spec.template.spec.containers[0].command}"),
+        r#"["echo","hi"]"#
+    );
+    assert_eq!(
+        get(
+            "svc/web",
+            "{.spec.ports[0].port} {.spec.ports[0].targetPort}"
+        ),
+        "80 8080"
+    );
+    assert!(!get("svc/web", "{.spec.clusterIP}").is_empty());
+    assert!(!get("ns/typed", "{.metadata.creationTimestamp}").is_empty());
+    // Validation applies to protobuf bodies as to JSON ones.
+    let err = k
+        .fails(&["create", "configmap", "Bad_Name", "-n", "typed"], None)
+        .unwrap();
+    assert!(err.contains("Invalid value: \"Bad_Name\""), "{err}");
+}
+
 async fn scenario(server: &SextantServer) {
     let k = server.kubectl().expect("kubectl");
+    typed_creates(&k);
     let namespaces = k.ok(&["get", "ns", "-o", "name"]).unwrap();
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         assert!(
