@@ -4,8 +4,7 @@
 //! authentication ([`server`], [`pki`], [`bootstrap`]).
 //!
 //! Every other component reaches the store only through this API, with the kube-rs
-//! client. Not built yet: the shared watch cache,
-//! authorization; see docs/architecture.md.
+//! client. Not built yet: authorization; see docs/architecture.md.
 
 pub mod bootstrap;
 pub mod defaults;

@@ -320,10 +320,19 @@ impl Handler {
             None => (None, self.list_revision()?),
         };
         let limit = self.params.limit.filter(|l| *l > 0);
+        // resourceVersion=0: any recent state will do, so the watch cache answers.
+        let any_revision = self.params.continue_token.is_none()
+            && self.params.resource_version.as_deref() == Some("0");
         let page = self
             .state
             .store
-            .list(&ListOptions { prefix, start_key, limit, revision })
+            .list(&ListOptions {
+                prefix,
+                start_key,
+                limit,
+                revision,
+                any_revision,
+            })
             .await
             .map_err(|e| match e {
                 storage::Error::Compacted { .. } if self.params.continue_token.is_some() => ApiError::expired(
@@ -1103,6 +1112,7 @@ impl Handler {
                     .store
                     .list(&ListOptions {
                         prefix: prefix.clone(),
+                        any_revision: true,
                         ..Default::default()
                     })
                     .await?;

@@ -314,6 +314,17 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         store,
         &mut registry,
     ));
+    // Every watch and resourceVersion=0 list is served from one cache per resource.
+    let roots = crate::resources::RESOURCES
+        .iter()
+        .map(|rt| rt.prefix(None))
+        .collect();
+    let store: Arc<dyn Store> = Arc::new(Arc::new(crate::storage::watch_cache::WatchCache::new(
+        store,
+        roots,
+        crate::storage::watch_cache::DEFAULT_WINDOW,
+        &mut registry,
+    )));
     let registry = Arc::new(registry);
     let counting = tokio::spawn(count_objects(store.clone(), metrics.clone()));
     let compacting = tokio::spawn(compact_history(store.clone(), COMPACTION_INTERVAL));

@@ -382,6 +382,11 @@ async fn metrics_are_exported(server: &SextantServer) {
         "{text}"
     );
     drop(watch);
+    // Watches are served by the watch cache, built once per resource.
+    assert!(
+        text.contains(r#"apiserver_watch_cache_initializations_total{resource="configmaps"} 1"#),
+        "{text}"
+    );
     assert!(text.contains(r#"apiserver_request_total{verb="POST",group="",version="v1",resource="configmaps",subresource="",code="201"}"#), "{text}");
     assert!(
         text.contains(r#"apiserver_request_duration_seconds_bucket{le="0.005",verb="GET""#),

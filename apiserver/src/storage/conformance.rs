@@ -212,6 +212,7 @@ pub async fn list_pages_read_one_snapshot(s: &dyn Store) {
                 start_key: Some(start.clone()),
                 limit: Some(2),
                 revision: Some(first.revision),
+                any_revision: false,
             })
             .await
             .expect("next page");

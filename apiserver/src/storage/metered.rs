@@ -11,7 +11,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{EventStream, KeyValue, ListOptions, ListResult, Result, Revision, Store};
+use super::{EventStream, KeyValue, ListOptions, ListResult, Result, Revision, Store, resource_of};
 
 /// Labels of `etcd_request_duration_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,21 +26,6 @@ const BUCKETS: [f64; 18] = [
     0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 10.0, 15.0,
     30.0,
 ];
-
-/// The resource a key belongs to: `configmaps`, `deployments.apps`, `ranges`.
-fn resource_of(key: &str) -> String {
-    let mut parts = key.trim_start_matches("/registry/").split('/');
-    match (parts.next(), parts.next()) {
-        (Some(first), Some(second))
-            if first.contains('.')
-                || matches!(first, "apps" | "batch" | "autoscaling" | "policy") =>
-        {
-            format!("{second}.{first}")
-        }
-        (Some(first), _) => first.to_owned(),
-        _ => String::new(),
-    }
-}
 
 /// The decorated store.
 pub struct MeteredStore {

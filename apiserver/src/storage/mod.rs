@@ -25,6 +25,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod etcd;
 pub mod metered;
+pub mod watch_cache;
 
 /// A store revision (etcd's `int64` revision; Kubernetes' `resourceVersion`).
 pub type Revision = i64;
@@ -92,6 +93,9 @@ pub struct ListOptions {
     pub limit: Option<usize>,
     /// Read at this past revision instead of the current one.
     pub revision: Option<Revision>,
+    /// Any recent revision will do (`resourceVersion=0`): a cache may answer, whole
+    /// (ignoring `limit`, as upstream's watch cache does). Backends read the latest.
+    pub any_revision: bool,
 }
 
 /// One page of a list.
@@ -199,6 +203,22 @@ pub trait Store: Send + Sync + 'static {
     /// Discards history before `revision`; older reads and watches then fail with
     /// [`Error::Compacted`].
     async fn compact(&self, revision: Revision) -> Result<()>;
+}
+
+/// The resource a key belongs to, as upstream's `resource` metric label:
+/// `configmaps`, `deployments.apps`, `ranges`.
+pub fn resource_of(key: &str) -> String {
+    let mut parts = key.trim_start_matches("/registry/").split('/');
+    match (parts.next(), parts.next()) {
+        (Some(first), Some(second))
+            if first.contains('.')
+                || matches!(first, "apps" | "batch" | "autoscaling" | "policy") =>
+        {
+            format!("{second}.{first}")
+        }
+        (Some(first), _) => first.to_owned(),
+        _ => String::new(),
+    }
 }
 
 /// The key just past every key with `prefix` (etcd's range end for a prefix).
