@@ -151,6 +151,13 @@ pub struct AppState {
     pub metrics: ApiMetrics,
 }
 
+/// The kubeconfigs written to `<data-dir>/components/` for the components running
+/// inside `sextant server`, and the user each authenticates as (upstream's names).
+pub const COMPONENT_IDENTITIES: [(&str, &str); 2] = [
+    ("scheduler.kubeconfig", "system:kube-scheduler"),
+    ("controllers.kubeconfig", "system:kube-controller-manager"),
+];
+
 /// A started server.
 #[derive(Debug)]
 pub struct RunningServer {
@@ -307,6 +314,19 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
     let kubeconfig = data_dir.join("admin.kubeconfig");
     let url = format!("https://{}", SocketAddr::new(client_ip, addr.port()));
     pki::write_private(&kubeconfig, &pki::kubeconfig(&url, pki.ca_pem(), &admin))?;
+    // The in-process components each get their own identity, as upstream's do.
+    let components = data_dir.join("components");
+    std::fs::create_dir_all(&components).map_err(|source| Error::DataDir {
+        path: components.clone(),
+        source,
+    })?;
+    for (file, user) in COMPONENT_IDENTITIES {
+        let cert = pki.client_cert(user, &[])?;
+        pki::write_private(
+            &components.join(file),
+            &pki::kubeconfig(&url, pki.ca_pem(), &cert),
+        )?;
+    }
 
     let mut registry = sextant_metrics::Registry::default();
     let metrics = ApiMetrics::register(&mut registry);

@@ -6,6 +6,8 @@
 
 use std::{path::Path, time::Duration};
 
+use base64::Engine as _;
+
 use serde_json::{Value, json};
 use sextant_tests::{
     etcd::EtcdCluster,
@@ -539,4 +541,42 @@ async fn nodes_join_with_the_token(server: &SextantServer) {
     )
     .await;
     assert_eq!(code, 200);
+    components_have_their_own_identities(server);
+}
+
+/// The in-process components' kubeconfigs work, each with its own user.
+fn components_have_their_own_identities(server: &SextantServer) {
+    let openssl = sextant_tests::require_command("openssl").unwrap();
+    for (file, user) in sextant_apiserver::server::COMPONENT_IDENTITIES {
+        let path = server.data_dir().join("components").join(file);
+        let k = sextant_tests::sextant::Kubectl::new(&path).unwrap();
+        assert_eq!(
+            k.ok(&["get", "ns", "default", "-o", "name"])
+                .unwrap()
+                .trim(),
+            "namespace/default"
+        );
+        let cert = k
+            .ok(&[
+                "config",
+                "view",
+                "--raw",
+                "-o",
+                "jsonpath={.users[0].user.client-certificate-data}",
+            ])
+            .unwrap();
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(cert.trim())
+            .unwrap();
+        let mut child = std::process::Command::new(&openssl)
+            .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), &pem).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let subject = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(subject.trim(), format!("subject=CN={user}"), "{file}");
+    }
 }
