@@ -155,6 +155,91 @@ pub async fn join(State(joiner): State<Joiner>, Json(req): Json<JoinRequest>) ->
     }
 }
 
+/// `GET /cacerts`: the cluster CA, open to anonymous clients (as k3s serves it), so a
+/// joining agent can check it against its token before sending the token anywhere.
+pub async fn cacerts(State(joiner): State<Joiner>) -> Response {
+    joiner.pki.ca_pem().to_owned().into_response()
+}
+
+/// Why an agent could not join.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The token is not of the form `SX1::<ca-hash>::<secret>`.
+    #[error("the join token is malformed (expected SX1::<ca-hash>::<secret>)")]
+    BadToken,
+    /// The server's CA does not have the hash the token carries.
+    #[error("the server at {0} presented a CA that does not match the join token")]
+    UntrustedServer(String),
+    /// The request failed or was refused.
+    #[error("joining through {url}: {message}")]
+    Request {
+        /// The URL called.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The agent's side of joining: fetch the CA, check it against the token, then
+/// exchange the token (over TLS verified with that CA) for the node's certificate.
+pub async fn join_cluster(
+    server: &str,
+    token: &str,
+    node_name: &str,
+) -> Result<JoinResponse, JoinError> {
+    let token = JoinToken::parse(token.trim()).ok_or(JoinError::BadToken)?;
+    let server = server.trim_end_matches('/');
+    let request = |url: &str, e: reqwest::Error| JoinError::Request {
+        url: url.to_owned(),
+        message: e.to_string(),
+    };
+    // Unverified on purpose: what comes back is checked against the token's hash.
+    let url = format!("{server}/cacerts");
+    let insecure = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .map_err(|e| request(&url, e))?;
+    let ca = insecure
+        .get(&url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| request(&url, e))?
+        .text()
+        .await
+        .map_err(|e| request(&url, e))?;
+    if !token.trusts(&ca) {
+        return Err(JoinError::UntrustedServer(server.to_owned()));
+    }
+    let url = format!("{server}/sextant/v1/join");
+    let root = reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| request(&url, e))?;
+    let verified = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .build()
+        .map_err(|e| request(&url, e))?;
+    let body = serde_json::json!({"token": token.to_string(), "nodeName": node_name});
+    let response = verified
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| request(&url, e))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        return Err(JoinError::Request {
+            url,
+            message: format!("{status}: {text}"),
+        });
+    }
+    let joined: JoinResponse = response.json().await.map_err(|e| request(&url, e))?;
+    if !token.trusts(&joined.ca) {
+        return Err(JoinError::UntrustedServer(server.to_owned()));
+    }
+    Ok(joined)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

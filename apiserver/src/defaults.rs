@@ -14,7 +14,10 @@ use crate::resources::ResourceType;
 pub fn apply(rt: &ResourceType, obj: &mut Value) {
     match (rt.group, rt.kind) {
         ("", "Namespace") => namespace(obj),
-        ("", "Secret") => set(obj, "type", json!("Opaque")),
+        ("", "Secret") => {
+            set(obj, "type", json!("Opaque"));
+            string_data(obj);
+        }
         ("", "Pod") => {
             if let Some(spec) = object(obj, "spec") {
                 pod_spec(spec, "Always");
@@ -107,6 +110,32 @@ pub fn apply(rt: &ResourceType, obj: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// `stringData` is write-only: upstream merges it into `data` (base64), over any
+/// key of the same name, and never stores it.
+fn string_data(obj: &mut Value) {
+    use base64::Engine as _;
+    let Some(o) = obj.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(strings)) = o.remove("stringData") else {
+        return;
+    };
+    let data = o.entry("data").or_insert_with(|| json!({}));
+    if data.is_null() {
+        *data = json!({});
+    }
+    if let Some(data) = data.as_object_mut() {
+        for (k, v) in strings {
+            if let Some(v) = v.as_str() {
+                data.insert(
+                    k,
+                    json!(base64::engine::general_purpose::STANDARD.encode(v)),
+                );
+            }
+        }
     }
 }
 
@@ -308,6 +337,19 @@ mod tests {
             json!({"metadata": {"name": "m", "uid": "u2"}, "spec": {"manualSelector": true, "selector": {"matchLabels": {"a": "b"}}}}),
         );
         assert_eq!(j["spec"]["selector"], json!({"matchLabels": {"a": "b"}}));
+    }
+
+    #[test]
+    fn string_data_is_merged_into_data() {
+        let s = defaulted(
+            "",
+            "secrets",
+            json!({"data": {"a": "eA==", "b": "eQ=="}, "stringData": {"b": "s3cr3t"}}),
+        );
+        assert_eq!(
+            s,
+            json!({"type": "Opaque", "data": {"a": "eA==", "b": "czNjcjN0"}})
+        );
     }
 
     #[test]

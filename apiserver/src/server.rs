@@ -477,11 +477,12 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, router: Route
 
 /// Paths anyone may read, as upstream's `system:public-info-viewer` allows.
 /// The join endpoint is public too: its token is the credential.
-const PUBLIC_PATHS: [&str; 5] = [
+const PUBLIC_PATHS: [&str; 6] = [
     "/healthz",
     "/livez",
     "/readyz",
     "/version",
+    "/cacerts",
     "/sextant/v1/join",
 ];
 
@@ -507,6 +508,7 @@ fn router(
             "/sextant/v1/join",
             axum::routing::post(crate::bootstrap::join),
         )
+        .route("/cacerts", get(crate::bootstrap::cacerts))
         .with_state(joiner);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

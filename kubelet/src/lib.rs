@@ -1,6 +1,95 @@
-//! The node side of pods: a CRI client to containerd, pod workers, probes, volumes,
-//! log and exec streaming, node status and stats.
+//! The node side of pods: a CRI client to containerd ([`cri`]), the node's
+//! registration, status and Lease heartbeat ([`node`]), and pod workers that run
+//! pods through the runtime and report their status ([`pods`]).
 //!
-//! Today it holds the CRI connection ([`cri`]); pod workers arrive with issue 4.
+//! Everything goes through the API server with the node's own identity (kube-rs);
+//! nothing here touches the store. Not built yet: probes, volumes, lifecycle hooks,
+//! the kubelet HTTPS API (logs, exec, attach, port-forward), stats, events; see
+//! docs/architecture.md.
 
+pub mod container;
 pub mod cri;
+pub mod host;
+pub mod labels;
+pub mod metrics;
+pub mod node;
+pub mod pods;
+pub mod quantity;
+pub mod status;
+
+use std::{net::IpAddr, path::PathBuf, sync::Arc};
+
+use k8s_cri::v1 as cri_api;
+use kube::Client;
+
+/// What the kubelet needs to know about its node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The Node's name.
+    pub node_name: String,
+    /// The address other nodes and the API server reach this node at.
+    pub node_ip: IpAddr,
+    /// The CRI runtime's unix socket.
+    pub cri_socket: PathBuf,
+    /// Where pod logs and the agent's state live.
+    pub data_dir: PathBuf,
+    /// The cgroup every pod's cgroup is made under (`/sextant`).
+    pub cgroup_root: String,
+}
+
+/// Errors of the kubelet.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The CRI socket could not be reached.
+    #[error(transparent)]
+    Connect(#[from] cri::Error),
+    /// A CRI call failed.
+    #[error("container runtime: {}", .0.message())]
+    Runtime(#[from] tonic::Status),
+    /// An API call failed.
+    #[error("API server: {0}")]
+    Api(#[from] kube::Error),
+    /// A bug or an impossible state.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Registers the node and runs its heartbeat and pod workers until the pod watch
+/// ends (it does not, short of a panic); metrics go to `metrics`.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: metrics::KubeletMetrics,
+) -> Result<(), Error> {
+    let cri = cri::CriClient::connect(&config.cri_socket).await?;
+    let version = cri
+        .runtime
+        .clone()
+        .version(cri_api::VersionRequest::default())
+        .await?
+        .into_inner();
+    let runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
+    tracing::info!(runtime = %runtime_version, node = %config.node_name, "connected to the container runtime");
+    std::fs::create_dir_all(config.data_dir.join("pods"))
+        .map_err(|e| Error::Internal(format!("creating {}: {e}", config.data_dir.display())))?;
+    let facts = host::HostFacts::read(&config.data_dir);
+    node::register(&client, &config, &facts, &runtime_version).await?;
+    let lease = tokio::spawn(node::keep_lease(client.clone(), config.node_name.clone()));
+    let status = tokio::spawn(node::keep_status(
+        client.clone(),
+        config.clone(),
+        facts,
+        runtime_version,
+    ));
+    let rt = Arc::new(pods::PodRuntime {
+        client,
+        cri,
+        config,
+        runtime_name: version.runtime_name,
+        metrics,
+    });
+    let result = pods::run(rt).await;
+    lease.abort();
+    status.abort();
+    result
+}

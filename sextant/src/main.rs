@@ -1,7 +1,9 @@
 //! The one Sextant binary: `sextant server` runs the API server (controllers,
-//! scheduler and `--with-agent` join it as they are built); `sextant agent` comes
-//! with the kubelet. Subcommands turn flags into typed configs and call the
+//! scheduler and `--with-agent` join it as they are built); `sextant agent` runs a
+//! node (the kubelet). Subcommands turn flags into typed configs and call the
 //! library crates; `main` only maps errors to exit codes.
+
+mod agent;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -36,6 +38,8 @@ struct Cli {
 enum Command {
     /// Run the control plane: the Kubernetes API server on the chosen datastore.
     Server(ServerArgs),
+    /// Run a node: join the cluster, register the Node, run its pods through CRI.
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,7 +84,8 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Server(args) => run_server(args).await,
+        Command::Server(args) => run_server(args).await.map_err(|e| e.to_string()),
+        Command::Agent(args) => agent::run(args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -118,7 +123,8 @@ async fn run_server(args: ServerArgs) -> Result<(), server::Error> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C.
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

@@ -7,6 +7,7 @@
 //!
 //! End-to-end tests live in `tests/tests/`; later crates' tests use this library too.
 
+pub mod agent;
 pub mod containerd;
 pub mod etcd;
 pub mod images;

@@ -1,0 +1,83 @@
+//! The kubelet's metrics, under upstream's names: `kubelet_running_pods`,
+//! `kubelet_running_containers{container_state}`, `kubelet_pod_start_duration_seconds`,
+//! `kubelet_runtime_operations_errors_total{operation_type}`.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Labels with a container state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `running`, `exited`, `created`, `unknown`.
+    pub container_state: String,
+}
+
+/// Labels with a CRI operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// `run_podsandbox`, `create_container`, `start_container`, ...
+    pub operation_type: String,
+}
+
+/// Upstream's buckets for pod start duration.
+const START_BUCKETS: [f64; 15] = [
+    0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0, 300.0,
+];
+
+/// The kubelet's metrics.
+#[derive(Clone, Debug)]
+pub struct KubeletMetrics {
+    /// Pods with a running sandbox.
+    pub running_pods: Gauge,
+    /// Containers by state.
+    pub containers: Family<StateLabels, Gauge>,
+    /// From the kubelet first seeing a pod to all its containers running.
+    pub pod_start: Histogram,
+    /// Failed CRI calls.
+    pub runtime_errors: Family<OperationLabels, Counter>,
+}
+
+impl KubeletMetrics {
+    /// Creates the metrics and registers them on `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            running_pods: Gauge::default(),
+            containers: Family::default(),
+            pod_start: Histogram::new(START_BUCKETS),
+            runtime_errors: Family::default(),
+        };
+        registry.register(
+            "kubelet_running_pods",
+            "Pods with a running sandbox",
+            m.running_pods.clone(),
+        );
+        registry.register(
+            "kubelet_running_containers",
+            "Containers by state",
+            m.containers.clone(),
+        );
+        registry.register(
+            "kubelet_pod_start_duration_seconds",
+            "Seconds from the kubelet seeing a pod to all its containers running",
+            m.pod_start.clone(),
+        );
+        registry.register(
+            "kubelet_runtime_operations_errors",
+            "Failed container runtime operations, by operation",
+            m.runtime_errors.clone(),
+        );
+        m
+    }
+
+    /// Counts a failed CRI call.
+    pub fn runtime_error(&self, operation: &str) {
+        self.runtime_errors
+            .get_or_create(&OperationLabels {
+                operation_type: operation.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,737 @@
+//! Pod workers: one task per pod bound to this node, syncing the runtime to the
+//! pod's spec (sandbox, init containers in order, containers, restarts with
+//! crash-loop backoff), writing its status, and tearing it down on deletion.
+//!
+//! The manager watches this node's pods (`spec.nodeName=<node>`) and hands each
+//! worker the latest object. Workers also resync every second (upstream's PLEG
+//! relist period), so container exits are noticed without runtime events. Pods
+//! found in the runtime but no longer in the API (deleted while the agent was
+//! down) are torn down once the first list is in.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::{Value, json};
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{
+    Config, Error, container,
+    cri::CriClient,
+    labels,
+    metrics::{KubeletMetrics, StateLabels},
+    status::{self, Observed, Waiting},
+};
+
+/// How often a worker resyncs its pod with the runtime.
+const RESYNC: Duration = Duration::from_secs(1);
+/// Crash-loop backoff: first delay and cap (upstream's 10 s doubling to 5 min).
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// What every worker shares.
+pub struct PodRuntime {
+    /// The API client (the node's own identity).
+    pub client: Client,
+    /// The CRI connection.
+    pub cri: CriClient,
+    /// The agent's configuration.
+    pub config: Config,
+    /// `containerd`, from the runtime's Version: the scheme of container IDs.
+    pub runtime_name: String,
+    /// Metrics.
+    pub metrics: KubeletMetrics,
+}
+
+struct Worker {
+    updates: watch::Sender<Option<Pod>>,
+    task: JoinHandle<()>,
+}
+
+/// Watches this node's pods and runs one worker per pod until the watch ends.
+pub async fn run(rt: Arc<PodRuntime>) -> Result<(), Error> {
+    let pods: Api<Pod> = Api::all(rt.client.clone());
+    let selector = format!("spec.nodeName={}", rt.config.node_name);
+    let mut events = watcher(pods, watcher::Config::default().fields(&selector))
+        .default_backoff()
+        .boxed();
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    let mut listed: Vec<String> = Vec::new();
+    let gauge = tokio::spawn(count_running(rt.clone()));
+    while let Some(event) = events.next().await {
+        workers.retain(|_, w| !w.task.is_finished());
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "watching pods failed; retrying");
+                continue;
+            }
+        };
+        match event {
+            watcher::Event::Init => listed.clear(),
+            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                let Some(uid) = pod.metadata.uid.clone() else {
+                    continue;
+                };
+                listed.push(uid.clone());
+                match workers.get(&uid) {
+                    Some(w) => {
+                        w.updates.send_replace(Some(pod));
+                    }
+                    None => {
+                        let (tx, rx) = watch::channel(Some(pod));
+                        let task = tokio::spawn(work(rt.clone(), uid.clone(), rx));
+                        workers.insert(uid, Worker { updates: tx, task });
+                    }
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                if let Some(w) = pod.metadata.uid.as_ref().and_then(|u| workers.get(u)) {
+                    w.updates.send_replace(None);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Err(e) = remove_orphans(&rt, &listed).await {
+                    tracing::warn!(error = %e, "removing pods no longer in the API failed");
+                }
+            }
+        }
+    }
+    gauge.abort();
+    Ok(())
+}
+
+/// Tears down sandboxes of pods that are not in `known`.
+async fn remove_orphans(rt: &PodRuntime, known: &[String]) -> Result<(), Error> {
+    let mut runtime = rt.cri.runtime.clone();
+    let sandboxes = runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await?
+        .into_inner()
+        .items;
+    for s in sandboxes {
+        let Some(uid) = s.labels.get(labels::POD_UID) else {
+            continue;
+        };
+        if !known.contains(uid) {
+            tracing::info!(pod_uid = %uid, "tearing down a pod that is no longer in the API");
+            kill_pod(rt, uid, 0).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Refreshes the running pods and containers gauges every few seconds.
+async fn count_running(rt: Arc<PodRuntime>) {
+    loop {
+        let mut runtime = rt.cri.runtime.clone();
+        if let Ok(s) = runtime
+            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+            .await
+        {
+            let ready = s
+                .into_inner()
+                .items
+                .iter()
+                .filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+                .count();
+            rt.metrics.running_pods.set(ready as i64);
+        }
+        if let Ok(c) = runtime
+            .list_containers(cri::ListContainersRequest::default())
+            .await
+        {
+            let mut by_state: HashMap<&str, i64> = HashMap::new();
+            for c in &c.into_inner().containers {
+                let s = match cri::ContainerState::try_from(c.state) {
+                    Ok(cri::ContainerState::ContainerRunning) => "running",
+                    Ok(cri::ContainerState::ContainerExited) => "exited",
+                    Ok(cri::ContainerState::ContainerCreated) => "created",
+                    _ => "unknown",
+                };
+                *by_state.entry(s).or_default() += 1;
+            }
+            for s in ["running", "exited", "created", "unknown"] {
+                rt.metrics
+                    .containers
+                    .get_or_create(&StateLabels {
+                        container_state: s.into(),
+                    })
+                    .set(by_state.get(s).copied().unwrap_or(0));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// One pod's worker state.
+struct PodWorker {
+    rt: Arc<PodRuntime>,
+    uid: String,
+    /// Per container: when it may restart next, and the delay after that.
+    backoff: HashMap<String, (Instant, Duration)>,
+    /// The last status written, to write only changes.
+    reported: Option<Value>,
+    /// When the worker first saw the pod (for the start-duration metric).
+    seen: Instant,
+    started_reported: bool,
+    start_time: String,
+}
+
+async fn work(rt: Arc<PodRuntime>, uid: String, mut updates: watch::Receiver<Option<Pod>>) {
+    let mut w = PodWorker {
+        rt,
+        uid,
+        backoff: HashMap::new(),
+        reported: None,
+        seen: Instant::now(),
+        started_reported: false,
+        start_time: jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string(),
+    };
+    loop {
+        let pod = updates.borrow_and_update().clone();
+        match pod {
+            Some(pod) if pod.metadata.deletion_timestamp.is_none() => {
+                if let Err(e) = w.sync(&pod).await {
+                    tracing::warn!(pod = %name(&pod), error = %e, "syncing the pod failed; retrying");
+                }
+            }
+            Some(pod) => match w.terminate(&pod).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(pod = %name(&pod), error = %e, "terminating the pod failed; retrying")
+                }
+            },
+            None => match kill_pod(&w.rt, &w.uid, 0).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(pod_uid = %w.uid, error = %e, "tearing down the pod failed; retrying")
+                }
+            },
+        }
+        tokio::select! {
+            changed = updates.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(RESYNC) => {}
+        }
+    }
+}
+
+fn name(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Stops every container of the pod (with `grace` seconds to exit) and removes
+/// its sandboxes, which removes the containers too.
+async fn kill_pod(rt: &PodRuntime, uid: &str, grace: i64) -> Result<(), Error> {
+    let mut runtime = rt.cri.runtime.clone();
+    let containers = runtime
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                label_selector: labels::of_pod(uid),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .containers;
+    let stops = containers
+        .iter()
+        .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+        .map(|c| {
+            let mut runtime = runtime.clone();
+            let id = c.id.clone();
+            async move {
+                runtime
+                    .stop_container(cri::StopContainerRequest {
+                        container_id: id,
+                        timeout: grace,
+                    })
+                    .await
+            }
+        });
+    for r in futures::future::join_all(stops).await {
+        if let Err(e) = r {
+            rt.metrics.runtime_error("stop_container");
+            return Err(e.into());
+        }
+    }
+    let sandboxes = runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: labels::of_pod(uid),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .items;
+    for s in sandboxes {
+        runtime
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: s.id.clone(),
+            })
+            .await?;
+        runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: s.id,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+impl PodWorker {
+    /// Graceful deletion: stop the containers within the grace period, remove the
+    /// sandbox, then delete the object for good (grace 0, this uid only).
+    async fn terminate(&mut self, pod: &Pod) -> Result<(), Error> {
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| {
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
+            .unwrap_or(30);
+        tracing::info!(pod = %name(pod), grace, "killing the pod");
+        kill_pod(&self.rt, &self.uid, grace).await?;
+        let pods: Api<Pod> = Api::namespaced(
+            self.rt.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match pods
+            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &params)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already gone, or a new pod of the same name: nothing of ours is left.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn sync(&mut self, pod: &Pod) -> Result<(), Error> {
+        let Some(spec) = pod.spec.clone() else {
+            return Ok(());
+        };
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        let mut observed = self.observe().await?;
+        let terminal = matches!(status::phase(pod, &observed), "Succeeded" | "Failed");
+        let sandbox = if terminal {
+            None
+        } else {
+            Some(self.ensure_sandbox(pod, &mut observed).await?)
+        };
+        if let Some(sandbox) = &sandbox {
+            // Init containers one at a time, in order; then every container.
+            let mut initialized = true;
+            for c in spec.init_containers.iter().flatten() {
+                match observed.latest(&c.name) {
+                    Some(s)
+                        if status::state(s) == cri::ContainerState::ContainerExited
+                            && s.exit_code == 0 =>
+                    {
+                        continue;
+                    }
+                    Some(s) if status::done(&policy, s, true) => {
+                        initialized = false;
+                        break;
+                    }
+                    _ => {}
+                }
+                self.run_container(pod, sandbox, c, &mut observed, &policy, true)
+                    .await?;
+                initialized = false;
+                break;
+            }
+            if initialized {
+                for c in &spec.containers {
+                    self.run_container(pod, sandbox, c, &mut observed, &policy, false)
+                        .await?;
+                }
+            }
+        }
+        let status = status::pod_status(
+            pod,
+            &observed,
+            &self.rt.runtime_name,
+            &self.rt.config.node_ip.to_string(),
+            pod.status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .as_deref()
+                .unwrap_or(&self.start_time),
+        );
+        if !self.started_reported
+            && status["phase"] == "Running"
+            && status["conditions"][3]["status"] == "True"
+        {
+            self.started_reported = true;
+            self.rt
+                .metrics
+                .pod_start
+                .observe(self.seen.elapsed().as_secs_f64());
+        }
+        if self.reported.as_ref() != Some(&status) {
+            let pods: Api<Pod> = Api::namespaced(
+                self.rt.client.clone(),
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+            );
+            pods.patch_status(
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": status})),
+            )
+            .await?;
+            self.reported = Some(status);
+        }
+        Ok(())
+    }
+
+    /// The pod's sandboxes and containers as the runtime has them now.
+    async fn observe(&self) -> Result<Observed, Error> {
+        let mut runtime = self.rt.cri.runtime.clone();
+        let containers = runtime
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    label_selector: labels::of_pod(&self.uid),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner()
+            .containers;
+        let mut observed = Observed::default();
+        for c in containers {
+            let Some(name) = c.labels.get(labels::CONTAINER_NAME).cloned() else {
+                continue;
+            };
+            let status = runtime
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: c.id,
+                    verbose: false,
+                })
+                .await?
+                .into_inner()
+                .status;
+            if let Some(s) = status {
+                observed.containers.entry(name).or_default().push(s);
+            }
+        }
+        for attempts in observed.containers.values_mut() {
+            attempts.sort_by_key(|s| s.metadata.as_ref().map_or(0, |m| m.attempt));
+        }
+        Ok(observed)
+    }
+
+    /// The pod's ready sandbox, made if there is none (a sandbox that is no longer
+    /// ready — after a reboot — is replaced, and its containers with it).
+    async fn ensure_sandbox(&self, pod: &Pod, observed: &mut Observed) -> Result<String, Error> {
+        let mut runtime = self.rt.cri.runtime.clone();
+        let sandboxes = runtime
+            .list_pod_sandbox(cri::ListPodSandboxRequest {
+                filter: Some(cri::PodSandboxFilter {
+                    label_selector: labels::of_pod(&self.uid),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner()
+            .items;
+        let ready = sandboxes
+            .iter()
+            .filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+            .max_by_key(|s| s.created_at);
+        let id = match ready {
+            Some(s) => s.id.clone(),
+            None => {
+                let attempt = sandboxes
+                    .iter()
+                    .filter_map(|s| s.metadata.as_ref().map(|m| m.attempt + 1))
+                    .max()
+                    .unwrap_or(0);
+                for old in &sandboxes {
+                    runtime
+                        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                            pod_sandbox_id: old.id.clone(),
+                        })
+                        .await?;
+                }
+                observed.containers.clear();
+                let config = self.sandbox_config(pod, attempt);
+                tracing::info!(pod = %name(pod), attempt, "creating the pod sandbox");
+                let r = runtime
+                    .run_pod_sandbox(cri::RunPodSandboxRequest {
+                        config: Some(config),
+                        runtime_handler: String::new(),
+                    })
+                    .await;
+                match r {
+                    Ok(r) => r.into_inner().pod_sandbox_id,
+                    Err(e) => {
+                        self.rt.metrics.runtime_error("run_podsandbox");
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        let status = runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status;
+        observed.sandbox_ready = true;
+        observed.pod_ip = status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .filter(|ip| !ip.is_empty());
+        Ok(id)
+    }
+
+    fn sandbox_config(&self, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
+        let meta = &pod.metadata;
+        let (ns, pod_name) = (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        );
+        let hostname = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| pod_name.clone());
+        let log_directory = self
+            .rt
+            .config
+            .data_dir
+            .join("pods")
+            .join(format!("{ns}_{pod_name}_{}", self.uid));
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: pod_name,
+                uid: self.uid.clone(),
+                namespace: ns,
+                attempt,
+            }),
+            hostname,
+            log_directory: log_directory.to_string_lossy().into_owned(),
+            labels: labels::sandbox(pod),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: format!("{}/pod{}", self.rt.config.cgroup_root, self.uid),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Starts container `c` if it has never run, or restarts it if the restart
+    /// policy says so and its backoff has passed; otherwise records why it waits.
+    async fn run_container(
+        &mut self,
+        pod: &Pod,
+        sandbox: &str,
+        c: &Container,
+        observed: &mut Observed,
+        policy: &str,
+        init: bool,
+    ) -> Result<(), Error> {
+        let attempt = match observed.latest(&c.name) {
+            None => 0,
+            Some(s)
+                if status::state(s) == cri::ContainerState::ContainerExited
+                    && !status::done(policy, s, init) =>
+            {
+                let now = Instant::now();
+                let (until, delay) = self
+                    .backoff
+                    .get(&c.name)
+                    .copied()
+                    .unwrap_or((now, BACKOFF_START / 2));
+                if now < until {
+                    let secs = delay.as_secs();
+                    observed.waiting.insert(
+                        c.name.clone(),
+                        Waiting {
+                            reason: "CrashLoopBackOff".into(),
+                            message: format!(
+                                "back-off {secs}s restarting failed container={} pod={}_{}({})",
+                                c.name,
+                                pod.metadata.name.as_deref().unwrap_or_default(),
+                                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                                self.uid
+                            ),
+                        },
+                    );
+                    return Ok(());
+                }
+                let next = (delay * 2).min(BACKOFF_MAX);
+                self.backoff.insert(c.name.clone(), (now + next, next));
+                s.metadata.as_ref().map_or(0, |m| m.attempt) + 1
+            }
+            Some(_) => return Ok(()),
+        };
+        let env = match container::environment(&self.rt.client, pod, c).await? {
+            Ok(env) => env,
+            Err(container::ConfigError(message)) => {
+                observed.waiting.insert(
+                    c.name.clone(),
+                    Waiting {
+                        reason: "CreateContainerConfigError".into(),
+                        message,
+                    },
+                );
+                return Ok(());
+            }
+        };
+        if let Some(w) = self.ensure_image(c).await? {
+            observed.waiting.insert(c.name.clone(), w);
+            return Ok(());
+        }
+        let mut runtime = self.rt.cri.runtime.clone();
+        // Keep the latest attempt (for `logs --previous`), drop older ones.
+        if let Some(attempts) = observed.containers.get(&c.name) {
+            let keep = attempts.len().saturating_sub(1);
+            for old in &attempts[..keep] {
+                runtime
+                    .remove_container(cri::RemoveContainerRequest {
+                        container_id: old.id.clone(),
+                    })
+                    .await?;
+            }
+        }
+        let config = container::config(pod, c, attempt, &env);
+        tracing::info!(pod = %name(pod), container = %c.name, attempt, "starting the container");
+        let created = runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox.to_owned(),
+                config: Some(config),
+                sandbox_config: Some(self.sandbox_config(pod, 0)),
+            })
+            .await;
+        let id = match created {
+            Ok(r) => r.into_inner().container_id,
+            Err(e) => {
+                self.rt.metrics.runtime_error("create_container");
+                observed.waiting.insert(
+                    c.name.clone(),
+                    Waiting {
+                        reason: "CreateContainerError".into(),
+                        message: e.message().to_owned(),
+                    },
+                );
+                return Ok(());
+            }
+        };
+        if let Err(e) = runtime
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+        {
+            self.rt.metrics.runtime_error("start_container");
+            observed.waiting.insert(
+                c.name.clone(),
+                Waiting {
+                    reason: "RunContainerError".into(),
+                    message: e.message().to_owned(),
+                },
+            );
+            return Ok(());
+        }
+        let status = runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id,
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status;
+        if let Some(s) = status {
+            observed
+                .containers
+                .entry(c.name.clone())
+                .or_default()
+                .push(s);
+        }
+        Ok(())
+    }
+
+    /// Makes sure the image is present, pulling it unless the policy forbids;
+    /// `Some` with the waiting reason when it cannot be.
+    async fn ensure_image(&self, c: &Container) -> Result<Option<Waiting>, Error> {
+        let image = c.image.clone().unwrap_or_default();
+        let mut images = self.rt.cri.images.clone();
+        let spec = cri::ImageSpec {
+            image: image.clone(),
+            ..Default::default()
+        };
+        let present = images
+            .image_status(cri::ImageStatusRequest {
+                image: Some(spec.clone()),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .image
+            .is_some();
+        let policy = c.image_pull_policy.as_deref().unwrap_or("IfNotPresent");
+        match (present, policy) {
+            (true, "IfNotPresent" | "Never") => Ok(None),
+            (false, "Never") => Ok(Some(Waiting {
+                reason: "ErrImageNeverPull".into(),
+                message: format!(
+                    "Container image \"{image}\" is not present with pull policy of Never"
+                ),
+            })),
+            _ => match images
+                .pull_image(cri::PullImageRequest {
+                    image: Some(spec),
+                    auth: None,
+                    sandbox_config: None,
+                })
+                .await
+            {
+                Ok(_) => Ok(None),
+                // Present but not pullable (an imported image): use what is there.
+                Err(_) if present => Ok(None),
+                Err(e) => {
+                    self.rt.metrics.runtime_error("pull_image");
+                    Ok(Some(Waiting {
+                        reason: "ErrImagePull".into(),
+                        message: e.message().to_owned(),
+                    }))
+                }
+            },
+        }
+    }
+}

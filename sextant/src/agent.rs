@@ -1,0 +1,145 @@
+//! `sextant agent`: joins the cluster once (the token for the node's own client
+//! certificate, kept in the data dir as `agent/kubeconfig`), then runs the kubelet
+//! and serves its metrics.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use sextant_apiserver::{bootstrap, pki};
+
+/// Command line of `sextant agent`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AgentArgs {
+    /// The API server, e.g. https://10.0.0.1:6443.
+    #[arg(long)]
+    server: String,
+    /// The join token from the server's `<data-dir>/node-token` (used once).
+    #[arg(long, env = "SEXTANT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Where the agent keeps its identity, pod logs and state.
+    #[arg(long, default_value = "/var/lib/sextant-agent")]
+    data_dir: PathBuf,
+    /// The Node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The address this node is reached at.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: IpAddr,
+    /// The CRI runtime's socket, e.g. unix:///run/containerd/containerd.sock.
+    #[arg(long)]
+    container_runtime_endpoint: String,
+    /// The cgroup pods' cgroups are made under.
+    #[arg(long, default_value = "/sextant")]
+    cgroup_root: String,
+    /// Where the agent serves /metrics (plain HTTP; keep it on loopback).
+    #[arg(long, default_value = "127.0.0.1:10255")]
+    metrics_listen: SocketAddr,
+}
+
+/// Errors of the agent.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// Joining failed.
+    #[error(transparent)]
+    Join(#[from] bootstrap::JoinError),
+    /// Writing or reading the agent's identity failed.
+    #[error(transparent)]
+    Pki(#[from] pki::Error),
+    /// The kubeconfig could not be used.
+    #[error("the agent kubeconfig {path}: {message}")]
+    Kubeconfig {
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The endpoint is not a unix socket.
+    #[error("--container-runtime-endpoint {0:?} is not a unix:// socket")]
+    Endpoint(String),
+    /// The data dir could not be made.
+    #[error("creating {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The metrics listener.
+    #[error(transparent)]
+    Metrics(#[from] sextant_metrics::Error),
+    /// The kubelet stopped.
+    #[error(transparent)]
+    Kubelet(#[from] sextant_kubelet::Error),
+}
+
+/// Joins if needed, then runs the kubelet until it stops or a signal arrives.
+pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
+    let node_name = match args.node_name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().to_lowercase())
+            .unwrap_or_else(|_| "node".into()),
+    };
+    let socket = args
+        .container_runtime_endpoint
+        .strip_prefix("unix://")
+        .ok_or_else(|| Error::Endpoint(args.container_runtime_endpoint.clone()))?;
+    let dir = args.data_dir.join("agent");
+    std::fs::create_dir_all(&dir).map_err(|source| Error::DataDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let kubeconfig = dir.join("kubeconfig");
+    if !kubeconfig.exists() {
+        let joined = bootstrap::join_cluster(&args.server, &args.token, &node_name).await?;
+        let pair = pki::CertPair {
+            cert_pem: joined.certificate,
+            key_pem: joined.key,
+        };
+        pki::write_private(
+            &kubeconfig,
+            &pki::kubeconfig(&args.server, &joined.ca, &pair),
+        )?;
+        tracing::info!(node = %node_name, kubeconfig = %kubeconfig.display(), "joined the cluster");
+    }
+    let client = client(&kubeconfig).await?;
+
+    let mut registry = sextant_metrics::Registry::default();
+    let metrics = sextant_kubelet::metrics::KubeletMetrics::register(&mut registry);
+    let server = sextant_metrics::serve(args.metrics_listen, Arc::new(registry)).await?;
+    tracing::info!(addr = ?server.local_addr().ok(), "serving agent metrics");
+    let serving = tokio::spawn(server.run());
+
+    let config = sextant_kubelet::Config {
+        node_name,
+        node_ip: args.node_ip,
+        cri_socket: PathBuf::from(socket),
+        data_dir: args.data_dir,
+        cgroup_root: args.cgroup_root,
+    };
+    let result = tokio::select! {
+        r = sextant_kubelet::run(client, config, metrics) => r.map_err(Error::from),
+        _ = crate::shutdown_signal() => {
+            tracing::info!("shutting down; pods keep running");
+            Ok(())
+        }
+    };
+    serving.abort();
+    result
+}
+
+async fn client(path: &Path) -> Result<kube::Client, Error> {
+    let bad = |message: String| Error::Kubeconfig {
+        path: path.to_owned(),
+        message,
+    };
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    kube::Client::try_from(config).map_err(|e| bad(e.to_string()))
+}

@@ -1,0 +1,320 @@
+//! The kubelet end to end: a real `sextant agent` joined to a real `sextant server`,
+//! running pods through a real containerd + runc, driven by the real kubectl 1.33.
+//! Node registration and heartbeat, init containers, env from ConfigMaps, Secrets
+//! and the downward API, restart policies and crash-loop backoff, graceful deletion
+//! leaving nothing in containerd, and an agent `kill -9` that pods survive.
+// Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
+#![allow(clippy::unwrap_used)]
+
+use std::{path::Path, time::Duration};
+
+use k8s_cri::v1 as cri;
+use serde_json::Value;
+use sextant_tests::{
+    agent::SextantAgent,
+    containerd::Containerd,
+    sextant::{Datastore, Kubectl, SextantServer},
+};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
+
+const APP: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {color: blue}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cr3t}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: app, labels: {app: demo}}
+spec:
+  nodeName: NODE
+  initContainers:
+  - name: prepare
+    image: sextant.local/busybox:v1
+    command: [sh, -c, "echo init done"]
+  containers:
+  - name: shell
+    image: sextant.local/busybox:v1
+    command: [sh, -c, "echo color=$COLOR password=$PASSWORD pod=$POD_NAME greeting=$(GREETING); sleep 3600"]
+    env:
+    - {name: GREETING, value: hello}
+    - name: COLOR
+      valueFrom: {configMapKeyRef: {name: settings, key: color}}
+    - name: PASSWORD
+      valueFrom: {secretKeyRef: {name: creds, key: password}}
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+  - name: web
+    image: sextant.local/demo:v1
+    args: [--listen, "0.0.0.0:8080"]
+    resources:
+      limits: {cpu: 200m, memory: 64Mi}
+"#;
+
+fn pod_json(k: &Kubectl, name: &str) -> Value {
+    serde_json::from_str(&k.ok(&["get", "pod", name, "-o", "json"]).unwrap()).unwrap()
+}
+
+/// Polls `pod` until `check` holds, for up to `secs`.
+async fn wait_pod(
+    k: &Kubectl,
+    name: &str,
+    secs: u64,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let pod = pod_json(k, name);
+        if check(&pod) {
+            return pod;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "pod {name}: {what} not reached in {secs}s; last status: {:#}",
+                pod["status"]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The pod's CRI containers (all attempts), by name.
+async fn containers_of(ctrd: &Containerd, uid: &str) -> Vec<cri::Container> {
+    let mut c = ctrd.cri().await.unwrap();
+    c.runtime
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                label_selector: [("io.kubernetes.pod.uid".to_owned(), uid.to_owned())].into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+}
+
+async fn sandboxes_of(ctrd: &Containerd, uid: &str) -> usize {
+    let mut c = ctrd.cri().await.unwrap();
+    c.runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: [("io.kubernetes.pod.uid".to_owned(), uid.to_owned())].into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .len()
+}
+
+fn phase_is(p: &'static str) -> impl Fn(&Value) -> bool {
+    move |pod| pod["status"]["phase"] == p
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+#[tokio::test]
+async fn pods_run_through_containerd() {
+    let ctrd = Containerd::start().await.expect("containerd");
+    ctrd.import_test_images().await.expect("images");
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    let mut agent = SextantAgent::start(Path::new(BINARY), &server, &ctrd)
+        .await
+        .expect("agent");
+    let k = server.kubectl().unwrap();
+    let node = agent.node_name.clone();
+
+    // The Node describes the real machine; its Lease is renewed.
+    let row = k
+        .ok(&["get", "nodes", &node, "--no-headers", "-o", "custom-columns=NAME:.metadata.name,ARCH:.status.nodeInfo.architecture,KERNEL:.status.nodeInfo.kernelVersion,RUNTIME:.status.nodeInfo.containerRuntimeVersion"])
+        .unwrap();
+    let kernel = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        fields[..3],
+        [node.as_str(), "amd64", kernel.as_str()],
+        "{row}"
+    );
+    assert!(fields[3].starts_with("containerd://"), "{row}");
+    let holder = k
+        .ok(&[
+            "get",
+            "lease",
+            &node,
+            "-n",
+            "kube-node-lease",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap();
+    assert_eq!(holder, node);
+
+    // A pod with an init container, two containers and env from everywhere.
+    k.ok_with(&["apply", "-f", "-"], Some(&APP.replace("NODE", &node)))
+        .unwrap();
+    let pod = wait_pod(&k, "app", 90, "Running and Ready", |p| {
+        p["status"]["phase"] == "Running" && ready(p)
+    })
+    .await;
+    let status = &pod["status"];
+    assert_eq!(
+        status["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+        "Completed"
+    );
+    assert!(
+        status["podIP"].as_str().is_some_and(|ip| !ip.is_empty()),
+        "{status:#}"
+    );
+    assert_eq!(status["hostIP"], "127.0.0.1");
+    assert_eq!(status["qosClass"], "Burstable");
+    for c in status["containerStatuses"].as_array().unwrap() {
+        assert_eq!(c["restartCount"], 0, "{c}");
+        assert!(
+            c["containerID"]
+                .as_str()
+                .unwrap()
+                .starts_with("containerd://"),
+            "{c}"
+        );
+        assert!(c["state"]["running"]["startedAt"].is_string(), "{c}");
+    }
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
+    let log = agent
+        .data_dir()
+        .join("pods")
+        .join(format!("default_app_{uid}"))
+        .join("shell/0.log");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("color=blue password=s3cr3t pod=app greeting=hello") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "container output: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Restart policies.
+    let failing = |name: &str, policy: &str, code: u8| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  restartPolicy: {policy}\n  containers:\n  - name: main\n    image: sextant.local/busybox:v1\n    command: [sh, -c, \"echo run; exit {code}\"]\n"
+        )
+    };
+    for (name, policy, code) in [
+        ("crash", "Always", 1),
+        ("never", "Never", 3),
+        ("onfailure-ok", "OnFailure", 0),
+    ] {
+        k.ok_with(&["apply", "-f", "-"], Some(&failing(name, policy, code)))
+            .unwrap();
+    }
+    let never = wait_pod(&k, "never", 60, "Failed", phase_is("Failed")).await;
+    let t = &never["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(
+        (t["exitCode"].as_i64(), t["reason"].as_str()),
+        (Some(3), Some("Error")),
+        "{t}"
+    );
+    assert_eq!(never["status"]["containerStatuses"][0]["restartCount"], 0);
+    wait_pod(&k, "onfailure-ok", 60, "Succeeded", phase_is("Succeeded")).await;
+    let crash = wait_pod(&k, "crash", 60, "CrashLoopBackOff after a restart", |p| {
+        let c = &p["status"]["containerStatuses"][0];
+        c["restartCount"].as_i64().unwrap_or(0) >= 1
+            && c["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    })
+    .await;
+    let c = &crash["status"]["containerStatuses"][0];
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 1, "{c}");
+    assert!(
+        c["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("back-off 10s restarting failed container=main"),
+        "{c}"
+    );
+    assert_eq!(crash["status"]["phase"], "Running");
+    let table = k.ok(&["get", "pod", "crash", "--no-headers"]).unwrap();
+    assert!(table.contains("CrashLoopBackOff"), "{table}");
+
+    // kill -9 of the agent: pods keep running; after restart nothing is duplicated.
+    let before = containers_of(&ctrd, &uid).await.len();
+    agent.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let running = containers_of(&ctrd, &uid)
+        .await
+        .iter()
+        .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+        .count();
+    assert_eq!(
+        running, 2,
+        "the pod's containers keep running without the agent"
+    );
+    agent.restart(&server).await.expect("agent restart");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pod = pod_json(&k, "app");
+    assert!(ready(&pod), "{:#}", pod["status"]);
+    for c in pod["status"]["containerStatuses"].as_array().unwrap() {
+        assert_eq!(c["restartCount"], 0, "{c}");
+    }
+    assert_eq!(
+        containers_of(&ctrd, &uid).await.len(),
+        before,
+        "no container was duplicated"
+    );
+    assert_eq!(sandboxes_of(&ctrd, &uid).await, 1);
+
+    let metrics = agent.metrics().await.unwrap();
+    assert!(
+        metrics.contains("kubelet_pod_start_duration_seconds_count"),
+        "{metrics}"
+    );
+    let running_pods: i64 = metrics
+        .lines()
+        .find(|l| l.starts_with("kubelet_running_pods "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(running_pods >= 1, "{metrics}");
+
+    // Deletion: the pod goes away and leaves nothing in containerd.
+    k.ok(&[
+        "delete",
+        "pod",
+        "app",
+        "--grace-period=5",
+        "--wait=true",
+        "--timeout=60s",
+    ])
+    .unwrap();
+    assert!(
+        k.fails(&["get", "pod", "app"], None)
+            .unwrap()
+            .contains("NotFound")
+    );
+    assert_eq!(containers_of(&ctrd, &uid).await.len(), 0);
+    assert_eq!(sandboxes_of(&ctrd, &uid).await, 0);
+}

@@ -1,0 +1,159 @@
+//! A real `sextant agent` process joined to a harness [`SextantServer`] and running
+//! pods through a harness [`Containerd`], with its own data dir, node name and
+//! metrics port.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use tempfile::TempDir;
+
+use crate::{
+    Error, Result, containerd::Containerd, free_port, io_err, process::ChildProcess,
+    sextant::SextantServer, unique_name,
+};
+
+/// A `sextant agent` owned by a test; killed on drop (its pods stay in the
+/// harness containerd, which cleans them up).
+#[derive(Debug)]
+pub struct SextantAgent {
+    process: Option<ChildProcess>,
+    binary: PathBuf,
+    args: Vec<String>,
+    /// The Node's name.
+    pub node_name: String,
+    /// Where `/metrics` is served.
+    pub metrics_addr: String,
+    dir: TempDir,
+}
+
+impl SextantAgent {
+    /// Starts `binary agent` against `server` and `containerd`, and waits until its
+    /// Node is Ready.
+    pub async fn start(
+        binary: &Path,
+        server: &SextantServer,
+        containerd: &Containerd,
+    ) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("sextant-agent-")
+            .tempdir()
+            .map_err(io_err("temp dir"))?;
+        let token = std::fs::read_to_string(server.data_dir().join("node-token"))
+            .map_err(io_err("reading the node token"))?;
+        let node_name = unique_name("node-");
+        let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+        let args = vec![
+            "agent".to_owned(),
+            "--server".to_owned(),
+            format!("https://{}", server.addr),
+            "--token".to_owned(),
+            token.trim().to_owned(),
+            "--data-dir".to_owned(),
+            dir.path().join("data").to_string_lossy().into_owned(),
+            "--node-name".to_owned(),
+            node_name.clone(),
+            "--node-ip".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--container-runtime-endpoint".to_owned(),
+            format!("unix://{}", containerd.socket().display()),
+            // Under the harness containerd's cgroup parent, so its cleanup finds them.
+            "--cgroup-root".to_owned(),
+            format!("/{}", containerd.cgroup_parent()),
+            "--metrics-listen".to_owned(),
+            metrics_addr.clone(),
+        ];
+        let mut agent = Self {
+            process: None,
+            binary: binary.to_owned(),
+            args,
+            node_name,
+            metrics_addr,
+            dir,
+        };
+        agent.spawn(server).await?;
+        Ok(agent)
+    }
+
+    async fn spawn(&mut self, server: &SextantServer) -> Result<()> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(&self.args);
+        let log = self.dir.path().join("agent.log");
+        self.process = Some(ChildProcess::spawn("sextant agent", cmd, &log)?);
+        let kubectl = server.kubectl()?;
+        let node = self.node_name.clone();
+        let metrics = format!("http://{}/metrics", self.metrics_addr);
+        let ready = crate::wait_for(
+            "the agent's Node to be Ready",
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || {
+                let out = kubectl.run(
+                    &[
+                        "get",
+                        "node",
+                        &node,
+                        "-o",
+                        r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+                    ],
+                    None,
+                );
+                let metrics = metrics.clone();
+                async move {
+                    let ready = out.ok().is_some_and(|o| o.stdout == b"True");
+                    let serving = reqwest::get(&metrics)
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    (ready && serving).then_some(())
+                }
+            },
+        )
+        .await;
+        ready.map_err(|e| match e {
+            Error::Timeout { what, after, .. } => Error::Timeout {
+                what,
+                after,
+                log_tail: Some(self.log_tail(40)),
+            },
+            other => other,
+        })
+    }
+
+    /// `kill -9` (a crash); the pods keep running.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts the agent again with the same flags and data dir.
+    pub async fn restart(&mut self, server: &SextantServer) -> Result<()> {
+        self.kill();
+        self.spawn(server).await
+    }
+
+    /// The agent's data dir (identity, pod logs).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The last lines of the agent's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process
+            .as_ref()
+            .map(|p| p.log_tail(lines))
+            .unwrap_or_default()
+    }
+
+    /// The agent's `/metrics` text.
+    pub async fn metrics(&self) -> Result<String> {
+        let url = format!("http://{}/metrics", self.metrics_addr);
+        let r = reqwest::get(&url).await.map_err(|source| Error::Http {
+            url: url.clone(),
+            source,
+        })?;
+        r.text().await.map_err(|source| Error::Http { url, source })
+    }
+}
