@@ -3,7 +3,7 @@
 //! pods through the runtime and report their status ([`pods`]).
 //!
 //! Everything goes through the API server with the node's own identity (kube-rs);
-//! nothing here touches the store. Not built yet: probes, volumes, lifecycle hooks,
+//! nothing here touches the store. Not built yet: probes, lifecycle hooks,
 //! the kubelet HTTPS API (logs, exec, attach, port-forward), stats, events; see
 //! docs/architecture.md.
 
@@ -16,6 +16,7 @@ pub mod node;
 pub mod pods;
 pub mod quantity;
 pub mod status;
+pub mod volumes;
 
 use std::{net::IpAddr, path::PathBuf, sync::Arc};
 

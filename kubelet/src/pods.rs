@@ -31,10 +31,13 @@ use crate::{
     labels,
     metrics::{KubeletMetrics, StateLabels},
     status::{self, Observed, Waiting},
+    volumes,
 };
 
 /// How often a worker resyncs its pod with the runtime.
 const RESYNC: Duration = Duration::from_secs(1);
+/// How often ConfigMap, Secret and downward API volumes are refreshed.
+const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 /// Crash-loop backoff: first delay and cap (upstream's 10 s doubling to 5 min).
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -185,6 +188,8 @@ struct PodWorker {
     /// When the worker first saw the pod (for the start-duration metric).
     seen: Instant,
     started_reported: bool,
+    /// Volume name → host path, and when they were last refreshed.
+    volumes: Option<(HashMap<String, std::path::PathBuf>, Instant)>,
     start_time: String,
 }
 
@@ -196,6 +201,7 @@ async fn work(rt: Arc<PodRuntime>, uid: String, mut updates: watch::Receiver<Opt
         reported: None,
         seen: Instant::now(),
         started_reported: false,
+        volumes: None,
         start_time: jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string(),
@@ -293,6 +299,7 @@ async fn kill_pod(rt: &PodRuntime, uid: &str, grace: i64) -> Result<(), Error> {
             })
             .await?;
     }
+    volumes::remove(&rt.config.data_dir, uid);
     Ok(())
 }
 
@@ -349,7 +356,11 @@ impl PodWorker {
         } else {
             Some(self.ensure_sandbox(pod, &mut observed).await?)
         };
-        if let Some(sandbox) = &sandbox {
+        let volumes_ready = match &sandbox {
+            Some(_) => self.refresh_volumes(pod, &spec, &mut observed).await?,
+            None => false,
+        };
+        if let Some(sandbox) = sandbox.as_ref().filter(|_| volumes_ready) {
             // Init containers one at a time, in order; then every container.
             let mut initialized = true;
             for c in spec.init_containers.iter().flatten() {
@@ -414,6 +425,51 @@ impl PodWorker {
             self.reported = Some(status);
         }
         Ok(())
+    }
+
+    /// Sets up or refreshes the pod's volumes; `false` (with every container
+    /// waiting in ContainerCreating) while one cannot be set up.
+    async fn refresh_volumes(
+        &mut self,
+        pod: &Pod,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        observed: &mut Observed,
+    ) -> Result<bool, Error> {
+        if self
+            .volumes
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < VOLUME_REFRESH)
+        {
+            return Ok(true);
+        }
+        match volumes::prepare(&self.rt.client, &self.rt.config.data_dir, pod).await? {
+            Ok(paths) => {
+                self.volumes = Some((paths, Instant::now()));
+                Ok(true)
+            }
+            // Once set up, a failed refresh keeps what the containers already have.
+            Err(_) if self.volumes.is_some() => Ok(true),
+            Err(message) => {
+                tracing::warn!(pod = %name(pod), %message, "volume setup failed");
+                let all = spec
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .chain(spec.containers.iter());
+                for c in all {
+                    if observed.latest(&c.name).is_none() {
+                        observed.waiting.insert(
+                            c.name.clone(),
+                            Waiting {
+                                reason: "ContainerCreating".into(),
+                                message: message.clone(),
+                            },
+                        );
+                    }
+                }
+                Ok(false)
+            }
+        }
     }
 
     /// The pod's sandboxes and containers as the runtime has them now.
@@ -629,7 +685,23 @@ impl PodWorker {
                     .await?;
             }
         }
-        let config = container::config(pod, c, attempt, &env);
+        let empty = HashMap::new();
+        let volume_paths = self.volumes.as_ref().map_or(&empty, |(v, _)| v);
+        let mounts = match volumes::mounts(c, volume_paths) {
+            Ok(m) => m,
+            Err(message) => {
+                observed.waiting.insert(
+                    c.name.clone(),
+                    Waiting {
+                        reason: "CreateContainerConfigError".into(),
+                        message,
+                    },
+                );
+                return Ok(());
+            }
+        };
+        let mut config = container::config(pod, c, attempt, &env);
+        config.mounts = mounts;
         tracing::info!(pod = %name(pod), container = %c.name, attempt, "starting the container");
         let created = runtime
             .create_container(cri::CreateContainerRequest {

@@ -37,11 +37,13 @@ spec:
   initContainers:
   - name: prepare
     image: sextant.local/busybox:v1
-    command: [sh, -c, "echo init done"]
+    command: [sh, -c, "echo written-by-init > /shared/note"]
+    volumeMounts:
+    - {name: shared, mountPath: /shared}
   containers:
   - name: shell
     image: sextant.local/busybox:v1
-    command: [sh, -c, "echo color=$COLOR password=$PASSWORD pod=$POD_NAME greeting=$(GREETING); sleep 3600"]
+    command: [sh, -c, "echo color=$COLOR password=$PASSWORD pod=$POD_NAME greeting=$(GREETING); while true; do echo file=$(cat /etc/config/color) secret=$(cat /etc/secret/password) name=$(cat /etc/info/name) shared=$(cat /shared/note); sleep 1; done"]
     env:
     - {name: GREETING, value: hello}
     - name: COLOR
@@ -50,11 +52,40 @@ spec:
       valueFrom: {secretKeyRef: {name: creds, key: password}}
     - name: POD_NAME
       valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    volumeMounts:
+    - {name: config, mountPath: /etc/config}
+    - {name: secret, mountPath: /etc/secret, readOnly: true}
+    - {name: info, mountPath: /etc/info}
+    - {name: shared, mountPath: /shared}
   - name: web
     image: sextant.local/demo:v1
     args: [--listen, "0.0.0.0:8080"]
     resources:
       limits: {cpu: 200m, memory: 64Mi}
+  volumes:
+  - name: config
+    configMap: {name: settings}
+  - name: secret
+    secret: {secretName: creds, defaultMode: 0400}
+  - name: info
+    downwardAPI:
+      items:
+      - {path: name, fieldRef: {fieldPath: metadata.name}}
+  - name: shared
+    emptyDir: {}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  nodeName: NODE
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: sextant.local/busybox:v1
+    command: [sh, -c, "head -c 200m /dev/zero | tail"]
+    resources:
+      limits: {memory: 32Mi}
 "#;
 
 fn pod_json(k: &Kubectl, name: &str) -> Value {
@@ -115,6 +146,23 @@ async fn sandboxes_of(ctrd: &Containerd, uid: &str) -> usize {
         .into_inner()
         .items
         .len()
+}
+
+/// Waits until the container log at `path` contains `text`.
+async fn wait_log(path: &Path, text: &str, secs: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(text) {
+            return;
+        }
+        let tail: Vec<&str> = log.lines().rev().take(3).collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{text:?} not in the container log; last lines: {tail:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn phase_is(p: &'static str) -> impl Fn(&Value) -> bool {
@@ -205,18 +253,47 @@ async fn pods_run_through_containerd() {
         .join("pods")
         .join(format!("default_app_{uid}"))
         .join("shell/0.log");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("color=blue password=s3cr3t pod=app greeting=hello") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "container output: {text:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_log(
+        &log,
+        "color=blue password=s3cr3t pod=app greeting=hello",
+        10,
+    )
+    .await;
+    // Volumes: configMap, secret, downwardAPI files and an emptyDir the init
+    // container wrote to; a ConfigMap change reaches the file.
+    wait_log(
+        &log,
+        "file=blue secret=s3cr3t name=app shared=written-by-init",
+        10,
+    )
+    .await;
+    k.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"color":"green"}}"#,
+    ])
+    .unwrap();
+    wait_log(&log, "file=green", 40).await;
+
+    // The CPU limit is in the container's cgroup; a memory hog is OOMKilled.
+    let cpu_quota = std::fs::read_dir(format!(
+        "/sys/fs/cgroup/cpu/{}/pod{uid}",
+        ctrd.cgroup_parent()
+    ))
+    .unwrap()
+    .flatten()
+    .filter_map(|e| std::fs::read_to_string(e.path().join("cpu.cfs_quota_us")).ok())
+    .map(|q| q.trim().to_owned())
+    .collect::<Vec<_>>();
+    assert!(cpu_quota.contains(&"20000".to_owned()), "{cpu_quota:?}");
+    let hog = wait_pod(&k, "hog", 60, "Failed", phase_is("Failed")).await;
+    assert_eq!(
+        hog["status"]["containerStatuses"][0]["state"]["terminated"]["reason"],
+        "OOMKilled"
+    );
 
     // Restart policies.
     let failing = |name: &str, policy: &str, code: u8| {
