@@ -9,11 +9,13 @@
 
 pub mod container;
 pub mod cri;
+pub mod events;
 pub mod host;
 pub mod labels;
 pub mod metrics;
 pub mod node;
 pub mod pods;
+pub mod probes;
 pub mod quantity;
 pub mod status;
 pub mod volumes;
@@ -83,6 +85,7 @@ pub async fn run(
         runtime_version,
     ));
     let rt = Arc::new(pods::PodRuntime {
+        events: events::Recorder::new(client.clone(), config.node_name.clone()),
         client,
         cri,
         config,

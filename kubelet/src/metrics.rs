@@ -1,6 +1,7 @@
 //! The kubelet's metrics, under upstream's names: `kubelet_running_pods`,
 //! `kubelet_running_containers{container_state}`, `kubelet_pod_start_duration_seconds`,
-//! `kubelet_runtime_operations_errors_total{operation_type}`.
+//! `kubelet_runtime_operations_errors_total{operation_type}`,
+//! `prober_probe_total{probe_type,result}`.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -38,6 +39,17 @@ pub struct KubeletMetrics {
     pub pod_start: Histogram,
     /// Failed CRI calls.
     pub runtime_errors: Family<OperationLabels, Counter>,
+    /// Probe results.
+    pub probes: Family<ProbeLabels, Counter>,
+}
+
+/// Labels of `prober_probe_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    /// `Liveness`, `Readiness`, `Startup`.
+    pub probe_type: String,
+    /// `successful` or `failed`.
+    pub result: String,
 }
 
 impl KubeletMetrics {
@@ -48,7 +60,13 @@ impl KubeletMetrics {
             containers: Family::default(),
             pod_start: Histogram::new(START_BUCKETS),
             runtime_errors: Family::default(),
+            probes: Family::default(),
         };
+        registry.register(
+            "prober_probe",
+            "Probe results, by probe type and result",
+            m.probes.clone(),
+        );
         registry.register(
             "kubelet_running_pods",
             "Pods with a running sandbox",
@@ -70,6 +88,16 @@ impl KubeletMetrics {
             m.runtime_errors.clone(),
         );
         m
+    }
+
+    /// Counts a probe result.
+    pub fn probe(&self, kind: crate::probes::Kind, success: bool) {
+        self.probes
+            .get_or_create(&ProbeLabels {
+                probe_type: kind.title().to_owned(),
+                result: if success { "successful" } else { "failed" }.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a failed CRI call.

@@ -28,8 +28,10 @@ use tokio::{sync::watch, task::JoinHandle};
 use crate::{
     Config, Error, container,
     cri::CriClient,
+    events::{Recorder, Type},
     labels,
     metrics::{KubeletMetrics, StateLabels},
+    probes,
     status::{self, Observed, Waiting},
     volumes,
 };
@@ -54,6 +56,8 @@ pub struct PodRuntime {
     pub runtime_name: String,
     /// Metrics.
     pub metrics: KubeletMetrics,
+    /// Events about pods.
+    pub events: Recorder,
 }
 
 struct Worker {
@@ -190,6 +194,15 @@ struct PodWorker {
     started_reported: bool,
     /// Volume name → host path, and when they were last refreshed.
     volumes: Option<(HashMap<String, std::path::PathBuf>, Instant)>,
+    /// Probe states by container and kind.
+    probes: HashMap<(String, probes::Kind), probes::State>,
+    /// The sandbox whose network namespace path is cached, and that path.
+    netns: Option<(String, Option<std::path::PathBuf>)>,
+    /// The backoff deadline last reported with a BackOff event, per container.
+    backoff_reported: HashMap<String, Instant>,
+    /// The volume error last reported with a FailedMount event.
+    mount_error: Option<String>,
+
     start_time: String,
 }
 
@@ -202,6 +215,11 @@ async fn work(rt: Arc<PodRuntime>, uid: String, mut updates: watch::Receiver<Opt
         seen: Instant::now(),
         started_reported: false,
         volumes: None,
+        probes: HashMap::new(),
+        netns: None,
+        backoff_reported: HashMap::new(),
+        mount_error: None,
+
         start_time: jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string(),
@@ -317,7 +335,23 @@ impl PodWorker {
             })
             .unwrap_or(30);
         tracing::info!(pod = %name(pod), grace, "killing the pod");
+        if let Some(spec) = &pod.spec {
+            let observed = self.observe().await?;
+            for c in &spec.containers {
+                if observed
+                    .latest(&c.name)
+                    .is_some_and(|s| status::state(s) == cri::ContainerState::ContainerRunning)
+                {
+                    let message = format!("Stopping container {}", c.name);
+                    self.rt
+                        .events
+                        .record(pod, Some(&c.name), Type::Normal, "Killing", &message)
+                        .await;
+                }
+            }
+        }
         kill_pod(&self.rt, &self.uid, grace).await?;
+        self.rt.events.forget(&self.uid);
         let pods: Api<Pod> = Api::namespaced(
             self.rt.client.clone(),
             pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -387,6 +421,7 @@ impl PodWorker {
                     self.run_container(pod, sandbox, c, &mut observed, &policy, false)
                         .await?;
                 }
+                self.run_probes(pod, sandbox, &spec, &mut observed).await?;
             }
         }
         let status = status::pod_status(
@@ -451,6 +486,13 @@ impl PodWorker {
             Err(_) if self.volumes.is_some() => Ok(true),
             Err(message) => {
                 tracing::warn!(pod = %name(pod), %message, "volume setup failed");
+                if self.mount_error.as_ref() != Some(&message) {
+                    self.rt
+                        .events
+                        .record(pod, None, Type::Warning, "FailedMount", &message)
+                        .await;
+                    self.mount_error = Some(message.clone());
+                }
                 let all = spec
                     .init_containers
                     .iter()
@@ -648,6 +690,18 @@ impl PodWorker {
                             ),
                         },
                     );
+                    if self.backoff_reported.get(&c.name) != Some(&until) {
+                        self.backoff_reported.insert(c.name.clone(), until);
+                        let message = format!(
+                            "Back-off restarting failed container {} in pod {}",
+                            c.name,
+                            name(pod)
+                        );
+                        self.rt
+                            .events
+                            .record(pod, Some(&c.name), Type::Warning, "BackOff", &message)
+                            .await;
+                    }
                     return Ok(());
                 }
                 let next = (delay * 2).min(BACKOFF_MAX);
@@ -669,7 +723,7 @@ impl PodWorker {
                 return Ok(());
             }
         };
-        if let Some(w) = self.ensure_image(c).await? {
+        if let Some(w) = self.ensure_image(pod, c).await? {
             observed.waiting.insert(c.name.clone(), w);
             return Ok(());
         }
@@ -711,7 +765,14 @@ impl PodWorker {
             })
             .await;
         let id = match created {
-            Ok(r) => r.into_inner().container_id,
+            Ok(r) => {
+                let message = format!("Created container {}", c.name);
+                self.rt
+                    .events
+                    .record(pod, Some(&c.name), Type::Normal, "Created", &message)
+                    .await;
+                r.into_inner().container_id
+            }
             Err(e) => {
                 self.rt.metrics.runtime_error("create_container");
                 observed.waiting.insert(
@@ -740,6 +801,11 @@ impl PodWorker {
             );
             return Ok(());
         }
+        let message = format!("Started container {}", c.name);
+        self.rt
+            .events
+            .record(pod, Some(&c.name), Type::Normal, "Started", &message)
+            .await;
         let status = runtime
             .container_status(cri::ContainerStatusRequest {
                 container_id: id,
@@ -760,7 +826,7 @@ impl PodWorker {
 
     /// Makes sure the image is present, pulling it unless the policy forbids;
     /// `Some` with the waiting reason when it cannot be.
-    async fn ensure_image(&self, c: &Container) -> Result<Option<Waiting>, Error> {
+    async fn ensure_image(&self, pod: &Pod, c: &Container) -> Result<Option<Waiting>, Error> {
         let image = c.image.clone().unwrap_or_default();
         let mut images = self.rt.cri.images.clone();
         let spec = cri::ImageSpec {
@@ -777,8 +843,15 @@ impl PodWorker {
             .image
             .is_some();
         let policy = c.image_pull_policy.as_deref().unwrap_or("IfNotPresent");
+        let present_event = format!("Container image \"{image}\" already present on machine");
         match (present, policy) {
-            (true, "IfNotPresent" | "Never") => Ok(None),
+            (true, "IfNotPresent" | "Never") => {
+                self.rt
+                    .events
+                    .record(pod, Some(&c.name), Type::Normal, "Pulled", &present_event)
+                    .await;
+                Ok(None)
+            }
             (false, "Never") => Ok(Some(Waiting {
                 reason: "ErrImageNeverPull".into(),
                 message: format!(
@@ -793,11 +866,29 @@ impl PodWorker {
                 })
                 .await
             {
-                Ok(_) => Ok(None),
+                Ok(_) => {
+                    let message = format!("Successfully pulled image \"{image}\"");
+                    self.rt
+                        .events
+                        .record(pod, Some(&c.name), Type::Normal, "Pulled", &message)
+                        .await;
+                    Ok(None)
+                }
                 // Present but not pullable (an imported image): use what is there.
-                Err(_) if present => Ok(None),
+                Err(_) if present => {
+                    self.rt
+                        .events
+                        .record(pod, Some(&c.name), Type::Normal, "Pulled", &present_event)
+                        .await;
+                    Ok(None)
+                }
                 Err(e) => {
                     self.rt.metrics.runtime_error("pull_image");
+                    let message = format!("Failed to pull image \"{image}\": {}", e.message());
+                    self.rt
+                        .events
+                        .record(pod, Some(&c.name), Type::Warning, "Failed", &message)
+                        .await;
                     Ok(Some(Waiting {
                         reason: "ErrImagePull".into(),
                         message: e.message().to_owned(),
@@ -805,5 +896,181 @@ impl PodWorker {
                 }
             },
         }
+    }
+}
+
+impl PodWorker {
+    /// Runs the probes that are due for the pod's running containers, records
+    /// their verdicts in `observed`, and kills containers whose liveness (or
+    /// startup) probe failed so the restart policy restarts them.
+    async fn run_probes(
+        &mut self,
+        pod: &Pod,
+        sandbox: &str,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        observed: &mut Observed,
+    ) -> Result<(), Error> {
+        let uses_probes = spec.containers.iter().any(|c| {
+            c.liveness_probe.is_some() || c.readiness_probe.is_some() || c.startup_probe.is_some()
+        });
+        if !uses_probes {
+            return Ok(());
+        }
+        let netns = self.netns(sandbox).await?;
+        let pod_ip = observed.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
+        let now = Instant::now();
+        for c in &spec.containers {
+            let Some(latest) = observed
+                .latest(&c.name)
+                .filter(|s| status::state(s) == cri::ContainerState::ContainerRunning)
+                .cloned()
+            else {
+                self.probes.retain(|(name, _), _| *name != c.name);
+                continue;
+            };
+            // When the container started, as an Instant (the runtime gives wall time).
+            let age = jiff::Timestamp::now().as_nanosecond() - i128::from(latest.started_at);
+            let started = now
+                .checked_sub(Duration::from_nanos(u64::try_from(age.max(0)).unwrap_or(0)))
+                .unwrap_or(now);
+            let target = probes::Target {
+                pod_ip,
+                netns: netns.clone(),
+                container_id: &latest.id,
+                container: c,
+            };
+            let startup_done = match c.startup_probe.as_ref() {
+                None => true,
+                Some(p) => {
+                    self.probe_once(pod, c, probes::Kind::Startup, p, &target, started, now)
+                        .await?
+                        == Some(true)
+                }
+            };
+            let mut ready = startup_done;
+            if startup_done {
+                if let Some(p) = c.liveness_probe.as_ref() {
+                    self.probe_once(pod, c, probes::Kind::Liveness, p, &target, started, now)
+                        .await?;
+                }
+                if let Some(p) = c.readiness_probe.as_ref() {
+                    ready = self
+                        .probe_once(pod, c, probes::Kind::Readiness, p, &target, started, now)
+                        .await?
+                        == Some(true);
+                }
+            }
+            observed
+                .probed
+                .insert(c.name.clone(), (ready, startup_done));
+            // A failed liveness or startup probe: stop the container; the restart
+            // policy takes it from there on the next sync.
+            let failed = [probes::Kind::Startup, probes::Kind::Liveness]
+                .into_iter()
+                .find(|k| {
+                    self.probes
+                        .get(&(c.name.clone(), *k))
+                        .is_some_and(|s| s.container_id == latest.id && s.ok == Some(false))
+                });
+            if let Some(kind) = failed {
+                let probe = kind.of(c);
+                let grace = probe
+                    .and_then(|p| p.termination_grace_period_seconds)
+                    .or(spec.termination_grace_period_seconds)
+                    .unwrap_or(30);
+                let message = format!(
+                    "Container {} failed {} probe, will be restarted",
+                    c.name,
+                    kind.title().to_lowercase()
+                );
+                tracing::info!(pod = %name(pod), container = %c.name, "{message}");
+                self.rt
+                    .events
+                    .record(pod, Some(&c.name), Type::Normal, "Killing", &message)
+                    .await;
+                let mut runtime = self.rt.cri.runtime.clone();
+                runtime
+                    .stop_container(cri::StopContainerRequest {
+                        container_id: latest.id.clone(),
+                        timeout: grace,
+                    })
+                    .await?;
+                self.probes.retain(|(name, _), _| *name != c.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one probe if it is due; returns its settled verdict.
+    #[allow(clippy::too_many_arguments)]
+    async fn probe_once(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        kind: probes::Kind,
+        probe: &k8s_openapi::api::core::v1::Probe,
+        target: &probes::Target<'_>,
+        started: Instant,
+        now: Instant,
+    ) -> Result<Option<bool>, Error> {
+        let key = (c.name.clone(), kind);
+        let fresh = self
+            .probes
+            .get(&key)
+            .is_none_or(|s| s.container_id != target.container_id);
+        if fresh {
+            self.probes.insert(
+                key.clone(),
+                probes::State::new(target.container_id.to_owned(), probe, started),
+            );
+        }
+        let due = self.probes.get(&key).is_some_and(|s| s.due(now));
+        if due {
+            let result = probes::run(probe, target, &self.rt.cri).await;
+            self.rt.metrics.probe(kind, result.is_ok());
+            if let Err(message) = &result {
+                let message = format!("{} probe failed: {message}", kind.title());
+                self.rt
+                    .events
+                    .record(pod, Some(&c.name), Type::Warning, "Unhealthy", &message)
+                    .await;
+            }
+            if let Some(s) = self.probes.get_mut(&key) {
+                s.record(probe, result.is_ok(), now);
+            }
+        }
+        Ok(self.probes.get(&key).and_then(|s| s.ok))
+    }
+
+    /// The sandbox's network namespace file, from the runtime's verbose status
+    /// (`runtimeSpec.linux.namespaces`), cached per sandbox.
+    async fn netns(&mut self, sandbox: &str) -> Result<Option<std::path::PathBuf>, Error> {
+        if let Some((id, path)) = &self.netns
+            && id == sandbox
+        {
+            return Ok(path.clone());
+        }
+        let mut runtime = self.rt.cri.runtime.clone();
+        let info = runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox.to_owned(),
+                verbose: true,
+            })
+            .await?
+            .into_inner()
+            .info;
+        let path = info
+            .get("info")
+            .and_then(|i| serde_json::from_str::<Value>(i).ok())
+            .and_then(|v| {
+                v["runtimeSpec"]["linux"]["namespaces"]
+                    .as_array()?
+                    .iter()
+                    .find(|n| n["type"] == "network")?["path"]
+                    .as_str()
+                    .map(std::path::PathBuf::from)
+            });
+        self.netns = Some((sandbox.to_owned(), path.clone()));
+        Ok(path)
     }
 }

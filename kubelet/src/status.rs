@@ -28,6 +28,9 @@ pub struct Observed {
     pub containers: HashMap<String, Vec<cri::ContainerStatus>>,
     /// Containers held back, and why.
     pub waiting: HashMap<String, Waiting>,
+    /// Probe verdicts of running containers: ready (readiness) and started
+    /// (startup); a container without probes is both once running.
+    pub probed: HashMap<String, (bool, bool)>,
 }
 
 impl Observed {
@@ -122,8 +125,9 @@ fn container_status(
         ),
         (Some(c), _) => match state(c) {
             cri::ContainerState::ContainerRunning => {
-                s["ready"] = json!(true);
-                s["started"] = json!(true);
+                let (ready, started) = observed.probed.get(name).copied().unwrap_or((true, true));
+                s["ready"] = json!(ready);
+                s["started"] = json!(started);
                 (
                     json!({"running": {"startedAt": rfc3339(c.started_at)}}),
                     None,
@@ -348,6 +352,7 @@ mod tests {
                 .map(|(n, a)| (n.to_string(), a.clone()))
                 .collect(),
             waiting: HashMap::new(),
+            probed: HashMap::new(),
         }
     }
 

@@ -395,3 +395,136 @@ async fn pods_run_through_containerd() {
     assert_eq!(containers_of(&ctrd, &uid).await.len(), 0);
     assert_eq!(sandboxes_of(&ctrd, &uid).await, 0);
 }
+
+const PROBED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: live-fail}
+spec:
+  nodeName: NODE
+  containers:
+  - name: web
+    image: sextant.local/demo:v1
+    args: [--listen, "0.0.0.0:8080", --fail-liveness]
+    livenessProbe:
+      httpGet: {path: /healthz, port: 8080}
+      periodSeconds: 1
+      failureThreshold: 2
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: not-ready}
+spec:
+  nodeName: NODE
+  containers:
+  - name: web
+    image: sextant.local/demo:v1
+    args: [--listen, "0.0.0.0:8080", --fail-readiness]
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe:
+      httpGet: {path: /readyz, port: http}
+      periodSeconds: 1
+    livenessProbe:
+      tcpSocket: {port: http}
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: slow-start}
+spec:
+  nodeName: NODE
+  containers:
+  - name: web
+    image: sextant.local/demo:v1
+    args: [--listen, "0.0.0.0:8080", --startup-delay-seconds, "5"]
+    startupProbe:
+      httpGet: {path: /healthz, port: 8080}
+      periodSeconds: 1
+      failureThreshold: 30
+    livenessProbe:
+      httpGet: {path: /healthz, port: 8080}
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: exec-ready}
+spec:
+  nodeName: NODE
+  containers:
+  - name: main
+    image: sextant.local/busybox:v1
+    command: [sh, -c, "sleep 3; touch /tmp/ready; sleep 3600"]
+    readinessProbe:
+      exec: {command: [cat, /tmp/ready]}
+      periodSeconds: 1
+"#;
+
+#[tokio::test]
+async fn probes_restart_and_gate_readiness() {
+    let ctrd = Containerd::start().await.expect("containerd");
+    ctrd.import_test_images().await.expect("images");
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    let agent = SextantAgent::start(Path::new(BINARY), &server, &ctrd)
+        .await
+        .expect("agent");
+    let k = server.kubectl().unwrap();
+    k.ok_with(
+        &["apply", "-f", "-"],
+        Some(&PROBED.replace("NODE", &agent.node_name)),
+    )
+    .unwrap();
+
+    // A failing liveness probe restarts the container, with events saying why.
+    wait_pod(&k, "live-fail", 60, "a liveness restart", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    let described = k.ok(&["describe", "pod", "live-fail"]).unwrap();
+    for line in [
+        "Liveness probe failed: HTTP probe failed with statuscode: 503",
+        "Container web failed liveness probe, will be restarted",
+        "Started container web",
+    ] {
+        assert!(described.contains(line), "{described}");
+    }
+
+    // The startup probe holds liveness off until the app is up; exec readiness
+    // turns Ready once the file exists.
+    let slow = wait_pod(&k, "slow-start", 60, "Ready", ready).await;
+    assert_eq!(slow["status"]["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(slow["status"]["containerStatuses"][0]["started"], true);
+    wait_pod(&k, "exec-ready", 60, "Ready", ready).await;
+
+    // A failing readiness probe: Running, never Ready, never restarted (its TCP
+    // liveness probe passes).
+    let pod = wait_pod(&k, "not-ready", 60, "Running", phase_is("Running")).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pod = if ready(&pod) {
+        pod
+    } else {
+        pod_json(&k, "not-ready")
+    };
+    assert!(!ready(&pod), "{:#}", pod["status"]);
+    let c = &pod["status"]["containerStatuses"][0];
+    assert_eq!(
+        (c["ready"].as_bool(), c["restartCount"].as_i64()),
+        (Some(false), Some(0)),
+        "{c}"
+    );
+
+    let metrics = agent.metrics().await.unwrap();
+    for m in [
+        r#"prober_probe_total{probe_type="Liveness",result="failed"}"#,
+        r#"prober_probe_total{probe_type="Readiness",result="successful"}"#,
+        r#"prober_probe_total{probe_type="Startup",result="successful"}"#,
+    ] {
+        assert!(metrics.contains(m), "{m} missing:\n{metrics}");
+    }
+}
