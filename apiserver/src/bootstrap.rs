@@ -99,6 +99,9 @@ pub struct JoinRequest {
     pub token: String,
     /// The node's name (its certificate's CN becomes `system:node:<name>`).
     pub node_name: String,
+    /// The node's addresses, for its kubelet's serving certificate.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// What a joining agent receives.
@@ -111,6 +114,12 @@ pub struct JoinResponse {
     pub certificate: String,
     /// Its private key, PEM.
     pub key: String,
+    /// The kubelet's serving certificate for the node's name and addresses, PEM.
+    #[serde(default)]
+    pub serving_certificate: String,
+    /// Its private key, PEM.
+    #[serde(default)]
+    pub serving_key: String,
 }
 
 /// State of the join endpoint.
@@ -138,16 +147,24 @@ pub async fn join(State(joiner): State<Joiner>, Json(req): Json<JoinRequest>) ->
         ))
         .into_response();
     }
-    match joiner
+    let mut hosts = vec![req.node_name.clone()];
+    hosts.extend(req.addresses.iter().filter(|a| !a.is_empty()).cloned());
+    let issued = joiner
         .pki
         .client_cert(&format!("system:node:{}", req.node_name), &["system:nodes"])
-    {
-        Ok(pair) => {
+        .and_then(|client| {
+            let name = format!("system:node:{}", req.node_name);
+            Ok((client, joiner.pki.serving_cert_named(&name, &hosts)?))
+        });
+    match issued {
+        Ok((pair, serving)) => {
             tracing::info!(node = req.node_name, "issued a node client certificate");
             Json(JoinResponse {
                 ca: joiner.pki.ca_pem().to_owned(),
                 certificate: pair.cert_pem,
                 key: pair.key_pem,
+                serving_certificate: serving.cert_pem,
+                serving_key: serving.key_pem,
             })
             .into_response()
         }
@@ -186,6 +203,7 @@ pub async fn join_cluster(
     server: &str,
     token: &str,
     node_name: &str,
+    addresses: &[String],
 ) -> Result<JoinResponse, JoinError> {
     let token = JoinToken::parse(token.trim()).ok_or(JoinError::BadToken)?;
     let server = server.trim_end_matches('/');
@@ -218,7 +236,7 @@ pub async fn join_cluster(
         .add_root_certificate(root)
         .build()
         .map_err(|e| request(&url, e))?;
-    let body = serde_json::json!({"token": token.to_string(), "nodeName": node_name});
+    let body = serde_json::json!({"token": token.to_string(), "nodeName": node_name, "addresses": addresses});
     let response = verified
         .post(&url)
         .json(&body)

@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod defaults;
 pub mod discovery;
 pub mod kinds;
+pub mod kubelet_proxy;
 pub mod metrics;
 pub mod openapi;
 pub mod pki;

@@ -100,10 +100,15 @@ impl Pki {
         &self.ca_pem
     }
 
-    /// A serving certificate for `hosts` (DNS names or IP addresses).
+    /// The API server's serving certificate for `hosts` (DNS names or IP addresses).
     pub fn serving_cert(&self, hosts: &[String]) -> Result<CertPair> {
+        self.serving_cert_named("sextant-apiserver", hosts)
+    }
+
+    /// A serving certificate named `common_name` for `hosts` (a kubelet's, say).
+    pub fn serving_cert_named(&self, common_name: &str, hosts: &[String]) -> Result<CertPair> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = name("sextant-apiserver", &[]);
+        params.distinguished_name = name(common_name, &[]);
         params.subject_alt_names = hosts
             .iter()
             .map(|h| match h.parse::<std::net::IpAddr>() {

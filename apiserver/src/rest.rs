@@ -104,9 +104,27 @@ pub async fn core(
     Path(rest): Path<String>,
     method: Method,
     Query(params): Query<Params>,
+    axum::extract::RawQuery(raw_query): axum::extract::RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // pods/<name>/log goes to the pod's kubelet.
+    let parts: Vec<&str> = rest.split('/').collect();
+    if let ["namespaces", namespace, "pods", name, "log"] = parts.as_slice() {
+        if method != Method::GET {
+            return ApiError::method_not_allowed(format!("{method} is not supported on pods/log"))
+                .into_response();
+        }
+        return crate::kubelet_proxy::pod_log(
+            &state.store,
+            &state.kubelet,
+            namespace,
+            name,
+            raw_query.as_deref(),
+        )
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    }
     dispatch(state, "", "v1", &rest, method, params, headers, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)

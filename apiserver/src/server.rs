@@ -149,6 +149,8 @@ pub struct AppState {
     pub ranges: crate::service_allocation::Ranges,
     /// The server's metrics.
     pub metrics: ApiMetrics,
+    /// The client the API server reaches kubelets with.
+    pub kubelet: crate::kubelet_proxy::KubeletClient,
 }
 
 /// The kubeconfigs written to `<data-dir>/components/` for the components running
@@ -352,6 +354,7 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         store,
         ranges: config.service_ranges.clone(),
         metrics: metrics.clone(),
+        kubelet: crate::kubelet_proxy::KubeletClient::new(&pki).map_err(Error::Tls)?,
     };
     let joiner = crate::bootstrap::Joiner {
         token,

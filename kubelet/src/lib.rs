@@ -12,11 +12,13 @@ pub mod cri;
 pub mod events;
 pub mod host;
 pub mod labels;
+pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod probes;
 pub mod quantity;
+pub mod server;
 pub mod status;
 pub mod volumes;
 
@@ -38,6 +40,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The cgroup every pod's cgroup is made under (`/sextant`).
     pub cgroup_root: String,
+    /// Where the kubelet API listens (`0.0.0.0:10250`).
+    pub kubelet_listen: std::net::SocketAddr,
 }
 
 /// Errors of the kubelet.
@@ -62,6 +66,7 @@ pub enum Error {
 pub async fn run(
     client: Client,
     config: Config,
+    tls: server::Tls,
     metrics: metrics::KubeletMetrics,
 ) -> Result<(), Error> {
     let cri = cri::CriClient::connect(&config.cri_socket).await?;
@@ -76,6 +81,16 @@ pub async fn run(
     std::fs::create_dir_all(config.data_dir.join("pods"))
         .map_err(|e| Error::Internal(format!("creating {}: {e}", config.data_dir.display())))?;
     let facts = host::HostFacts::read(&config.data_dir);
+    let rt = Arc::new(pods::PodRuntime {
+        events: events::Recorder::new(client.clone(), config.node_name.clone()),
+        client: client.clone(),
+        cri,
+        config: config.clone(),
+        runtime_name: version.runtime_name,
+        metrics,
+    });
+    let (api_addr, api) = server::serve(config.kubelet_listen, &tls, rt.clone()).await?;
+    tracing::info!(addr = %api_addr, "serving the kubelet API");
     node::register(&client, &config, &facts, &runtime_version).await?;
     let lease = tokio::spawn(node::keep_lease(client.clone(), config.node_name.clone()));
     let status = tokio::spawn(node::keep_status(
@@ -84,16 +99,9 @@ pub async fn run(
         facts,
         runtime_version,
     ));
-    let rt = Arc::new(pods::PodRuntime {
-        events: events::Recorder::new(client.clone(), config.node_name.clone()),
-        client,
-        cri,
-        config,
-        runtime_name: version.runtime_name,
-        metrics,
-    });
     let result = pods::run(rt).await;
     lease.abort();
     status.abort();
+    api.abort();
     result
 }

@@ -88,7 +88,7 @@ pub fn status(config: &Config, facts: &HostFacts, runtime_version: &str) -> Valu
         ],
         "capacity": capacity,
         "allocatable": capacity,
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": config.kubelet_listen.port()}},
         "nodeInfo": {
             "machineID": facts.machine_id,
             "systemUUID": facts.machine_id,

@@ -38,6 +38,9 @@ pub(crate) struct AgentArgs {
     /// Where the agent serves /metrics (plain HTTP; keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:10255")]
     metrics_listen: SocketAddr,
+    /// Where the kubelet API (HTTPS, for the API server's log proxy) listens.
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    kubelet_listen: SocketAddr,
 }
 
 /// Errors of the agent.
@@ -94,12 +97,22 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
         source,
     })?;
     let kubeconfig = dir.join("kubeconfig");
-    if !kubeconfig.exists() {
-        let joined = bootstrap::join_cluster(&args.server, &args.token, &node_name).await?;
+    let (serving_cert, serving_key, ca) = (
+        dir.join("kubelet.crt"),
+        dir.join("kubelet.key"),
+        dir.join("ca.crt"),
+    );
+    if !kubeconfig.exists() || !serving_cert.exists() {
+        let addresses = [args.node_ip.to_string()];
+        let joined =
+            bootstrap::join_cluster(&args.server, &args.token, &node_name, &addresses).await?;
         let pair = pki::CertPair {
             cert_pem: joined.certificate,
             key_pem: joined.key,
         };
+        pki::write_private(&ca, &joined.ca)?;
+        pki::write_private(&serving_cert, &joined.serving_certificate)?;
+        pki::write_private(&serving_key, &joined.serving_key)?;
         pki::write_private(
             &kubeconfig,
             &pki::kubeconfig(&args.server, &joined.ca, &pair),
@@ -114,15 +127,27 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
     tracing::info!(addr = ?server.local_addr().ok(), "serving agent metrics");
     let serving = tokio::spawn(server.run());
 
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| Error::Kubeconfig {
+            path: p.to_owned(),
+            message: e.to_string(),
+        })
+    };
+    let tls = sextant_kubelet::server::Tls {
+        ca_pem: read(&ca)?,
+        cert_pem: read(&serving_cert)?,
+        key_pem: read(&serving_key)?,
+    };
     let config = sextant_kubelet::Config {
         node_name,
         node_ip: args.node_ip,
         cri_socket: PathBuf::from(socket),
         data_dir: args.data_dir,
         cgroup_root: args.cgroup_root,
+        kubelet_listen: args.kubelet_listen,
     };
     let result = tokio::select! {
-        r = sextant_kubelet::run(client, config, metrics) => r.map_err(Error::from),
+        r = sextant_kubelet::run(client, config, tls, metrics) => r.map_err(Error::from),
         _ = crate::shutdown_signal() => {
             tracing::info!("shutting down; pods keep running");
             Ok(())

@@ -295,6 +295,47 @@ async fn pods_run_through_containerd() {
         "OOMKilled"
     );
 
+    // kubectl logs, through the API server's proxy to the kubelet API.
+    let out = k.ok(&["logs", "app", "-c", "shell"]).unwrap();
+    assert!(
+        out.starts_with("color=blue password=s3cr3t pod=app greeting=hello\n"),
+        "{out}"
+    );
+    let out = k
+        .ok(&["logs", "app", "-c", "shell", "--tail=1", "--timestamps"])
+        .unwrap();
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with("20") && out.contains(" file="), "{out}");
+    let err = k.fails(&["logs", "app", "-c", "nope"], None).unwrap();
+    assert!(
+        err.contains("container nope is not valid for pod app"),
+        "{err}"
+    );
+    let mut follow = k
+        .spawn(&["logs", "-f", "app", "-c", "shell", "--tail=0"])
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    for _ in 0..2 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a streamed line");
+        assert!(line.starts_with("file="), "{line}");
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+
     // Restart policies.
     let failing = |name: &str, policy: &str, code: u8| {
         format!(
@@ -334,6 +375,8 @@ async fn pods_run_through_containerd() {
         "{c}"
     );
     assert_eq!(crash["status"]["phase"], "Running");
+    let previous = k.ok(&["logs", "crash", "--previous"]).unwrap();
+    assert_eq!(previous, "run\n");
     let table = k.ok(&["get", "pod", "crash", "--no-headers"]).unwrap();
     assert!(table.contains("CrashLoopBackOff"), "{table}");
 

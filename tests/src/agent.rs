@@ -64,6 +64,8 @@ impl SextantAgent {
             format!("/{}", containerd.cgroup_parent()),
             "--metrics-listen".to_owned(),
             metrics_addr.clone(),
+            "--kubelet-listen".to_owned(),
+            format!("127.0.0.1:{}", free_port()?),
         ];
         let mut agent = Self {
             process: None,
