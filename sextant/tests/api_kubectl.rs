@@ -57,6 +57,48 @@ spec:
         image: sextant.local/demo:v1
         env:
         - {name: MODE, value: fast}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+---
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: migrate
+  namespace: shop
+spec:
+  backoffLimit: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: migrate
+        image: sextant.local/busybox:v1
+        command: [sh, -c, "echo migrated"]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: nightly
+  namespace: shop
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers:
+          - name: report
+            image: sextant.local/busybox:v1
+            command: [sh, -c, "echo report"]
 "#;
 
 /// kubectl's typed `create` commands send protobuf bodies (client-go ≥ 1.32).
@@ -177,18 +219,28 @@ async fn scenario(server: &SextantServer) {
         "namespace/shop created",
         "configmap/settings created",
         "secret/token created",
-        "deployment.apps/web created",
+                "deployment.apps/web created",
+        "service/web created",
+        "job.batch/migrate created",
+        "cronjob.batch/nightly created",
     ] {
         assert!(out.contains(line), "{out}");
     }
     let out = k
         .ok_with(&["apply", "-f", "-"], Some(MANIFEST))
         .expect("apply again");
-    assert!(
-        out.contains("configmap/settings unchanged")
-            && out.contains("deployment.apps/web unchanged"),
-        "{out}"
-    );
+        // (A Secret applied with stringData shows "configured" every time, upstream too:
+    // stringData is never stored, so the three-way patch always re-adds it.)
+    for line in [
+        "namespace/shop unchanged",
+        "configmap/settings unchanged",
+        "deployment.apps/web unchanged",
+        "service/web unchanged",
+        "job.batch/migrate unchanged",
+        "cronjob.batch/nightly unchanged",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
     let changed = MANIFEST
         .replace("color: blue", "color: green")
         .replace("value: fast", "value: slow");
