@@ -5,7 +5,7 @@
 use k8s_openapi::{
     api::{
         apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet},
-        autoscaling::v2::HorizontalPodAutoscaler,
+        autoscaling::{v1 as autoscaling_v1, v2::HorizontalPodAutoscaler},
         batch::v1::{CronJob, Job},
         coordination::v1::Lease,
         core::v1::{
@@ -35,6 +35,10 @@ pub trait Visitor {
 /// Visits `rt`'s type; `None` for a kind without one.
 pub fn visit<V: Visitor>(rt: &ResourceType, v: V) -> Option<V::Output> {
     Some(match (rt.group, rt.kind) {
+        ("autoscaling", "HorizontalPodAutoscaler") if rt.version == "v1" => {
+            v.visit::<autoscaling_v1::HorizontalPodAutoscaler>()
+        }
+        ("events.k8s.io", "Event") => v.visit::<k8s_openapi::api::events::v1::Event>(),
         ("", "Namespace") => v.visit::<Namespace>(),
         ("", "Pod") => v.visit::<Pod>(),
         ("", "Service") => v.visit::<Service>(),

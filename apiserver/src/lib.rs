@@ -7,6 +7,7 @@
 //! client. Not built yet: authorization; see docs/architecture.md.
 
 pub mod bootstrap;
+pub mod conversion;
 pub mod defaults;
 pub mod discovery;
 pub mod kinds;

@@ -25,6 +25,9 @@ pub struct ResourceType {
     pub has_status: bool,
     /// Whether changes to `spec` bump `metadata.generation`.
     pub has_spec: bool,
+    /// The group and version objects are stored in, when another version's
+    /// (`conversion.rs` converts on the way in and out).
+    pub stored_as: Option<(&'static str, &'static str)>,
 }
 
 impl ResourceType {
@@ -103,10 +106,11 @@ impl ResourceType {
 
     /// The store prefix of a list: every namespace when `namespace` is `None`.
     pub fn prefix(&self, namespace: Option<&str>) -> String {
-        let base = if self.group.is_empty() {
+        let group = self.stored_as.map_or(self.group, |(g, _)| g);
+        let base = if group.is_empty() {
             format!("/registry/{}/", self.plural)
         } else {
-            format!("/registry/{}/{}/", self.group, self.plural)
+            format!("/registry/{group}/{}/", self.plural)
         };
         match (self.namespaced, namespace) {
             (true, Some(ns)) => format!("{base}{ns}/"),
@@ -129,6 +133,16 @@ macro_rules! resource {
             categories: &[$($cat),*],
             has_status: $status,
             has_spec: $spec,
+            stored_as: None,
+        }
+    };
+    ($group:expr, $version:expr, $kind:expr, $plural:expr, $singular:expr, $namespaced:expr,
+     short: [$($short:expr),*], categories: [$($cat:expr),*], status: $status:expr, spec: $spec:expr,
+     stored_as: ($sg:expr, $sv:expr)) => {
+        ResourceType {
+            stored_as: Some(($sg, $sv)),
+            ..resource!($group, $version, $kind, $plural, $singular, $namespaced,
+                short: [$($short),*], categories: [$($cat),*], status: $status, spec: $spec)
         }
     };
 }
@@ -161,6 +175,8 @@ pub static RESOURCES: &[ResourceType] = &[
     resource!("batch", "v1", "CronJob", "cronjobs", "cronjob", true, short: ["cj"], categories: ["all"], status: true, spec: true),
     // autoscaling/v2
     resource!("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, short: ["hpa"], categories: ["all"], status: true, spec: true),
+    // autoscaling/v1, stored as v2
+    resource!("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, short: ["hpa"], categories: ["all"], status: true, spec: true, stored_as: ("autoscaling", "v2")),
     // discovery.k8s.io/v1
     resource!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, short: [], categories: [], status: false, spec: false),
     // networking.k8s.io/v1
@@ -175,6 +191,8 @@ pub static RESOURCES: &[ResourceType] = &[
     resource!("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", true, short: ["pdb"], categories: [], status: true, spec: true),
     // scheduling.k8s.io/v1
     resource!("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", "priorityclass", false, short: ["pc"], categories: [], status: false, spec: false),
+    // events.k8s.io/v1, stored as core/v1 Events
+    resource!("events.k8s.io", "v1", "Event", "events", "event", true, short: ["ev"], categories: [], status: false, spec: false, stored_as: ("", "v1")),
 ];
 
 /// The resource type served at `group`/`version`/`plural`.
@@ -222,11 +240,28 @@ mod tests {
     #[test]
     fn names_and_short_names_are_unique() {
         let mut seen = std::collections::HashSet::new();
+        let mut shorts = std::collections::HashMap::new();
         for r in RESOURCES {
-            assert!(seen.insert((r.group, r.plural)), "{} twice", r.plural);
+            assert!(
+                seen.insert((r.group, r.version, r.plural)),
+                "{} twice",
+                r.plural
+            );
+            // A short name names one resource (in any of its versions and groups,
+            // as `ev` does for core and events.k8s.io Events).
             for s in r.short_names {
-                assert!(seen.insert(("short", s)), "short name {s} twice");
+                let plural = shorts.entry(*s).or_insert(r.plural);
+                assert_eq!(*plural, r.plural, "short name {s} for two resources");
             }
         }
+    }
+
+    #[test]
+    fn converted_versions_share_their_storage() {
+        let v1 = find("autoscaling", "v1", "horizontalpodautoscalers").unwrap();
+        let v2 = find("autoscaling", "v2", "horizontalpodautoscalers").unwrap();
+        assert_eq!(v1.key(Some("a"), "x"), v2.key(Some("a"), "x"));
+        let events = find("events.k8s.io", "v1", "events").unwrap();
+        assert_eq!(events.key(Some("a"), "x"), "/registry/events/a/x");
     }
 }

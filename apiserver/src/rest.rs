@@ -285,7 +285,12 @@ impl Handler {
         let mut obj: Value = serde_json::from_slice(&kv.value)
             .map_err(|e| ApiError::internal(format!("stored object {}: {e}", kv.key)))?;
         obj["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
-        Ok(obj)
+        Ok(crate::conversion::to_served(self.rt(), obj))
+    }
+
+    /// What to store for `obj`: its storage version's JSON.
+    fn stored_bytes(&self, obj: &Value) -> ApiResult<Vec<u8>> {
+        to_bytes(&crate::conversion::to_stored(self.rt(), obj.clone()))
     }
 
     fn respond(&self, code: StatusCode, obj: Value) -> ApiResult {
@@ -474,7 +479,12 @@ impl Handler {
             Vec::new()
         };
         let key = self.rt().key(self.t.namespace.as_deref(), &name);
-        let kv = match self.state.store.create(&key, to_bytes(&obj)?).await {
+        let kv = match self
+            .state
+            .store
+            .create(&key, self.stored_bytes(&obj)?)
+            .await
+        {
             Ok(kv) => kv,
             Err(e) => {
                 Ranges::release_all(self.state.store.as_ref(), &claimed).await;
@@ -666,7 +676,7 @@ impl Handler {
             match self
                 .state
                 .store
-                .update(&key, to_bytes(&pod)?, kv.mod_revision)
+                .update(&key, self.stored_bytes(&pod)?, kv.mod_revision)
                 .await
             {
                 Ok(_) => return Ok(json_response(StatusCode::CREATED, &success_status(201))),
@@ -900,7 +910,7 @@ impl Handler {
             let written = self
                 .state
                 .store
-                .update(&key, to_bytes(&stored)?, kv.mod_revision)
+                .update(&key, self.stored_bytes(&stored)?, kv.mod_revision)
                 .await;
             if written.is_err() {
                 Ranges::release_all(self.state.store.as_ref(), &claimed).await;
@@ -1059,7 +1069,7 @@ impl Handler {
             match self
                 .state
                 .store
-                .update(&key, to_bytes(&next)?, kv.mod_revision)
+                .update(&key, self.stored_bytes(&next)?, kv.mod_revision)
                 .await
             {
                 Ok(kv) => return Ok(json_response(StatusCode::ACCEPTED, &self.object_of(&kv)?)),
@@ -1156,11 +1166,13 @@ impl Handler {
                 let (kind, obj) = match e {
                     storage::Event::Put { kv, prev } => (
                         if prev.is_some() { "MODIFIED" } else { "ADDED" },
-                        stored_object(&kv.value, kv.mod_revision),
+                        stored_object(&kv.value, kv.mod_revision)
+                            .map(|o| crate::conversion::to_served(rt, o)),
                     ),
                     storage::Event::Delete { revision, prev, .. } => (
                         "DELETED",
-                        prev.and_then(|p| stored_object(&p.value, revision)),
+                        prev.and_then(|p| stored_object(&p.value, revision))
+                            .map(|o| crate::conversion::to_served(rt, o)),
                     ),
                 };
                 let obj = obj?;

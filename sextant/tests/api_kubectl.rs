@@ -196,9 +196,70 @@ fn typed_creates(k: &sextant_tests::sextant::Kubectl) {
     assert!(err.contains("Invalid value: \"Bad_Name\""), "{err}");
 }
 
+/// Versions served from another version's storage: events.k8s.io/v1 Events over
+/// core Events, autoscaling/v1 HPAs over autoscaling/v2.
+fn converted_versions(k: &sextant_tests::sextant::Kubectl) {
+    let core_event = r#"
+apiVersion: v1
+kind: Event
+metadata: {name: started.1, namespace: typed}
+involvedObject: {kind: Pod, name: web-1, namespace: typed}
+reason: Started
+message: Started container web
+type: Normal
+count: 3
+source: {component: kubelet, host: node-1}
+"#;
+    k.ok_with(&["apply", "-f", "-"], Some(core_event)).unwrap();
+    let note = k
+        .ok(&[
+            "get",
+            "events.v1.events.k8s.io",
+            "started.1",
+            "-n",
+            "typed",
+            "-o",
+            "jsonpath={.note} {.regarding.name} {.deprecatedCount} {.deprecatedSource.host}",
+        ])
+        .unwrap();
+    assert_eq!(note, "Started container web web-1 3 node-1");
+
+    let hpa_v1 = r#"
+apiVersion: autoscaling/v1
+kind: HorizontalPodAutoscaler
+metadata: {name: web, namespace: typed}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+  minReplicas: 2
+  maxReplicas: 5
+  targetCPUUtilizationPercentage: 70
+"#;
+    k.ok_with(&["apply", "-f", "-"], Some(hpa_v1)).unwrap();
+    let v2 = k
+        .ok(&["get", "horizontalpodautoscalers.v2.autoscaling", "web", "-n", "typed", "-o", "jsonpath={.spec.metrics[0].resource.name} {.spec.metrics[0].resource.target.averageUtilization}"])
+        .unwrap();
+    assert_eq!(v2, "cpu 70");
+    let v1 = k
+        .ok(&[
+            "get",
+            "horizontalpodautoscalers.v1.autoscaling",
+            "web",
+            "-n",
+            "typed",
+            "-o",
+            "jsonpath={.spec.targetCPUUtilizationPercentage}",
+        ])
+        .unwrap();
+    assert_eq!(v1, "70");
+    // Applying it again changes nothing.
+    let out = k.ok_with(&["apply", "-f", "-"], Some(hpa_v1)).unwrap();
+    assert!(out.contains("unchanged"), "{out}");
+}
+
 async fn scenario(server: &SextantServer) {
     let k = server.kubectl().expect("kubectl");
     typed_creates(&k);
+    converted_versions(&k);
     let namespaces = k.ok(&["get", "ns", "-o", "name"]).unwrap();
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         assert!(
@@ -219,7 +280,7 @@ async fn scenario(server: &SextantServer) {
         "namespace/shop created",
         "configmap/settings created",
         "secret/token created",
-                "deployment.apps/web created",
+        "deployment.apps/web created",
         "service/web created",
         "job.batch/migrate created",
         "cronjob.batch/nightly created",
@@ -229,7 +290,7 @@ async fn scenario(server: &SextantServer) {
     let out = k
         .ok_with(&["apply", "-f", "-"], Some(MANIFEST))
         .expect("apply again");
-        // (A Secret applied with stringData shows "configured" every time, upstream too:
+    // (A Secret applied with stringData shows "configured" every time, upstream too:
     // stringData is never stored, so the three-way patch always re-adds it.)
     for line in [
         "namespace/shop unchanged",
