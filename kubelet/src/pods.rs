@@ -38,6 +38,8 @@ use crate::{
 
 /// How often a worker resyncs its pod with the runtime.
 const RESYNC: Duration = Duration::from_secs(1);
+/// How long a postStart hook may take.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often ConfigMap, Secret and downward API volumes are refreshed.
 const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 /// Crash-loop backoff: first delay and cap (upstream's 10 s doubling to 5 min).
@@ -335,22 +337,69 @@ impl PodWorker {
             })
             .unwrap_or(30);
         tracing::info!(pod = %name(pod), grace, "killing the pod");
+        let started = Instant::now();
+        let budget = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
         if let Some(spec) = &pod.spec {
-            let observed = self.observe().await?;
+            let mut runtime = self.rt.cri.runtime.clone();
+            let running = runtime
+                .list_containers(cri::ListContainersRequest {
+                    filter: Some(cri::ContainerFilter {
+                        label_selector: labels::of_pod(&self.uid),
+                        state: Some(cri::ContainerStateValue {
+                            state: cri::ContainerState::ContainerRunning as i32,
+                        }),
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner()
+                .containers;
             for c in &spec.containers {
-                if observed
-                    .latest(&c.name)
-                    .is_some_and(|s| status::state(s) == cri::ContainerState::ContainerRunning)
-                {
-                    let message = format!("Stopping container {}", c.name);
-                    self.rt
-                        .events
-                        .record(pod, Some(&c.name), Type::Normal, "Killing", &message)
-                        .await;
+                let Some(instance) = running
+                    .iter()
+                    .find(|r| r.labels.get(labels::CONTAINER_NAME) == Some(&c.name))
+                else {
+                    continue;
+                };
+                let message = format!("Stopping container {}", c.name);
+                self.rt
+                    .events
+                    .record(pod, Some(&c.name), Type::Normal, "Killing", &message)
+                    .await;
+                // preStop runs within the grace period, before the container is signalled.
+                let hook = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
+                if let Some(hook) = hook {
+                    let left = budget.saturating_sub(started.elapsed());
+                    let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+                    let result = self
+                        .run_hook(
+                            &instance.pod_sandbox_id,
+                            c,
+                            &instance.id,
+                            hook,
+                            left,
+                            pod_ip.as_deref(),
+                        )
+                        .await?;
+                    if let Err(message) = result {
+                        let message = format!("PreStopHook failed: {message}");
+                        self.rt
+                            .events
+                            .record(
+                                pod,
+                                Some(&c.name),
+                                Type::Warning,
+                                "FailedPreStopHook",
+                                &message,
+                            )
+                            .await;
+                    }
                 }
             }
         }
-        kill_pod(&self.rt, &self.uid, grace).await?;
+        // What is left of the grace period, at least upstream's 2 s minimum.
+        let left = budget.saturating_sub(started.elapsed()).as_secs().max(2);
+        kill_pod(&self.rt, &self.uid, i64::try_from(left).unwrap_or(2)).await?;
         self.rt.events.forget(&self.uid);
         let pods: Api<Pod> = Api::namespaced(
             self.rt.client.clone(),
@@ -806,6 +855,40 @@ impl PodWorker {
             .events
             .record(pod, Some(&c.name), Type::Normal, "Started", &message)
             .await;
+        // postStart runs right after the start; if it fails the container is
+        // killed, and the restart policy decides what comes next.
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let result = self
+                .run_hook(
+                    sandbox,
+                    c,
+                    &id,
+                    hook,
+                    HOOK_TIMEOUT,
+                    observed.pod_ip.as_deref(),
+                )
+                .await?;
+            if let Err(message) = result {
+                tracing::info!(pod = %name(pod), container = %c.name, %message, "postStart hook failed");
+                let message = format!("PostStartHook failed: {message}");
+                self.rt
+                    .events
+                    .record(
+                        pod,
+                        Some(&c.name),
+                        Type::Warning,
+                        "FailedPostStartHook",
+                        &message,
+                    )
+                    .await;
+                runtime
+                    .stop_container(cri::StopContainerRequest {
+                        container_id: id.clone(),
+                        timeout: 0,
+                    })
+                    .await?;
+            }
+        }
         let status = runtime
             .container_status(cri::ContainerStatusRequest {
                 container_id: id,
@@ -999,6 +1082,39 @@ impl PodWorker {
             }
         }
         Ok(())
+    }
+
+    /// Runs a lifecycle hook of container `c` (instance `container_id` in
+    /// `sandbox`) within `timeout`: `Err` with the failure's message.
+    async fn run_hook(
+        &mut self,
+        sandbox: &str,
+        c: &Container,
+        container_id: &str,
+        hook: &k8s_openapi::api::core::v1::LifecycleHandler,
+        timeout: Duration,
+        pod_ip: Option<&str>,
+    ) -> Result<Result<(), String>, Error> {
+        if let Some(sleep) = &hook.sleep {
+            let secs = Duration::from_secs(u64::try_from(sleep.seconds).unwrap_or(0));
+            tokio::time::sleep(secs.min(timeout)).await;
+            return Ok(Ok(()));
+        }
+        let netns = self.netns(sandbox).await?;
+        let target = probes::Target {
+            pod_ip: pod_ip.and_then(|ip| ip.parse().ok()),
+            netns,
+            container_id,
+            container: c,
+        };
+        let action = probes::Action::of_hook(hook);
+        Ok(probes::run_action(
+            &action,
+            &target,
+            &self.rt.cri,
+            timeout.max(Duration::from_secs(1)),
+        )
+        .await)
     }
 
     /// Runs one probe if it is due; returns its settled verdict.

@@ -123,7 +123,53 @@ pub struct Target<'a> {
 /// Runs `probe` once: `Ok(())` on success, `Err(message)` as upstream words failures.
 pub async fn run(probe: &Probe, target: &Target<'_>, cri: &CriClient) -> Result<(), String> {
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
-    if let Some(exec) = &probe.exec {
+    run_action(&Action::of_probe(probe), target, cri, timeout).await
+}
+
+/// What a probe or a lifecycle hook does: one of exec, httpGet, tcpSocket (gRPC
+/// for probes only).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Action<'a> {
+    /// Run a command in the container.
+    pub exec: Option<&'a k8s_openapi::api::core::v1::ExecAction>,
+    /// GET a URL.
+    pub http_get: Option<&'a k8s_openapi::api::core::v1::HTTPGetAction>,
+    /// Open a TCP connection.
+    pub tcp_socket: Option<&'a k8s_openapi::api::core::v1::TCPSocketAction>,
+    /// A gRPC health check was asked for.
+    pub grpc: bool,
+}
+
+impl<'a> Action<'a> {
+    /// A probe's action.
+    pub fn of_probe(p: &'a Probe) -> Self {
+        Self {
+            exec: p.exec.as_ref(),
+            http_get: p.http_get.as_ref(),
+            tcp_socket: p.tcp_socket.as_ref(),
+            grpc: p.grpc.is_some(),
+        }
+    }
+
+    /// A lifecycle hook's action (its `sleep` is the caller's to honour).
+    pub fn of_hook(h: &'a k8s_openapi::api::core::v1::LifecycleHandler) -> Self {
+        Self {
+            exec: h.exec.as_ref(),
+            http_get: h.http_get.as_ref(),
+            tcp_socket: h.tcp_socket.as_ref(),
+            grpc: false,
+        }
+    }
+}
+
+/// Runs `action` against `target` within `timeout`.
+pub async fn run_action(
+    action: &Action<'_>,
+    target: &Target<'_>,
+    cri: &CriClient,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(exec) = action.exec {
         let mut runtime = cri.runtime.clone();
         let r = runtime
             .exec_sync(cri::ExecSyncRequest {
@@ -145,12 +191,16 @@ pub async fn run(probe: &Probe, target: &Target<'_>, cri: &CriClient) -> Result<
             ))
         };
     }
-    network(probe, target, timeout).await
+    network(action, target, timeout).await
 }
 
-/// The probes that only need the network: httpGet, tcpSocket (and gRPC, refused).
-async fn network(probe: &Probe, target: &Target<'_>, timeout: Duration) -> Result<(), String> {
-    if let Some(http) = &probe.http_get {
+/// The actions that only need the network: httpGet, tcpSocket (and gRPC, refused).
+async fn network(
+    action: &Action<'_>,
+    target: &Target<'_>,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(http) = action.http_get {
         let port = port(&http.port, target.container)?;
         let host = match http.host.as_deref().filter(|h| !h.is_empty()) {
             Some(h) => h
@@ -200,7 +250,7 @@ async fn network(probe: &Probe, target: &Target<'_>, timeout: Duration) -> Resul
             )),
         };
     }
-    if let Some(tcp) = &probe.tcp_socket {
+    if let Some(tcp) = action.tcp_socket {
         let port = port(&tcp.port, target.container)?;
         let host = match tcp.host.as_deref().filter(|h| !h.is_empty()) {
             Some(h) => h
@@ -214,7 +264,7 @@ async fn network(probe: &Probe, target: &Target<'_>, timeout: Duration) -> Resul
             .map(drop)
             .map_err(|e| format!("dial tcp {addr}: {e}"));
     }
-    if probe.grpc.is_some() {
+    if action.grpc {
         return Err("gRPC probes are not supported yet".into());
     }
     Err("the probe has no handler".into())
@@ -328,22 +378,32 @@ mod tests {
         };
         let second = Duration::from_secs(1);
         let ok = probe(json!({"httpGet": {"path": "/ok", "port": "http"}}));
-        assert_eq!(network(&ok, &target, second).await, Ok(()));
+        assert_eq!(
+            network(&Action::of_probe(&ok), &target, second).await,
+            Ok(())
+        );
         let bad = probe(json!({"httpGet": {"path": "/bad", "port": addr.port()}}));
         assert_eq!(
-            network(&bad, &target, second).await,
+            network(&Action::of_probe(&bad), &target, second).await,
             Err("HTTP probe failed with statuscode: 500".into())
         );
         let tcp = probe(json!({"tcpSocket": {"port": addr.port()}}));
-        assert_eq!(network(&tcp, &target, second).await, Ok(()));
+        assert_eq!(
+            network(&Action::of_probe(&tcp), &target, second).await,
+            Ok(())
+        );
         let closed = probe(json!({"tcpSocket": {"port": 1}}));
         assert!(
-            network(&closed, &target, second)
+            network(&Action::of_probe(&closed), &target, second)
                 .await
                 .unwrap_err()
                 .starts_with("dial tcp 127.0.0.1:1")
         );
         let named = probe(json!({"tcpSocket": {"port": "nope"}}));
-        assert!(network(&named, &target, second).await.is_err());
+        assert!(
+            network(&Action::of_probe(&named), &target, second)
+                .await
+                .is_err()
+        );
     }
 }

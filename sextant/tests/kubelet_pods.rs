@@ -52,7 +52,13 @@ spec:
       valueFrom: {secretKeyRef: {name: creds, key: password}}
     - name: POD_NAME
       valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    lifecycle:
+      postStart:
+        exec: {command: [sh, -c, "echo started > /hooks/post-start"]}
+      preStop:
+        exec: {command: [sh, -c, "echo stopping > /hooks/pre-stop"]}
     volumeMounts:
+    - {name: hooks, mountPath: /hooks}
     - {name: config, mountPath: /etc/config}
     - {name: secret, mountPath: /etc/secret, readOnly: true}
     - {name: info, mountPath: /etc/info}
@@ -73,6 +79,8 @@ spec:
       - {path: name, fieldRef: {fieldPath: metadata.name}}
   - name: shared
     emptyDir: {}
+  - name: hooks
+    hostPath: {path: HOOKDIR, type: DirectoryOrCreate}
 ---
 apiVersion: v1
 kind: Pod
@@ -219,8 +227,14 @@ async fn pods_run_through_containerd() {
     assert_eq!(holder, node);
 
     // A pod with an init container, two containers and env from everywhere.
-    k.ok_with(&["apply", "-f", "-"], Some(&APP.replace("NODE", &node)))
+    let hooks = tempfile::Builder::new()
+        .prefix("sextant-hooks-")
+        .tempdir()
         .unwrap();
+    let app = APP
+        .replace("NODE", &node)
+        .replace("HOOKDIR", &hooks.path().to_string_lossy());
+    k.ok_with(&["apply", "-f", "-"], Some(&app)).unwrap();
     let pod = wait_pod(&k, "app", 90, "Running and Ready", |p| {
         p["status"]["phase"] == "Running" && ready(p)
     })
@@ -437,6 +451,10 @@ async fn pods_run_through_containerd() {
     );
     assert_eq!(containers_of(&ctrd, &uid).await.len(), 0);
     assert_eq!(sandboxes_of(&ctrd, &uid).await, 0);
+    // Both lifecycle hooks ran in the container.
+    let read = |f: &str| std::fs::read_to_string(hooks.path().join(f)).unwrap_or_default();
+    assert_eq!(read("post-start"), "started\n");
+    assert_eq!(read("pre-stop"), "stopping\n");
 }
 
 const PROBED: &str = r#"
