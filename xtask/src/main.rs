@@ -41,7 +41,8 @@ enum Command {
     },
     /// Set up the machine, build everything, and start what exists of the cluster.
     Up,
-    /// Run a benchmark (release build) and record it in docs/benchmarks.md: `api`.
+    /// Run a benchmark (release build) and record it in docs/benchmarks.md: `api`,
+    /// `pod-startup`.
     Bench {
         /// Which benchmark.
         name: String,
@@ -52,6 +53,7 @@ enum Command {
 /// has the harness; xtask itself stays buildable before `setup` installs protoc).
 fn bench(name: &str) -> anyhow::Result<()> {
     setup::setup()?;
+    images::build()?;
     step::step("build release binaries", || {
         step::run(step::cargo().args(["build", "--release", "-p", "sextant"]))
     })?;
