@@ -22,6 +22,11 @@ pub fn apply(rt: &ResourceType, obj: &mut Value) {
             if let Some(spec) = object(obj, "spec") {
                 pod_spec(spec, "Always");
             }
+            // A new pod is Pending until its kubelet says otherwise.
+            set(obj, "status", json!({}));
+            if let Some(status) = object(obj, "status") {
+                set(status, "phase", json!("Pending"));
+            }
         }
         ("", "PodTemplate") => template(obj, "Always"),
         ("apps", "Deployment") => {

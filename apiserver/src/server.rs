@@ -247,8 +247,13 @@ async fn count_objects(store: Arc<dyn Store>, metrics: ApiMetrics) {
 /// The kubectl-compatible version this server reports.
 pub const KUBERNETES_VERSION: (&str, &str) = ("1", "33");
 
-/// Starts the server; see the module docs.
-pub async fn start(config: Config) -> Result<RunningServer, Error> {
+/// Starts the server; see the module docs. `registry` may already hold the
+/// metrics of components running in the same process (the scheduler); the
+/// server adds its own and serves them all on `/metrics`.
+pub async fn start(
+    config: Config,
+    mut registry: sextant_metrics::Registry,
+) -> Result<RunningServer, Error> {
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|source| Error::DataDir {
         path: data_dir.clone(),
@@ -330,7 +335,6 @@ pub async fn start(config: Config) -> Result<RunningServer, Error> {
         )?;
     }
 
-    let mut registry = sextant_metrics::Registry::default();
     let metrics = ApiMetrics::register(&mut registry);
     let store: Arc<dyn Store> = Arc::new(crate::storage::metered::MeteredStore::new(
         store,

@@ -157,7 +157,8 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
     result
 }
 
-async fn client(path: &Path) -> Result<kube::Client, Error> {
+/// A kube client from the kubeconfig at `path`.
+pub(crate) async fn client(path: &Path) -> Result<kube::Client, Error> {
     let bad = |message: String| Error::Kubeconfig {
         path: path.to_owned(),
         message,

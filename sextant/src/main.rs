@@ -108,7 +108,11 @@ async fn run_server(args: ServerArgs) -> Result<(), server::Error> {
             node_ports: args.service_node_port_range,
         },
     };
-    let running = server::start(config).await?;
+    let data_dir = config.data_dir.clone();
+    let mut registry = sextant_metrics::Registry::default();
+    let scheduler_metrics = sextant_scheduler::SchedulerMetrics::register(&mut registry);
+    let running = server::start(config, registry).await?;
+    let scheduler = tokio::spawn(run_scheduler(data_dir, scheduler_metrics));
     println!("Sextant API server listening on https://{}", running.addr);
     println!("Admin kubeconfig: {}", running.kubeconfig.display());
     println!("Node join token: {}", running.node_token.display());
@@ -120,7 +124,29 @@ async fn run_server(args: ServerArgs) -> Result<(), server::Error> {
         _ = running.wait() => {}
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
+    scheduler.abort();
     Ok(())
+}
+
+/// Runs the scheduler in this process with its own identity
+/// (`<data-dir>/components/scheduler.kubeconfig`).
+async fn run_scheduler(data_dir: PathBuf, metrics: sextant_scheduler::SchedulerMetrics) {
+    let path = data_dir.join("components").join("scheduler.kubeconfig");
+    let client = match agent::client(&path).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "the scheduler cannot start");
+            return;
+        }
+    };
+    let identity = format!(
+        "{}_{}",
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "sextant".into()),
+        std::process::id()
+    );
+    sextant_scheduler::run(client, metrics, identity).await;
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -520,6 +520,15 @@ spec:
     readinessProbe:
       exec: {command: [cat, /tmp/ready]}
       periodSeconds: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: scheduled}
+spec:
+  containers:
+  - name: main
+    image: sextant.local/busybox:v1
+    command: [sleep, "3600"]
 "#;
 
 #[tokio::test]
@@ -562,6 +571,9 @@ async fn probes_restart_and_gate_readiness() {
     assert_eq!(slow["status"]["containerStatuses"][0]["restartCount"], 0);
     assert_eq!(slow["status"]["containerStatuses"][0]["started"], true);
     wait_pod(&k, "exec-ready", 60, "Ready", ready).await;
+    // Without a nodeName, the scheduler in the server binds it to the only node.
+    let scheduled = wait_pod(&k, "scheduled", 60, "Running", phase_is("Running")).await;
+    assert_eq!(scheduled["spec"]["nodeName"], agent.node_name.as_str());
 
     // A failing readiness probe: Running, never Ready, never restarted (its TCP
     // liveness probe passes).

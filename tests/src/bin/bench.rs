@@ -318,15 +318,24 @@ async fn pod_startup() -> Result<(), Error> {
     let ctrd = sextant_tests::containerd::Containerd::start().await?;
     ctrd.import_test_images().await?;
     let server = SextantServer::start(&sextant_binary(), Datastore::Embedded).await?;
-    let agent = sextant_tests::agent::SextantAgent::start(&sextant_binary(), &server, &ctrd).await?;
+    let agent =
+        sextant_tests::agent::SextantAgent::start(&sextant_binary(), &server, &ctrd).await?;
     let http = server.http_client()?;
     let pods_url = format!("{}/api/v1/namespaces/default/pods", server.url());
-    let rv = http.get(&pods_url).send().await?.error_for_status()?.json::<serde_json::Value>().await?["metadata"]["resourceVersion"]
+    let rv = http
+        .get(&pods_url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json::<serde_json::Value>()
+        .await?["metadata"]["resourceVersion"]
         .as_str()
         .unwrap_or("0")
         .to_owned();
     let resp = http
-        .get(format!("{pods_url}?watch=true&resourceVersion={rv}&timeoutSeconds=120"))
+        .get(format!(
+            "{pods_url}?watch=true&resourceVersion={rv}&timeoutSeconds=120"
+        ))
         .send()
         .await?
         .error_for_status()?;
@@ -348,12 +357,20 @@ async fn pod_startup() -> Result<(), Error> {
                         continue;
                     };
                     let obj = &e["object"];
-                    let is_ready = obj["status"]["conditions"]
-                        .as_array()
-                        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-                    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                    let is_ready = obj["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    });
+                    let name = obj["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
                     if is_ready && let Some(t) = sent.lock().await.get(&name) {
-                        ready.lock().await.entry(name).or_insert_with(|| t.elapsed());
+                        ready
+                            .lock()
+                            .await
+                            .entry(name)
+                            .or_insert_with(|| t.elapsed());
                     }
                 }
             }
@@ -362,7 +379,12 @@ async fn pod_startup() -> Result<(), Error> {
     // All at once: one task per pod.
     let mut creates = Vec::new();
     for i in 0..STARTUP_PODS {
-        let (http, url, sent, node) = (http.clone(), pods_url.clone(), sent.clone(), agent.node_name.clone());
+        let (http, url, sent, node) = (
+            http.clone(),
+            pods_url.clone(),
+            sent.clone(),
+            agent.node_name.clone(),
+        );
         creates.push(tokio::spawn(async move {
             let name = format!("start-{i}");
             let pod = json!({
@@ -393,14 +415,20 @@ async fn pod_startup() -> Result<(), Error> {
     ));
     println!("{table}");
     if latencies.len() < STARTUP_PODS {
-        return Err(format!("only {} of {STARTUP_PODS} pods became Ready within 120 s", latencies.len()).into());
+        return Err(format!(
+            "only {} of {STARTUP_PODS} pods became Ready within 120 s",
+            latencies.len()
+        )
+        .into());
     }
     let section = format!(
         "## pod-startup\n\n`cargo xtask bench pod-startup` on {} ({} cores), {}. {STARTUP_PODS} pods\n(busybox `sleep`, image already in containerd) created at once through the API on one\nnode (release `sextant agent`, containerd + runc, bridge CNI); latency from each\nPOST to the watch event showing the pod Ready. Upstream's SLO is p99 ≤ 5 s from\nschedule to running with images present; there is no scheduler in this path yet\n(`spec.nodeName` is set), so the numbers are create-to-Ready through the kubelet.\n\n{table}",
         std::fs::read_to_string("/etc/debian_version")
             .map(|v| format!("Debian {}", v.trim()))
             .unwrap_or_else(|_| "Linux".into()),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         today(),
     );
     write_section("pod-startup", &section)?;
