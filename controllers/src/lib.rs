@@ -1,8 +1,178 @@
 //! Reconcile loops that drive the cluster towards its declared state, and what
-//! they share. So far: leader election on a Lease ([`leader`]), used by the
-//! scheduler; the Deployment, ReplicaSet, EndpointSlice, Job, garbage collection
-//! and node lifecycle controllers are still to come (issue 5). Each controller
-//! will have the one shape described in STYLE.md (`reconcile` + `error_policy`
-//! over a documented `Context`).
+//! they share: [`leader`] election on a Lease, the [`Metrics`] every controller
+//! reports, label selector helpers. Built so far: the ReplicaSet controller
+//! ([`replicaset`]) and the garbage collector for owned pods and ReplicaSets
+//! ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
+//! `error_policy` over a documented `Context`, driven by kube-runtime's
+//! `Controller`.
+//!
+//! They run inside `sextant server` as `system:kube-controller-manager`, while
+//! holding the `kube-system/kube-controller-manager` Lease.
 
+pub mod garbage_collector;
 pub mod leader;
+pub mod replicaset;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::Client;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Errors of a reconcile (all retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed.
+    #[error("API server: {0}")]
+    Api(#[from] kube::Error),
+}
+
+/// Labels naming a controller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabel {
+    name: &'static str,
+}
+
+/// What every controller reports, under kube-controller-manager's workqueue names.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    adds: Family<NameLabel, Counter>,
+    duration: Family<NameLabel, Histogram>,
+    errors: Family<NameLabel, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them on `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            adds: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0])
+            }),
+            errors: Family::default(),
+        };
+        registry.register(
+            "workqueue_adds",
+            "Reconciles started, per controller",
+            m.adds.clone(),
+        );
+        registry.register(
+            "workqueue_work_duration_seconds",
+            "Seconds one reconcile took, per controller",
+            m.duration.clone(),
+        );
+        registry.register(
+            "controller_reconcile_errors",
+            "Reconciles that failed, per controller",
+            m.errors.clone(),
+        );
+        m
+    }
+
+    /// Counts one reconcile of `controller`.
+    pub fn observe(&self, controller: &'static str, took: Duration, failed: bool) {
+        let l = NameLabel { name: controller };
+        self.adds.get_or_create(&l).inc();
+        self.duration.get_or_create(&l).observe(took.as_secs_f64());
+        if failed {
+            self.errors.get_or_create(&l).inc();
+        }
+    }
+}
+
+/// Runs every controller, as the leader of `kube-controller-manager`.
+pub async fn run(client: Client, metrics: Metrics, identity: String) {
+    let c = client.clone();
+    leader::run_as_leader(c, "kube-controller-manager", &identity, || {
+        let (client, metrics) = (client.clone(), metrics.clone());
+        async move {
+            tracing::info!("controllers started");
+            tokio::join!(
+                replicaset::run(client.clone(), metrics.clone()),
+                garbage_collector::run(client, metrics),
+            );
+        }
+    })
+    .await;
+}
+
+/// A label selector as a query string (`a=b,c in (d)`), as ReplicaSet status shows it.
+pub fn selector_string(s: &LabelSelector) -> String {
+    let mut parts: Vec<String> = s
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in s.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    parts.join(",")
+}
+
+/// Whether `labels` match the selector (an empty selector matches nothing, as
+/// upstream's controllers treat it).
+pub fn selector_matches(s: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let empty = s.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
+        && s.match_expressions.as_ref().is_none_or(Vec::is_empty);
+    if empty {
+        return false;
+    }
+    let labels_ok = s
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let expressions_ok = s.match_expressions.iter().flatten().all(|e| {
+        let v = labels.get(&e.key);
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => v.is_some_and(|v| values.contains(v)),
+            "NotIn" => v.is_none_or(|v| !values.contains(v)),
+            "Exists" => v.is_some(),
+            "DoesNotExist" => v.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && expressions_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors() {
+        let s: LabelSelector = serde_json::from_value(serde_json::json!({
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}],
+        }))
+        .unwrap_or_default();
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(selector_matches(
+            &s,
+            &labels(&[("app", "web"), ("tier", "a")])
+        ));
+        assert!(!selector_matches(&s, &labels(&[("app", "web")])));
+        assert!(!selector_matches(
+            &LabelSelector::default(),
+            &labels(&[("app", "web")])
+        ));
+        assert_eq!(selector_string(&s), "app=web,tier in (a,b)");
+    }
+}

@@ -111,8 +111,10 @@ async fn run_server(args: ServerArgs) -> Result<(), server::Error> {
     let data_dir = config.data_dir.clone();
     let mut registry = sextant_metrics::Registry::default();
     let scheduler_metrics = sextant_scheduler::SchedulerMetrics::register(&mut registry);
+    let controller_metrics = sextant_controllers::Metrics::register(&mut registry);
     let running = server::start(config, registry).await?;
-    let scheduler = tokio::spawn(run_scheduler(data_dir, scheduler_metrics));
+    let scheduler = tokio::spawn(run_scheduler(data_dir.clone(), scheduler_metrics));
+    let controllers = tokio::spawn(run_controllers(data_dir, controller_metrics));
     println!("Sextant API server listening on https://{}", running.addr);
     println!("Admin kubeconfig: {}", running.kubeconfig.display());
     println!("Node join token: {}", running.node_token.display());
@@ -125,7 +127,29 @@ async fn run_server(args: ServerArgs) -> Result<(), server::Error> {
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
     scheduler.abort();
+    controllers.abort();
     Ok(())
+}
+
+/// The identity a component's leader election uses: host name and process id.
+fn component_identity() -> String {
+    format!(
+        "{}_{}",
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "sextant".into()),
+        std::process::id()
+    )
+}
+
+/// Runs the controllers in this process with their own identity
+/// (`<data-dir>/components/controllers.kubeconfig`).
+async fn run_controllers(data_dir: PathBuf, metrics: sextant_controllers::Metrics) {
+    let path = data_dir.join("components").join("controllers.kubeconfig");
+    match agent::client(&path).await {
+        Ok(client) => sextant_controllers::run(client, metrics, component_identity()).await,
+        Err(e) => tracing::error!(error = %e, "the controllers cannot start"),
+    }
 }
 
 /// Runs the scheduler in this process with its own identity
@@ -139,14 +163,7 @@ async fn run_scheduler(data_dir: PathBuf, metrics: sextant_scheduler::SchedulerM
             return;
         }
     };
-    let identity = format!(
-        "{}_{}",
-        nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "sextant".into()),
-        std::process::id()
-    );
-    sextant_scheduler::run(client, metrics, identity).await;
+    sextant_scheduler::run(client, metrics, component_identity()).await;
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

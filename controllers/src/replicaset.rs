@@ -1,0 +1,273 @@
+//! The ReplicaSet controller: keeps `spec.replicas` pods from the template,
+//! adopting matching orphans and releasing pods that no longer match, deleting
+//! the pods upstream would delete first when scaling down, and reporting
+//! replicas, ready and available counts in the status.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{apps::v1::ReplicaSet, core::v1::Pod},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    runtime::{Controller, controller::Action, watcher},
+};
+use serde_json::{Value, json};
+
+use crate::{Error, Metrics, selector_string};
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client (the controller manager's identity).
+    pub client: Client,
+    /// Reconcile metrics.
+    pub metrics: Metrics,
+}
+
+/// Runs the controller until its watches end.
+pub async fn run(client: Client, metrics: Metrics) {
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        metrics,
+    });
+    Controller::new(
+        Api::<ReplicaSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Pod>::all(client), watcher::Config::default())
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| std::future::ready(()))
+    .await;
+}
+
+fn is_active(p: &Pod) -> bool {
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    p.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Ready for at least `min_ready` seconds.
+fn is_available(p: &Pod, min_ready: i32) -> bool {
+    if !is_ready(p) {
+        return false;
+    }
+    if min_ready <= 0 {
+        return true;
+    }
+    let since = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+        .and_then(|c| c.last_transition_time.as_ref());
+    since.is_some_and(|t| {
+        jiff::Timestamp::now().duration_since(t.0).as_secs() >= i64::from(min_ready)
+    })
+}
+
+/// Upstream's deletion ranking when scaling down: the pod deleted first sorts
+/// first (unscheduled, then pending, then not ready, then more restarts, then newer).
+fn deletion_rank(p: &Pod) -> (u8, u8, u8, i64, i64) {
+    let scheduled = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+    let phase = match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Pending") | None => 0,
+        Some("Unknown") => 1,
+        _ => 2,
+    };
+    let restarts: i32 = p
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0);
+    let created = p
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_second());
+    (
+        u8::from(scheduled),
+        phase,
+        u8::from(is_ready(p)),
+        -i64::from(restarts),
+        -created,
+    )
+}
+
+fn owner_ref(rs: &ReplicaSet) -> OwnerReference {
+    OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "ReplicaSet".into(),
+        name: rs.name_any(),
+        uid: rs.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = sync(&rs, &ctx).await;
+    ctx.metrics
+        .observe("replicaset", started.elapsed(), result.is_err());
+    result
+}
+
+async fn sync(rs: &ReplicaSet, ctx: &Context) -> Result<Action, Error> {
+    if rs.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = rs.namespace().unwrap_or_else(|| "default".into());
+    let uid = rs.uid().unwrap_or_default();
+    let spec = rs.spec.clone().unwrap_or_default();
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = selector_string(&spec.selector);
+    let all = pods_api.list(&ListParams::default()).await?.items;
+    let matches_selector = |p: &Pod| crate::selector_matches(&spec.selector, p.labels());
+    let mut owned = Vec::new();
+    for p in all {
+        let controller = p
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .cloned();
+        match controller {
+            Some(o) if o.uid == uid => {
+                if matches_selector(&p) {
+                    owned.push(p);
+                } else {
+                    // Release: it no longer matches.
+                    let refs: Vec<&OwnerReference> = p
+                        .owner_references()
+                        .iter()
+                        .filter(|o| o.uid != uid)
+                        .collect();
+                    let patch = json!({"metadata": {"ownerReferences": refs}});
+                    pods_api
+                        .patch(
+                            &p.name_any(),
+                            &PatchParams::default(),
+                            &Patch::Merge(&patch),
+                        )
+                        .await?;
+                }
+            }
+            None if matches_selector(&p) && is_active(&p) => {
+                // Adopt an orphan that matches.
+                let mut refs = p.owner_references().to_vec();
+                refs.push(owner_ref(rs));
+                let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": p.resource_version()}});
+                match pods_api
+                    .patch(
+                        &p.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                {
+                    Ok(adopted) => owned.push(adopted),
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut active: Vec<Pod> = owned.iter().filter(|p| is_active(p)).cloned().collect();
+    let want = usize::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
+    if active.len() < want {
+        let template = spec.template.clone().unwrap_or_default();
+        for _ in active.len()..want {
+            let mut meta = template.metadata.clone().unwrap_or_default();
+            meta.generate_name = Some(format!("{}-", rs.name_any()));
+            meta.namespace = Some(ns.clone());
+            meta.owner_references = Some(vec![owner_ref(rs)]);
+            let pod = Pod {
+                metadata: meta,
+                spec: template.spec.clone(),
+                status: None,
+            };
+            let created = pods_api.create(&PostParams::default(), &pod).await?;
+            active.push(created);
+        }
+    } else if active.len() > want {
+        active.sort_by_key(deletion_rank);
+        let extra = active.len() - want;
+        for p in active.drain(..extra) {
+            match pods_api
+                .delete(&p.name_any(), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let ready = active.iter().filter(|p| is_ready(p)).count();
+    let available = active.iter().filter(|p| is_available(p, min_ready)).count();
+    let labeled = active
+        .iter()
+        .filter(|p| {
+            let tl = spec
+                .template
+                .as_ref()
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            tl.iter().all(|(k, v)| p.labels().get(k) == Some(v))
+        })
+        .count();
+    let status = json!({
+        "replicas": active.len(),
+        "fullyLabeledReplicas": labeled,
+        "readyReplicas": ready,
+        "availableReplicas": available,
+        "observedGeneration": rs.metadata.generation,
+        "selector": selector,
+    });
+    let current: Value = serde_json::to_value(&rs.status).unwrap_or(Value::Null);
+    let changed = [
+        "replicas",
+        "fullyLabeledReplicas",
+        "readyReplicas",
+        "availableReplicas",
+        "observedGeneration",
+    ]
+    .iter()
+    .any(|f| current[f].as_i64().unwrap_or(0) != status[f].as_i64().unwrap_or(0));
+    if changed {
+        let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut patch = status.clone();
+        if let Some(o) = patch.as_object_mut() {
+            o.remove("selector");
+        }
+        rs_api
+            .patch_status(
+                &rs.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": patch})),
+            )
+            .await?;
+    }
+    // Pods that are ready but not yet available need another look later.
+    if ready > available && min_ready > 0 {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    Ok(Action::await_change())
+}
+
+fn error_policy(rs: Arc<ReplicaSet>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(replicaset = %rs.name_any(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}

@@ -1,0 +1,175 @@
+//! The controllers inside a real `sextant server`, with the real kubectl and
+//! simulated nodes (Node objects only, so pods are scheduled but never run; their
+//! readiness is written by the test as a kubelet would): a ReplicaSet keeps its
+//! replica count through deletions and scaling, adopts a matching orphan, counts
+//! ready pods, and its pods are garbage collected with it.
+// Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
+#![allow(clippy::unwrap_used)]
+
+use std::{path::Path, time::Duration};
+
+use sextant_tests::sextant::{Datastore, Kubectl, SextantServer};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
+
+const NODE: &str = r#"{"status":{"allocatable":{"cpu":"8","memory":"16Gi","pods":"110"},"conditions":[{"type":"Ready","status":"True"}]}}"#;
+
+const RS: &str = r#"
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: c
+        image: sextant.local/busybox:v1
+"#;
+
+/// The pods labelled app=web that are not being deleted (with no kubelet, a
+/// gracefully deleted pod stays Terminating, as upstream's would).
+fn pods(k: &Kubectl) -> Vec<String> {
+    let list: serde_json::Value = serde_json::from_str(
+        &k.ok(&["get", "pods", "-l", "app=web", "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..150 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not happen in 15 s");
+}
+
+#[tokio::test]
+async fn replicasets_keep_their_pods() {
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    let k = server.kubectl().unwrap();
+    k.ok_with(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: Node\nmetadata: {name: sim-1}\n"),
+    )
+    .unwrap();
+    k.ok(&[
+        "patch",
+        "node",
+        "sim-1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        NODE,
+    ])
+    .unwrap();
+
+    // An orphan that matches is adopted rather than a fourth pod created.
+    k.ok_with(&["apply", "-f", "-"], Some("apiVersion: v1\nkind: Pod\nmetadata: {name: orphan, labels: {app: web}}\nspec:\n  containers: [{name: c, image: sextant.local/busybox:v1}]\n")).unwrap();
+    k.ok_with(&["apply", "-f", "-"], Some(RS)).unwrap();
+    until("3 pods", || pods(&k).len() == 3).await;
+    let owner = k
+        .ok(&[
+            "get",
+            "pod",
+            "orphan",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[0].name}",
+        ])
+        .unwrap();
+    assert_eq!(owner, "web");
+    let names = pods(&k);
+    assert!(
+        names.iter().filter(|n| n.starts_with("web-")).count() == 2,
+        "{names:?}"
+    );
+
+    // A deleted pod is replaced.
+    k.ok(&["delete", "pod", "orphan", "--wait=false"]).unwrap();
+    until("a replacement", || {
+        let p = pods(&k);
+        p.len() == 3 && !p.contains(&"orphan".to_owned())
+    })
+    .await;
+
+    // Status counts ready pods, as the kubelet reports them.
+    for p in pods(&k) {
+        k.ok(&[
+            "patch",
+            "pod",
+            &p,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#,
+        ])
+        .unwrap();
+    }
+    until("readyReplicas 3", || {
+        k.ok(&[
+            "get",
+            "rs",
+            "web",
+            "-o",
+            "jsonpath={.status.readyReplicas}/{.status.availableReplicas}/{.status.replicas}",
+        ])
+        .unwrap()
+            == "3/3/3"
+    })
+    .await;
+
+    // Scaling down deletes, scaling up creates.
+    k.ok(&["scale", "rs", "web", "--replicas=1"]).unwrap();
+    until("1 pod", || pods(&k).len() == 1).await;
+    k.ok(&["scale", "rs", "web", "--replicas=2"]).unwrap();
+    until("2 pods", || pods(&k).len() == 2).await;
+    let table = k.ok(&["get", "rs", "web", "--no-headers"]).unwrap();
+    assert!(table.starts_with("web"), "{table}");
+
+    // Deleting the ReplicaSet collects its pods.
+    k.ok(&["delete", "rs", "web"]).unwrap();
+    until("pods collected", || pods(&k).is_empty()).await;
+
+    let lease = k
+        .ok(&[
+            "get",
+            "lease",
+            "kube-controller-manager",
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap();
+    assert!(!lease.is_empty());
+    let metrics = server
+        .http_client()
+        .unwrap()
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"workqueue_adds_total{name="replicaset"}"#),
+        "{metrics}"
+    );
+}
