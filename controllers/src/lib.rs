@@ -1,14 +1,15 @@
 //! Reconcile loops that drive the cluster towards its declared state, and what
 //! they share: [`leader`] election on a Lease, the [`Metrics`] every controller
-//! reports, label selector helpers. Built so far: the ReplicaSet controller
-//! ([`replicaset`]) and the garbage collector for owned pods and ReplicaSets
-//! ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
+//! reports, label selector helpers. Built so far: the Deployment ([`deployment`])
+//! and ReplicaSet ([`replicaset`]) controllers and the garbage collector for owned
+//! pods and ReplicaSets ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
 //! `error_policy` over a documented `Context`, driven by kube-runtime's
 //! `Controller`.
 //!
 //! They run inside `sextant server` as `system:kube-controller-manager`, while
 //! holding the `kube-system/kube-controller-manager` Lease.
 
+pub mod deployment;
 pub mod garbage_collector;
 pub mod leader;
 pub mod replicaset;
@@ -92,6 +93,7 @@ pub async fn run(client: Client, metrics: Metrics, identity: String) {
         async move {
             tracing::info!("controllers started");
             tokio::join!(
+                deployment::run(client.clone(), metrics.clone()),
                 replicaset::run(client.clone(), metrics.clone()),
                 garbage_collector::run(client, metrics),
             );
