@@ -296,7 +296,7 @@ async fn api() -> Result<(), Error> {
     ));
     println!("{table}");
     let section = format!(
-        "## api\n\n`cargo xtask bench api` on {} ({} cores), {}. Sextant is the release build\non a 1-member etcd; the raw etcd column is etcd-client puts of the same size to the\nsame etcd in the same run. Creates are HTTPS (HTTP/1.1, client certificate) with\n256-byte ConfigMaps. Watches go to the store directly (no watch cache yet).\n\n{table}",
+        "## api\n\n`cargo xtask bench api` on {} ({} cores), {}. Sextant is the release build\non a 1-member etcd; the raw etcd column is etcd-client puts of the same size to the\nsame etcd in the same run. Creates are HTTPS (HTTP/1.1, client certificate) with\n256-byte ConfigMaps. The 100 watchers are served by the watch cache (one store\nwatch).\n\n{table}",
         std::fs::read_to_string("/etc/debian_version")
             .map(|v| format!("Debian {}", v.trim()))
             .unwrap_or_else(|_| "Linux".into()),
