@@ -8,6 +8,7 @@
 //! docs/architecture.md.
 
 pub mod container;
+pub mod containerd;
 pub mod cri;
 pub mod events;
 pub mod host;

@@ -16,31 +16,35 @@ use sextant_apiserver::{bootstrap, pki};
 pub(crate) struct AgentArgs {
     /// The API server, e.g. https://10.0.0.1:6443.
     #[arg(long)]
-    server: String,
+    pub(crate) server: String,
     /// The join token from the server's `<data-dir>/node-token` (used once).
     #[arg(long, env = "SEXTANT_TOKEN", hide_env_values = true)]
-    token: String,
+    pub(crate) token: String,
     /// Where the agent keeps its identity, pod logs and state.
     #[arg(long, default_value = "/var/lib/sextant-agent")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// The Node's name (default: the host name).
     #[arg(long)]
-    node_name: Option<String>,
+    pub(crate) node_name: Option<String>,
     /// The address this node is reached at.
     #[arg(long, default_value = "127.0.0.1")]
-    node_ip: IpAddr,
-    /// The CRI runtime's socket, e.g. unix:///run/containerd/containerd.sock.
+    pub(crate) node_ip: IpAddr,
+    /// The CRI runtime's socket, e.g. unix:///run/containerd/containerd.sock;
+    /// without it the agent runs its own containerd under its data dir.
     #[arg(long)]
-    container_runtime_endpoint: String,
+    pub(crate) container_runtime_endpoint: Option<String>,
+    /// The pod CIDR of this node (for the agent's own containerd's CNI config).
+    #[arg(long, default_value = "10.42.0.0/24")]
+    pub(crate) pod_cidr: String,
     /// The cgroup pods' cgroups are made under.
     #[arg(long, default_value = "/sextant")]
-    cgroup_root: String,
+    pub(crate) cgroup_root: String,
     /// Where the agent serves /metrics (plain HTTP; keep it on loopback).
     #[arg(long, default_value = "127.0.0.1:10255")]
-    metrics_listen: SocketAddr,
+    pub(crate) metrics_listen: SocketAddr,
     /// Where the kubelet API (HTTPS, for the API server's log proxy) listens.
     #[arg(long, default_value = "0.0.0.0:10250")]
-    kubelet_listen: SocketAddr,
+    pub(crate) kubelet_listen: SocketAddr,
 }
 
 /// Errors of the agent.
@@ -87,10 +91,20 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
             .map(|h| h.to_string_lossy().to_lowercase())
             .unwrap_or_else(|_| "node".into()),
     };
-    let socket = args
-        .container_runtime_endpoint
-        .strip_prefix("unix://")
-        .ok_or_else(|| Error::Endpoint(args.container_runtime_endpoint.clone()))?;
+    // An external runtime, or the agent's own containerd (kept for its lifetime).
+    let (socket, _containerd) = match &args.container_runtime_endpoint {
+        Some(endpoint) => {
+            let path = endpoint
+                .strip_prefix("unix://")
+                .ok_or_else(|| Error::Endpoint(endpoint.clone()))?;
+            (PathBuf::from(path), None)
+        }
+        None => {
+            let managed =
+                sextant_kubelet::containerd::start(&args.data_dir, &args.pod_cidr).await?;
+            (managed.socket.clone(), Some(managed))
+        }
+    };
     let dir = args.data_dir.join("agent");
     std::fs::create_dir_all(&dir).map_err(|source| Error::DataDir {
         path: dir.clone(),
@@ -141,7 +155,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
     let config = sextant_kubelet::Config {
         node_name,
         node_ip: args.node_ip,
-        cri_socket: PathBuf::from(socket),
+        cri_socket: socket,
         data_dir: args.data_dir,
         cgroup_root: args.cgroup_root,
         kubelet_listen: args.kubelet_listen,

@@ -62,6 +62,10 @@ struct ServerArgs {
     /// Port range (inclusive) for NodePort Services.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     service_node_port_range: (u16, u16),
+    /// Also run a node in this process tree: the agent joins this server and runs
+    /// pods through its own containerd (a one-node cluster).
+    #[arg(long)]
+    with_agent: bool,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -114,7 +118,29 @@ async fn run_server(args: ServerArgs) -> Result<(), server::Error> {
     let controller_metrics = sextant_controllers::Metrics::register(&mut registry);
     let running = server::start(config, registry).await?;
     let scheduler = tokio::spawn(run_scheduler(data_dir.clone(), scheduler_metrics));
-    let controllers = tokio::spawn(run_controllers(data_dir, controller_metrics));
+    let controllers = tokio::spawn(run_controllers(data_dir.clone(), controller_metrics));
+    let node = if args.with_agent {
+        let token = std::fs::read_to_string(&running.node_token).unwrap_or_default();
+        let agent = agent::AgentArgs {
+            server: format!("https://127.0.0.1:{}", running.addr.port()),
+            token: token.trim().to_owned(),
+            data_dir: data_dir.join("node"),
+            node_name: None,
+            node_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            container_runtime_endpoint: None,
+            pod_cidr: "10.42.0.0/24".into(),
+            cgroup_root: "/sextant".into(),
+            metrics_listen: ([127, 0, 0, 1], 10255).into(),
+            kubelet_listen: ([0, 0, 0, 0], 10250).into(),
+        };
+        Some(tokio::spawn(async move {
+            if let Err(e) = agent::run(agent).await {
+                tracing::error!(error = %e, "the agent stopped");
+            }
+        }))
+    } else {
+        None
+    };
     println!("Sextant API server listening on https://{}", running.addr);
     println!("Admin kubeconfig: {}", running.kubeconfig.display());
     println!("Node join token: {}", running.node_token.display());
@@ -128,6 +154,9 @@ async fn run_server(args: ServerArgs) -> Result<(), server::Error> {
     }
     scheduler.abort();
     controllers.abort();
+    if let Some(node) = node {
+        node.abort();
+    }
     Ok(())
 }
 
