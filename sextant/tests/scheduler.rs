@@ -124,10 +124,21 @@ async fn pods_are_placed_like_kube_scheduler_would() {
         "Pending"
     );
 
-    // Pods of one owner spread over both nodes.
+    // Pods of one owner spread over both nodes. (The owner is a real object no
+    // controller manages, so the garbage collector leaves the pods alone.)
+    k.ok(&["create", "configmap", "spread-owner"]).unwrap();
+    let owner_uid = k
+        .ok(&[
+            "get",
+            "configmap",
+            "spread-owner",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .unwrap();
     for i in 0..4 {
         let manifest = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: spread-{i}\n  ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: rs, uid: 7d5c3f9e-0000-4000-8000-000000000001}}]\nspec:\n  containers: [{{name: c, image: sextant.local/busybox:v1, resources: {{requests: {{cpu: 100m}}}}}}]\n{TOLERATE_GPU}"
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: spread-{i}\n  ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: spread-owner, uid: {owner_uid}}}]\nspec:\n  containers: [{{name: c, image: sextant.local/busybox:v1, resources: {{requests: {{cpu: 100m}}}}}}]\n{TOLERATE_GPU}"
         );
         k.ok_with(&["apply", "-f", "-"], Some(&manifest)).unwrap();
     }
