@@ -48,6 +48,8 @@ pub struct Params {
     label_selector: Option<String>,
     field_selector: Option<String>,
     timeout_seconds: Option<u64>,
+    /// What Table rows carry: `None`, `Metadata` (default) or `Object`.
+    include_object: Option<String>,
     allow_watch_bookmarks: Option<bool>,
     dry_run: Option<String>,
     field_validation: Option<String>,
@@ -280,6 +282,11 @@ impl Handler {
             .any(|a| a.contains("as=Table"))
     }
 
+    /// The Table rows' `includeObject`.
+    fn include_object(&self) -> table::Include {
+        table::Include::from_param(self.params.include_object.as_deref())
+    }
+
     /// The object with `resourceVersion` set from the store.
     fn object_of(&self, kv: &storage::KeyValue) -> ApiResult<Value> {
         let mut obj: Value = serde_json::from_slice(&kv.value)
@@ -295,7 +302,13 @@ impl Handler {
 
     fn respond(&self, code: StatusCode, obj: Value) -> ApiResult {
         let body = if self.wants_table() {
-            table::table_of(self.rt(), std::slice::from_ref(&obj), None, None)
+            table::table_of(
+                self.rt(),
+                std::slice::from_ref(&obj),
+                None,
+                None,
+                self.include_object(),
+            )
         } else {
             obj
         };
@@ -384,7 +397,13 @@ impl Handler {
         if self.wants_table() {
             return Ok(json_response(
                 StatusCode::OK,
-                &table::table_of(self.rt(), &items, Some(&rv), continue_token.as_deref()),
+                &table::table_of(
+                    self.rt(),
+                    &items,
+                    Some(&rv),
+                    continue_token.as_deref(),
+                    self.include_object(),
+                ),
             ));
         }
         let mut metadata = json!({"resourceVersion": rv});
@@ -1130,7 +1149,7 @@ impl Handler {
             fields.require_name(name);
         }
         let prefix = self.rt().prefix(self.t.namespace.as_deref());
-        let table = self.wants_table();
+        let table = self.wants_table().then(|| self.include_object());
         let bookmarks = self.params.allow_watch_bookmarks.unwrap_or(false);
         let mut initial = Vec::new();
         let from = match self.params.resource_version.as_deref() {
@@ -1376,11 +1395,12 @@ fn stored_object(bytes: &[u8], rv: Revision) -> Option<Value> {
     Some(obj)
 }
 
-fn event_line(kind: &str, obj: &Value, rt: &ResourceType, table: bool) -> Bytes {
-    let object = if table {
-        table::table_of(rt, std::slice::from_ref(obj), None, None)
-    } else {
-        obj.clone()
+/// One watch event line; `table` carries the rows' `includeObject` when the
+/// client asked for Tables.
+fn event_line(kind: &str, obj: &Value, rt: &ResourceType, table: Option<table::Include>) -> Bytes {
+    let object = match table {
+        Some(include) => table::table_of(rt, std::slice::from_ref(obj), None, None, include),
+        None => obj.clone(),
     };
     let mut line = json!({"type": kind, "object": object}).to_string();
     line.push('\n');

@@ -517,12 +517,36 @@ fn containers(o: &Value, field: &str) -> String {
         .unwrap_or_default()
 }
 
+/// What each row of a Table carries in `object` (the `includeObject` parameter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Include {
+    /// Nothing.
+    None,
+    /// A `PartialObjectMetadata` (the default).
+    #[default]
+    Metadata,
+    /// The whole object (what `kubectl get --sort-by` asks for).
+    Object,
+}
+
+impl Include {
+    /// From the query parameter's value.
+    pub fn from_param(p: Option<&str>) -> Self {
+        match p {
+            Some("None") => Include::None,
+            Some("Object") => Include::Object,
+            _ => Include::Metadata,
+        }
+    }
+}
+
 /// A `Table` of `items`, with list metadata when given.
 pub fn table_of(
     rt: &ResourceType,
     items: &[Value],
     resource_version: Option<&str>,
     continue_token: Option<&str>,
+    include: Include,
 ) -> Value {
     let cols = columns(rt);
     let defs: Vec<Value> = cols
@@ -538,9 +562,14 @@ pub fn table_of(
     let rows: Vec<Value> = items
         .iter()
         .map(|o| {
+            let object = match include {
+                Include::None => Value::Null,
+                Include::Metadata => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}),
+                Include::Object => o.clone(),
+            };
             json!({
                 "cells": cols.iter().map(|c| (c.cell)(o)).collect::<Vec<_>>(),
-                "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]},
+                "object": object,
             })
         })
         .collect();
@@ -626,7 +655,7 @@ mod tests {
             "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [
                 {"ready": true, "restartCount": 2, "state": {"running": {}}},
                 {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
-        let t = table_of(rt, &[pod], None, None);
+        let t = table_of(rt, &[pod], None, None, Include::Metadata);
         let cells = &t["rows"][0]["cells"];
         assert_eq!(
             (cells[1].as_str(), cells[2].as_str(), cells[3].as_i64()),
@@ -642,11 +671,22 @@ mod tests {
     fn rows_carry_partial_object_metadata() {
         let rt = crate::resources::find("", "v1", "configmaps").unwrap();
         let cm = json!({"metadata": {"name": "x", "creationTimestamp": "2020-01-01T00:00:00Z"}, "data": {"a": "1", "b": "2"}});
-        let t = table_of(rt, &[cm], Some("7"), None);
+        let t = table_of(
+            rt,
+            std::slice::from_ref(&cm),
+            Some("7"),
+            None,
+            Include::Metadata,
+        );
         assert_eq!(t["columnDefinitions"][0]["format"], "name");
         assert_eq!(t["rows"][0]["cells"][0], "x");
         assert_eq!(t["rows"][0]["cells"][1], 2);
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(t["metadata"]["resourceVersion"], "7");
+        // includeObject=Object (kubectl get --sort-by) and None.
+        let t = table_of(rt, std::slice::from_ref(&cm), None, None, Include::Object);
+        assert_eq!(t["rows"][0]["object"], cm);
+        let t = table_of(rt, std::slice::from_ref(&cm), None, None, Include::None);
+        assert!(t["rows"][0]["object"].is_null());
     }
 }

@@ -302,6 +302,18 @@ async fn scenario(server: &SextantServer) {
     ] {
         assert!(out.contains(line), "{line}: {out}");
     }
+    // --sort-by asks for Tables whose rows carry whole objects (includeObject=Object).
+    let sorted = k
+        .ok(&[
+            "get",
+            "cm",
+            "-n",
+            "shop",
+            "--sort-by=.data.color",
+            "--no-headers",
+        ])
+        .unwrap();
+    assert!(sorted.starts_with("settings"), "{sorted}");
     let changed = MANIFEST
         .replace("color: blue", "color: green")
         .replace("value: fast", "value: slow");
