@@ -50,6 +50,8 @@ pub struct Params {
     timeout_seconds: Option<u64>,
     /// What Table rows carry: `None`, `Metadata` (default) or `Object`.
     include_object: Option<String>,
+    /// Delete's `propagationPolicy` as a query parameter.
+    propagation_policy: Option<String>,
     allow_watch_bookmarks: Option<bool>,
     dry_run: Option<String>,
     field_validation: Option<String>,
@@ -1049,7 +1051,23 @@ impl Handler {
             } else {
                 0
             };
-            let graceful = has_finalizers || is_namespace || pod_grace > 0;
+            // propagationPolicy=Orphan on an owner kind: the garbage collector
+            // releases the dependents, then removes the `orphan` finalizer.
+            let policy = self
+                .params
+                .propagation_policy
+                .clone()
+                .or_else(|| options["propagationPolicy"].as_str().map(str::to_owned));
+            let orphan = (policy.as_deref() == Some("Orphan")
+                || options["orphanDependents"] == true)
+                && matches!(
+                    (self.rt().group, self.rt().kind),
+                    (
+                        "apps",
+                        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
+                    ) | ("batch", "Job")
+                );
+            let graceful = has_finalizers || is_namespace || pod_grace > 0 || orphan;
             if self.params.is_dry_run() {
                 let code = if graceful {
                     StatusCode::ACCEPTED
@@ -1077,6 +1095,14 @@ impl Handler {
                 return Ok(json_response(StatusCode::ACCEPTED, &obj));
             }
             let mut next = obj.clone();
+            if orphan && let Some(meta) = next["metadata"].as_object_mut() {
+                let finalizers = meta.entry("finalizers").or_insert_with(|| json!([]));
+                if let Some(list) = finalizers.as_array_mut()
+                    && !list.iter().any(|f| f == "orphan")
+                {
+                    list.push(json!("orphan"));
+                }
+            }
             next["metadata"]["deletionTimestamp"] = json!(now());
             next["metadata"]["deletionGracePeriodSeconds"] = json!(pod_grace);
             if is_namespace {

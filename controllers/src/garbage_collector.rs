@@ -1,9 +1,12 @@
 //! The garbage collector, for what Sextant's controllers own: a Pod or a
 //! ReplicaSet whose owner (by uid) is gone is deleted in the background, as
 //! upstream's garbage collector does with `propagationPolicy: Background`.
-//! Not honoured yet: `propagationPolicy: Orphan` (`kubectl delete --cascade=orphan`)
-//! and `Foreground` — the API server deletes the owner at once and its dependents
-//! are collected here in the background either way.
+//!
+//! `propagationPolicy: Orphan` (`kubectl delete --cascade=orphan`): the API server
+//! puts an `orphan` finalizer on the owner; the collector removes the owner's
+//! references from its dependents (ReplicaSets and Pods), then the finalizer, and
+//! the owner goes while its dependents stay. `Foreground` is not honoured yet
+//! (it is treated as Background).
 
 use std::{sync::Arc, time::Duration};
 
@@ -68,9 +71,119 @@ pub async fn run(client: Client, metrics: Metrics) {
             watcher::Config::default(),
             move |d| dependents(&rs_store, &d),
         )
-        .run(reconcile::<ReplicaSet>, error_policy, ctx)
+        .run(reconcile::<ReplicaSet>, error_policy, ctx.clone())
         .for_each(|_| std::future::ready(()));
-    tokio::join!(pods, replicasets);
+    let orphaning = async {
+        tokio::join!(
+            orphan_controller::<Deployment>(ctx.client.clone(), ctx.clone()),
+            orphan_controller::<ReplicaSet>(ctx.client.clone(), ctx.clone()),
+            orphan_controller::<Job>(ctx.client.clone(), ctx.clone()),
+        )
+    };
+    tokio::join!(pods, replicasets, orphaning);
+}
+
+/// Releases the dependents of owners of kind `K` deleted with the `orphan` finalizer.
+async fn orphan_controller<K>(client: Client, ctx: Arc<Context>)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    Controller::new(Api::<K>::all(client), watcher::Config::default())
+        .run(orphan::<K>, error_policy, ctx)
+        .for_each(|_| std::future::ready(()))
+        .await;
+}
+
+/// Strips the owner's references from every ReplicaSet and Pod in its namespace,
+/// then removes the `orphan` finalizer (which lets the API server finish the delete).
+async fn orphan<K>(owner: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let meta = owner.meta();
+    let finalizers = meta.finalizers.clone().unwrap_or_default();
+    if meta.deletion_timestamp.is_none() || !finalizers.iter().any(|f| f == "orphan") {
+        return Ok(Action::await_change());
+    }
+    let started = std::time::Instant::now();
+    let ns = owner.namespace().unwrap_or_else(|| "default".into());
+    let uid = meta.uid.clone().unwrap_or_default();
+    let result = async {
+        release::<ReplicaSet>(&ctx.client, &ns, &uid).await?;
+        release::<Pod>(&ctx.client, &ns, &uid).await?;
+        let rest: Vec<&String> = finalizers.iter().filter(|f| *f != "orphan").collect();
+        let patch = serde_json::json!({"metadata": {"finalizers": rest}});
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+        match api
+            .patch(
+                &owner.name_any(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(Error::from(e)),
+        }
+    }
+    .await;
+    ctx.metrics
+        .observe("garbagecollector", started.elapsed(), result.is_err());
+    tracing::info!(kind = %K::kind(&()), name = %owner.name_any(), "orphaned the dependents");
+    result.map(|()| Action::await_change())
+}
+
+/// Removes owner `uid` from the owner references of every `D` in `ns`.
+async fn release<D>(client: &Client, ns: &str, uid: &str) -> Result<(), Error>
+where
+    D: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<D> = Api::namespaced(client.clone(), ns);
+    for d in api.list(&kube::api::ListParams::default()).await?.items {
+        if !d.owner_references().iter().any(|o| o.uid == uid) {
+            continue;
+        }
+        let rest: Vec<&OwnerReference> = d
+            .owner_references()
+            .iter()
+            .filter(|o| o.uid != uid)
+            .collect();
+        // No owner left: drop the field, as upstream's objects show it.
+        let refs = if rest.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!(rest)
+        };
+        let patch = serde_json::json!({"metadata": {"ownerReferences": refs}});
+        match api
+            .patch(
+                &d.name_any(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The objects in `store` that name `owner` (by uid) among their owners.

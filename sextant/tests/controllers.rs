@@ -146,6 +146,57 @@ async fn replicasets_keep_their_pods() {
     k.ok(&["delete", "rs", "web"]).unwrap();
     until("pods collected", || pods(&k).is_empty()).await;
 
+    // --cascade=orphan on a Deployment leaves its ReplicaSet and pods, unowned.
+    k.ok(&[
+        "create",
+        "deployment",
+        "kept",
+        "--image=sextant.local/busybox:v1",
+        "--replicas=2",
+    ])
+    .unwrap();
+    let kept_pods = |k: &Kubectl| {
+        k.ok(&["get", "pods", "-l", "app=kept", "-o", "name"])
+            .unwrap()
+            .lines()
+            .count()
+    };
+    until("2 pods of the deployment", || kept_pods(&k) == 2).await;
+    k.ok(&[
+        "delete",
+        "deployment",
+        "kept",
+        "--cascade=orphan",
+        "--wait=true",
+        "--timeout=30s",
+    ])
+    .unwrap();
+    assert!(
+        k.fails(&["get", "deployment", "kept"], None)
+            .unwrap()
+            .contains("NotFound")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rs = k
+        .ok(&[
+            "get",
+            "rs",
+            "-l",
+            "app=kept",
+            "-o",
+            "jsonpath={.items[*].metadata.ownerReferences}",
+        ])
+        .unwrap();
+    assert_eq!(rs, "", "the ReplicaSet is no longer owned");
+    assert_eq!(
+        k.ok(&["get", "rs", "-l", "app=kept", "-o", "name"])
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+    assert_eq!(kept_pods(&k), 2, "the pods stay");
+
     let lease = k
         .ok(&[
             "get",
