@@ -174,7 +174,9 @@ async fn import_images(socket: &Path, images: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn config_toml(dir: &Path, socket: &Path, cni: &Path) -> String {
+/// The containerd config for root, state, runc root and socket under `dir`, CNI
+/// configs in `<cni>/net.d` (also used by the test harness's containerd).
+pub fn config_toml(dir: &Path, socket: &Path, cni: &Path) -> String {
     let (d, s, c) = (dir.display(), socket.display(), cni.display());
     format!(
         r#"version = 2

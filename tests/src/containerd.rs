@@ -57,8 +57,12 @@ impl Containerd {
         }
         let socket = d.join("containerd.sock");
         let cgroup_parent = unique_name("sextant-test-");
-        std::fs::write(d.join("config.toml"), config_toml(d, &socket))
-            .map_err(io_err("writing config.toml"))?;
+        std::fs::write(
+            d.join("config.toml"),
+            // The agent's own containerd config: the harness runs what nodes run.
+            sextant_kubelet::containerd::config_toml(d, &socket, &d.join("cni")),
+        )
+        .map_err(io_err("writing config.toml"))?;
         std::fs::write(d.join("cni/net.d/10-test.conflist"), cni_conflist(d))
             .map_err(io_err("writing the CNI config"))?;
 
@@ -344,51 +348,6 @@ fn remove_cgroup_dir(dir: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
     tracing::warn!(dir = %dir.display(), "cgroup left behind");
-}
-
-fn config_toml(dir: &Path, socket: &Path) -> String {
-    let d = dir.display();
-    let s = socket.display();
-    format!(
-        r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
-
-[grpc]
-  address = "{s}"
-
-[ttrpc]
-  address = "{s}.ttrpc"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  # The machine lacks CAP_SYS_RESOURCE: negative oom_score_adj is refused (MACHINE.md).
-  restrict_oom_score_adj = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        Root = "{d}/runc"
-        SystemdCgroup = false
-
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{d}/cni/net.d"
-"#,
-        pause = images::PAUSE,
-    )
 }
 
 fn cni_conflist(dir: &Path) -> String {
