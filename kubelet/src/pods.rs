@@ -262,20 +262,49 @@ fn name(pod: &Pod) -> String {
     )
 }
 
+/// The pod's containers (every attempt kept), found by the pod-uid label.
+async fn pod_containers(rt: &PodRuntime, uid: &str) -> Result<Vec<cri::Container>, Error> {
+    let filter = cri::ContainerFilter {
+        label_selector: labels::of_pod(uid),
+        ..Default::default()
+    };
+    let request = cri::ListContainersRequest {
+        filter: Some(filter),
+    };
+    Ok(rt
+        .cri
+        .runtime
+        .clone()
+        .list_containers(request)
+        .await?
+        .into_inner()
+        .containers)
+}
+
+/// The pod's sandboxes, found by the pod-uid label.
+async fn pod_sandboxes(rt: &PodRuntime, uid: &str) -> Result<Vec<cri::PodSandbox>, Error> {
+    let filter = cri::PodSandboxFilter {
+        label_selector: labels::of_pod(uid),
+        ..Default::default()
+    };
+    let request = cri::ListPodSandboxRequest {
+        filter: Some(filter),
+    };
+    Ok(rt
+        .cri
+        .runtime
+        .clone()
+        .list_pod_sandbox(request)
+        .await?
+        .into_inner()
+        .items)
+}
+
 /// Stops every container of the pod (with `grace` seconds to exit) and removes
 /// its sandboxes, which removes the containers too.
 async fn kill_pod(rt: &PodRuntime, uid: &str, grace: i64) -> Result<(), Error> {
     let mut runtime = rt.cri.runtime.clone();
-    let containers = runtime
-        .list_containers(cri::ListContainersRequest {
-            filter: Some(cri::ContainerFilter {
-                label_selector: labels::of_pod(uid),
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .containers;
+    let containers = pod_containers(rt, uid).await?;
     let stops = containers
         .iter()
         .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
@@ -297,16 +326,7 @@ async fn kill_pod(rt: &PodRuntime, uid: &str, grace: i64) -> Result<(), Error> {
             return Err(e.into());
         }
     }
-    let sandboxes = runtime
-        .list_pod_sandbox(cri::ListPodSandboxRequest {
-            filter: Some(cri::PodSandboxFilter {
-                label_selector: labels::of_pod(uid),
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .items;
+    let sandboxes = pod_sandboxes(rt, uid).await?;
     for s in sandboxes {
         runtime
             .stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -340,20 +360,11 @@ impl PodWorker {
         let started = Instant::now();
         let budget = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
         if let Some(spec) = &pod.spec {
-            let mut runtime = self.rt.cri.runtime.clone();
-            let running = runtime
-                .list_containers(cri::ListContainersRequest {
-                    filter: Some(cri::ContainerFilter {
-                        label_selector: labels::of_pod(&self.uid),
-                        state: Some(cri::ContainerStateValue {
-                            state: cri::ContainerState::ContainerRunning as i32,
-                        }),
-                        ..Default::default()
-                    }),
-                })
+            let running: Vec<cri::Container> = pod_containers(&self.rt, &self.uid)
                 .await?
-                .into_inner()
-                .containers;
+                .into_iter()
+                .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+                .collect();
             for c in &spec.containers {
                 let Some(instance) = running
                     .iter()
@@ -566,16 +577,7 @@ impl PodWorker {
     /// The pod's sandboxes and containers as the runtime has them now.
     async fn observe(&self) -> Result<Observed, Error> {
         let mut runtime = self.rt.cri.runtime.clone();
-        let containers = runtime
-            .list_containers(cri::ListContainersRequest {
-                filter: Some(cri::ContainerFilter {
-                    label_selector: labels::of_pod(&self.uid),
-                    ..Default::default()
-                }),
-            })
-            .await?
-            .into_inner()
-            .containers;
+        let containers = pod_containers(&self.rt, &self.uid).await?;
         let mut observed = Observed::default();
         for c in containers {
             let Some(name) = c.labels.get(labels::CONTAINER_NAME).cloned() else {
@@ -603,16 +605,7 @@ impl PodWorker {
     /// ready — after a reboot — is replaced, and its containers with it).
     async fn ensure_sandbox(&self, pod: &Pod, observed: &mut Observed) -> Result<String, Error> {
         let mut runtime = self.rt.cri.runtime.clone();
-        let sandboxes = runtime
-            .list_pod_sandbox(cri::ListPodSandboxRequest {
-                filter: Some(cri::PodSandboxFilter {
-                    label_selector: labels::of_pod(&self.uid),
-                    ..Default::default()
-                }),
-            })
-            .await?
-            .into_inner()
-            .items;
+        let sandboxes = pod_sandboxes(&self.rt, &self.uid).await?;
         let ready = sandboxes
             .iter()
             .filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
