@@ -1,7 +1,13 @@
-//! `GET /api/v1/namespaces/<ns>/pods/<name>/log`, proxied to the kubelet of the
-//! pod's node (`https://<InternalIP>:<kubeletEndpoint port>/containerLogs/...`)
-//! with the API server's own kubelet client certificate, and streamed back — so
-//! `kubectl logs`, `-f`, `--previous`, `--tail`, `--since` and `--timestamps` work.
+//! The pod subresources served by the pod's kubelet
+//! (`https://<InternalIP>:<kubeletEndpoint port>/...`), reached with the API
+//! server's own kubelet client certificate:
+//!
+//! - `pods/<name>/log` → `/containerLogs/...`, streamed back — so `kubectl logs`,
+//!   `-f`, `--previous`, `--tail`, `--since` and `--timestamps` work;
+//! - `pods/<name>/exec`, `attach` and `portforward` → `/exec/...`, `/attach/...`,
+//!   `/portForward/...`: the client's upgrade request (WebSocket) is passed on,
+//!   and once the kubelet switches protocols the two connections are spliced
+//!   byte for byte, as upstream's upgrade-aware proxy does.
 //!
 //! The kubelet's serving certificate is checked against the cluster CA (it is
 //! issued at join for the node's name and addresses).
@@ -10,7 +16,7 @@ use std::sync::Arc;
 
 use axum::{
     body::Body,
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use futures::StreamExt;
@@ -26,6 +32,8 @@ pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 #[derive(Clone, Debug)]
 pub struct KubeletClient {
     http: reqwest::Client,
+    /// HTTP/1.1 only: protocol upgrades do not exist in HTTP/2.
+    upgrades: reqwest::Client,
 }
 
 impl KubeletClient {
@@ -39,14 +47,16 @@ impl KubeletClient {
                 .map_err(|e| e.to_string())?;
         let root =
             reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).map_err(|e| e.to_string())?;
-        let http = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(root)
-            .identity(identity)
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Self { http })
+        let builder = || {
+            reqwest::Client::builder()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(root.clone())
+                .identity(identity.clone())
+                .connect_timeout(std::time::Duration::from_secs(5))
+        };
+        let http = builder().build().map_err(|e| e.to_string())?;
+        let upgrades = builder().http1_only().build().map_err(|e| e.to_string())?;
+        Ok(Self { http, upgrades })
     }
 }
 
@@ -66,27 +76,15 @@ async fn object(
     .transpose()
 }
 
-/// Serves `pods/<name>/log` for `namespace`, passing `query` on to the kubelet.
-pub async fn pod_log(
-    store: &Arc<dyn Store>,
-    kubelet: &KubeletClient,
-    namespace: &str,
-    name: &str,
-    query: Option<&str>,
-) -> Result<Response, ApiError> {
-    let pod = object(store, "pods", Some(namespace), name)
-        .await?
-        .ok_or_else(|| ApiError::not_found("", "pods", name))?;
-    let params: Vec<(String, String)> = query
-        .map(|q| {
-            q.split('&')
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    (k.to_owned(), v.to_owned())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+/// `query` as name/value pairs, in order (repeated names kept: exec's `command`).
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The container a request names, or the only one the pod has.
+fn container_of(pod: &Value, name: &str, params: &[(String, String)]) -> Result<String, ApiError> {
     let spec = &pod["spec"];
     let names: Vec<&str> = ["containers", "initContainers", "ephemeralContainers"]
         .iter()
@@ -108,7 +106,12 @@ pub async fn pod_log(
             "container {container} is not valid for pod {name}"
         )));
     }
-    let Some(node_name) = spec["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+    Ok(container)
+}
+
+/// `https://<node InternalIP>:<kubelet port>` of the pod's node.
+async fn kubelet_base(store: &Arc<dyn Store>, pod: &Value, name: &str) -> Result<String, ApiError> {
+    let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
         return Err(ApiError::bad_request(format!(
             "pod {name} does not have a host assigned"
         )));
@@ -132,14 +135,38 @@ pub async fn pod_log(
         Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
         _ => ip.to_owned(),
     };
-    let rest: Vec<String> = params
-        .iter()
-        .filter(|(k, _)| k != "container")
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    Ok(format!("https://{host}:{port}"))
+}
+
+async fn pod(store: &Arc<dyn Store>, namespace: &str, name: &str) -> Result<Value, ApiError> {
+    object(store, "pods", Some(namespace), name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("", "pods", name))
+}
+
+fn encode_query(params: &[(String, String)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params.iter().filter(|(k, _)| k != "container") {
+        q.append_pair(k, v);
+    }
+    q.finish()
+}
+
+/// Serves `pods/<name>/log` for `namespace`, passing `query` on to the kubelet.
+pub async fn pod_log(
+    store: &Arc<dyn Store>,
+    kubelet: &KubeletClient,
+    namespace: &str,
+    name: &str,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let pod = pod(store, namespace, name).await?;
+    let params = query_pairs(query);
+    let container = container_of(&pod, name, &params)?;
+    let base = kubelet_base(store, &pod, name).await?;
     let url = format!(
-        "https://{host}:{port}/containerLogs/{namespace}/{name}/{container}?{}",
-        rest.join("&")
+        "{base}/containerLogs/{namespace}/{name}/{container}?{}",
+        encode_query(&params)
     );
     let response = kubelet
         .http
@@ -163,4 +190,95 @@ pub async fn pod_log(
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(r.into_response())
+}
+
+/// The headers of an upgrade handshake, passed on in both directions.
+const UPGRADE_HEADERS: [&str; 8] = [
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-accept",
+    "sec-websocket-extensions",
+    "x-stream-protocol-version",
+];
+
+/// Serves `pods/<name>/{exec,attach,portforward}`: passes the client's upgrade
+/// request to the kubelet and, once both sides switched protocols, splices the
+/// connections until either closes.
+#[allow(clippy::too_many_arguments)] // The parts of one proxied request.
+pub async fn pod_stream(
+    store: &Arc<dyn Store>,
+    kubelet: &KubeletClient,
+    namespace: &str,
+    name: &str,
+    subresource: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response, ApiError> {
+    let pod = pod(store, namespace, name).await?;
+    let params = query_pairs(query);
+    let path = match subresource {
+        "exec" | "attach" => {
+            let phase = pod["status"]["phase"].as_str().unwrap_or_default();
+            if matches!(phase, "Succeeded" | "Failed") {
+                return Err(ApiError::bad_request(format!(
+                    "cannot {subresource} into a container in a completed pod; current phase is {phase}"
+                )));
+            }
+            let container = container_of(&pod, name, &params)?;
+            format!("{subresource}/{namespace}/{name}/{container}")
+        }
+        _ => format!("portForward/{namespace}/{name}"),
+    };
+    let Some(on_upgrade) = on_upgrade.filter(|_| headers.contains_key(header::UPGRADE)) else {
+        return Err(ApiError::bad_request(format!(
+            "pods/{subresource} needs a connection upgrade (WebSocket)"
+        )));
+    };
+    let base = kubelet_base(store, &pod, name).await?;
+    let url = format!("{base}/{path}?{}", encode_query(&params));
+    let mut request = kubelet.upgrades.get(&url);
+    for (k, v) in headers {
+        if UPGRADE_HEADERS.contains(&k.as_str()) {
+            request = request.header(k, v);
+        }
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| ApiError::internal(format!("Get \"{url}\": {e}")))?;
+    let status = response.status();
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let message = response.text().await.unwrap_or_default();
+        return Err(match status.as_u16() {
+            400 | 404 => ApiError::bad_request(message),
+            _ => ApiError::internal(format!("the kubelet answered {status}: {message}")),
+        });
+    }
+    let mut answer = Response::new(Body::empty());
+    *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for (k, v) in response.headers() {
+        if UPGRADE_HEADERS.contains(&k.as_str()) {
+            answer.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    tokio::spawn(async move {
+        let (client, node) = match tokio::try_join!(
+            async { on_upgrade.await.map_err(|e| e.to_string()) },
+            async { response.upgrade().await.map_err(|e| e.to_string()) },
+        ) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(error = %e, "pod stream upgrade failed");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut node = node;
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut node).await;
+    });
+    Ok(answer)
 }

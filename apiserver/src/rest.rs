@@ -110,24 +110,48 @@ pub async fn core(
     Query(params): Query<Params>,
     axum::extract::RawQuery(raw_query): axum::extract::RawQuery,
     headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
-    // pods/<name>/log goes to the pod's kubelet.
-    let parts: Vec<&str> = rest.split('/').collect();
-    if let ["namespaces", namespace, "pods", name, "log"] = parts.as_slice() {
-        if method != Method::GET {
-            return ApiError::method_not_allowed(format!("{method} is not supported on pods/log"))
+    let (mut parts, body) = request.into_parts();
+    // The pod subresources the pod's kubelet serves.
+    let path: Vec<&str> = rest.split('/').collect();
+    if let [
+        "namespaces",
+        namespace,
+        "pods",
+        name,
+        sub @ ("log" | "exec" | "attach" | "portforward"),
+    ] = path.as_slice()
+    {
+        let result = if *sub == "log" {
+            if method != Method::GET {
+                return ApiError::method_not_allowed(format!(
+                    "{method} is not supported on pods/log"
+                ))
                 .into_response();
-        }
-        return crate::kubelet_proxy::pod_log(
-            &state.store,
-            &state.kubelet,
-            namespace,
-            name,
-            raw_query.as_deref(),
-        )
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
+            }
+            crate::kubelet_proxy::pod_log(
+                &state.store,
+                &state.kubelet,
+                namespace,
+                name,
+                raw_query.as_deref(),
+            )
+            .await
+        } else {
+            crate::kubelet_proxy::pod_stream(
+                &state.store,
+                &state.kubelet,
+                namespace,
+                name,
+                sub,
+                raw_query.as_deref(),
+                &headers,
+                parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+            )
+            .await
+        };
+        return result.unwrap_or_else(IntoResponse::into_response);
     }
     dispatch(state, "", "v1", &rest, method, params, headers, body)
         .await

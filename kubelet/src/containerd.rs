@@ -55,7 +55,8 @@ pub async fn start(data_dir: &Path, pod_cidr: &str) -> Result<Managed, Error> {
     std::fs::create_dir_all(cni.join("ipam")).map_err(io("creating the CNI dirs"))?;
     let socket = dir.join("containerd.sock");
     let config = dir.join("config.toml");
-    std::fs::write(&config, config_toml(&dir, &socket, &cni)).map_err(io("writing config.toml"))?;
+    std::fs::write(&config, config_toml(&dir, &socket, &cni, 0))
+        .map_err(io("writing config.toml"))?;
     std::fs::write(
         cni.join("net.d/10-sextant.conflist"),
         cni_conflist(&cni, pod_cidr),
@@ -175,8 +176,10 @@ async fn import_images(socket: &Path, images: &Path) -> Result<(), Error> {
 }
 
 /// The containerd config for root, state, runc root and socket under `dir`, CNI
-/// configs in `<cni>/net.d` (also used by the test harness's containerd).
-pub fn config_toml(dir: &Path, socket: &Path, cni: &Path) -> String {
+/// configs in `<cni>/net.d` (also used by the test harness's containerd). The CRI
+/// streaming server (exec, attach, port-forward) listens on `127.0.0.1:<stream_port>`,
+/// 0 for any free port: only the kubelet beside it connects.
+pub fn config_toml(dir: &Path, socket: &Path, cni: &Path, stream_port: u16) -> String {
     let (d, s, c) = (dir.display(), socket.display(), cni.display());
     format!(
         r#"version = 2
@@ -198,7 +201,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   # Hosts without CAP_SYS_RESOURCE refuse negative oom_score_adj.
   restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
+  stream_server_port = "{stream_port}"
   enable_selinux = false
 
   [plugins."io.containerd.grpc.v1.cri".containerd]

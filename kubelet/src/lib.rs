@@ -1,11 +1,12 @@
 //! The node side of pods: a CRI client to containerd ([`cri`]), the node's
-//! registration, status and Lease heartbeat ([`node`]), and pod workers that run
-//! pods through the runtime and report their status ([`pods`]).
+//! registration, status and Lease heartbeat ([`node`]), pod workers that run pods
+//! through the runtime and report their status ([`pods`]) with probes, hooks,
+//! volumes and events, and the kubelet HTTPS API ([`server`]: logs, and exec,
+//! attach and port-forward through the runtime's streaming server, [`streaming`]).
 //!
 //! Everything goes through the API server with the node's own identity (kube-rs);
-//! nothing here touches the store. Not built yet: probes, lifecycle hooks,
-//! the kubelet HTTPS API (logs, exec, attach, port-forward), stats, events; see
-//! docs/architecture.md.
+//! nothing here touches the store. Not built yet: stats (`/metrics/cadvisor`,
+//! `/stats/summary`); see docs/architecture.md.
 
 pub mod container;
 pub mod containerd;
@@ -20,7 +21,9 @@ pub mod pods;
 pub mod probes;
 pub mod quantity;
 pub mod server;
+pub mod spdy;
 pub mod status;
+pub mod streaming;
 pub mod volumes;
 
 use std::{net::IpAddr, path::PathBuf, sync::Arc};

@@ -281,6 +281,69 @@ async fn pod_containers(rt: &PodRuntime, uid: &str) -> Result<Vec<cri::Container
         .containers)
 }
 
+/// The instances of one container of the pod `namespace/pod`, oldest first (by
+/// creation, then attempt): the last is the current one.
+pub(crate) async fn container_instances(
+    rt: &PodRuntime,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<Vec<cri::Container>, Error> {
+    let label_selector = [
+        (labels::POD_NAMESPACE.to_owned(), namespace.to_owned()),
+        (labels::POD_NAME.to_owned(), pod.to_owned()),
+        (labels::CONTAINER_NAME.to_owned(), container.to_owned()),
+    ]
+    .into();
+    let request = cri::ListContainersRequest {
+        filter: Some(cri::ContainerFilter {
+            label_selector,
+            ..Default::default()
+        }),
+    };
+    let mut containers = rt
+        .cri
+        .runtime
+        .clone()
+        .list_containers(request)
+        .await?
+        .into_inner()
+        .containers;
+    containers.sort_by_key(|c| (c.created_at, c.metadata.as_ref().map_or(0, |m| m.attempt)));
+    Ok(containers)
+}
+
+/// The ready sandbox of the pod `namespace/pod`, if it has one.
+pub(crate) async fn ready_sandbox(
+    rt: &PodRuntime,
+    namespace: &str,
+    pod: &str,
+) -> Result<Option<cri::PodSandbox>, Error> {
+    let label_selector = [
+        (labels::POD_NAMESPACE.to_owned(), namespace.to_owned()),
+        (labels::POD_NAME.to_owned(), pod.to_owned()),
+    ]
+    .into();
+    let request = cri::ListPodSandboxRequest {
+        filter: Some(cri::PodSandboxFilter {
+            label_selector,
+            state: Some(cri::PodSandboxStateValue {
+                state: cri::PodSandboxState::SandboxReady as i32,
+            }),
+            ..Default::default()
+        }),
+    };
+    let sandboxes = rt
+        .cri
+        .runtime
+        .clone()
+        .list_pod_sandbox(request)
+        .await?
+        .into_inner()
+        .items;
+    Ok(sandboxes.into_iter().max_by_key(|s| s.created_at))
+}
+
 /// The pod's sandboxes, found by the pod-uid label.
 async fn pod_sandboxes(rt: &PodRuntime, uid: &str) -> Result<Vec<cri::PodSandbox>, Error> {
     let filter = cri::PodSandboxFilter {

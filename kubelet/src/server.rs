@@ -36,7 +36,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tower::ServiceExt;
 
-use crate::{Error, labels, logs, pods::PodRuntime};
+use crate::{
+    Error, logs,
+    pods::{self, PodRuntime},
+    streaming,
+};
 
 /// The user the API server's kubelet client certificate names.
 pub const APISERVER_CLIENT: &str = "kube-apiserver-kubelet-client";
@@ -78,6 +82,18 @@ pub async fn serve(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(streaming::exec).post(streaming::exec),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(streaming::attach).post(streaming::attach),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(streaming::port_forward).post(streaming::port_forward),
+        )
         .with_state(rt);
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let task = tokio::spawn(async move {
@@ -111,7 +127,10 @@ pub async fn serve(
                         }
                     });
                 let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service))
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(tls),
+                        TowerToHyperService::new(service),
+                    )
                     .await;
             });
         }
@@ -240,24 +259,7 @@ async fn find_log(
     container: &str,
     previous: bool,
 ) -> Result<Result<(PathBuf, String), String>, Error> {
-    let mut runtime = rt.cri.runtime.clone();
-    let selector = [
-        (labels::POD_NAMESPACE.to_owned(), namespace.to_owned()),
-        (labels::POD_NAME.to_owned(), pod.to_owned()),
-        (labels::CONTAINER_NAME.to_owned(), container.to_owned()),
-    ]
-    .into();
-    let mut containers = runtime
-        .list_containers(cri::ListContainersRequest {
-            filter: Some(cri::ContainerFilter {
-                label_selector: selector,
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .containers;
-    containers.sort_by_key(|c| (c.created_at, c.metadata.as_ref().map_or(0, |m| m.attempt)));
+    let containers = pods::container_instances(rt, namespace, pod, container).await?;
     let chosen = if previous {
         containers.len().checked_sub(2).map(|i| &containers[i])
     } else {
@@ -270,7 +272,10 @@ async fn find_log(
             format!("container \"{container}\" in pod \"{pod}\" is waiting to start")
         }));
     };
-    let status = runtime
+    let status = rt
+        .cri
+        .runtime
+        .clone()
         .container_status(cri::ContainerStatusRequest {
             container_id: c.id.clone(),
             verbose: false,

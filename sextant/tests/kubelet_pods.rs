@@ -350,6 +350,96 @@ async fn pods_run_through_containerd() {
     let _ = follow.kill();
     let _ = follow.wait();
 
+    // kubectl exec: WebSocket (v5.channel.k8s.io) through the API server's
+    // upgrade proxy to the kubelet and containerd's streaming server.
+    let out = k
+        .ok(&[
+            "exec", "app", "-c", "shell", "--", "sh", "-c",
+            "echo $COLOR $PASSWORD; cat /etc/config/color; echo; cat /etc/secret/password; echo oops >&2",
+        ])
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log_tail(30)));
+    assert_eq!(out, "blue s3cr3t\ngreen\ns3cr3t", "{out}");
+    // stdin reaches the command and its end is passed on (v5's close message).
+    let out = k
+        .ok_with(
+            &[
+                "exec",
+                "-i",
+                "app",
+                "-c",
+                "shell",
+                "--",
+                "sh",
+                "-c",
+                "tr a-z A-Z; echo done",
+            ],
+            Some("from stdin\nsecond line\n"),
+        )
+        .unwrap();
+    assert_eq!(out, "FROM STDIN\nSECOND LINE\ndone\n");
+    let failed = k
+        .run(
+            &["exec", "app", "-c", "shell", "--", "sh", "-c", "exit 7"],
+            None,
+        )
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(7), "{failed:?}");
+    let err = k
+        .fails(
+            &["exec", "app", "-c", "shell", "--", "no-such-binary"],
+            None,
+        )
+        .unwrap();
+    assert!(err.contains("no-such-binary"), "{err}");
+
+    // kubectl cp streams a tar archive into `tar x` on stdin.
+    let local = hooks.path().join("copied.txt");
+    std::fs::write(&local, "copied through exec\n").unwrap();
+    k.ok(&[
+        "cp",
+        &local.to_string_lossy(),
+        "app:/tmp/copied.txt",
+        "-c",
+        "shell",
+    ])
+    .unwrap();
+    let out = k
+        .ok(&["exec", "app", "-c", "shell", "--", "cat", "/tmp/copied.txt"])
+        .unwrap();
+    assert_eq!(out, "copied through exec\n");
+
+    // kubectl attach: the running container's output, live.
+    let mut attach = k.spawn(&["attach", "app", "-c", "shell"]).unwrap();
+    let stdout = attach.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let line = lines.next().unwrap().unwrap();
+    assert!(line.starts_with("file="), "{line}");
+    let _ = attach.kill();
+    let _ = attach.wait();
+
+    // kubectl port-forward: SPDY tunnelled in WebSocket, to the demo server.
+    let mut forward = k.spawn(&["port-forward", "pod/app", ":8080"]).unwrap();
+    let stdout = forward.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let line = lines.next().unwrap().unwrap();
+    // "Forwarding from 127.0.0.1:PORT -> 8080"
+    let port: u16 = line
+        .split_once("127.0.0.1:")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .and_then(|(p, _)| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected port-forward output: {line}"));
+    for i in 0..3 {
+        let body = reqwest::get(format!("http://127.0.0.1:{port}/through-forward?n={i}"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(body.contains("/through-forward"), "{body}");
+    }
+    let _ = forward.kill();
+    let _ = forward.wait();
+
     // Restart policies.
     let failing = |name: &str, policy: &str, code: u8| {
         format!(

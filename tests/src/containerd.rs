@@ -7,6 +7,12 @@
 //! the `/var/run/netns/cni-*` namespaces), then containerd is stopped, leftover shims
 //! and runc containers are killed, mounts under its directories are detached, and the
 //! cgroups under its cgroup parent are removed.
+//!
+//! # Streaming
+//! containerd's CRI streaming server (exec, attach, port-forward) listens on the
+//! namespace's loopback, which a kubelet in the host namespace cannot reach. The
+//! harness fixes its port and relays the same port on the host's loopback into
+//! the namespace, so the kubelet's `127.0.0.1:<port>` URLs work as on a node.
 
 use std::{
     path::{Path, PathBuf},
@@ -32,6 +38,8 @@ pub struct Containerd {
     cgroup_parent: String,
     netns: Netns,
     dir: TempDir,
+    /// The relay's own runtime: tests block their runtime's thread on kubectl.
+    stream_relay: Option<tokio::runtime::Runtime>,
 }
 
 impl Containerd {
@@ -57,10 +65,11 @@ impl Containerd {
         }
         let socket = d.join("containerd.sock");
         let cgroup_parent = unique_name("sextant-test-");
+        let (stream_port, stream_relay) = relay_loopback_into(&netns)?;
         std::fs::write(
             d.join("config.toml"),
             // The agent's own containerd config: the harness runs what nodes run.
-            sextant_kubelet::containerd::config_toml(d, &socket, &d.join("cni")),
+            sextant_kubelet::containerd::config_toml(d, &socket, &d.join("cni"), stream_port),
         )
         .map_err(io_err("writing config.toml"))?;
         std::fs::write(d.join("cni/net.d/10-test.conflist"), cni_conflist(d))
@@ -75,6 +84,7 @@ impl Containerd {
             cgroup_parent,
             netns,
             dir,
+            stream_relay: Some(stream_relay),
         };
         this.wait_ready().await?;
         Ok(this)
@@ -217,8 +227,61 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        if let Some(relay) = self.stream_relay.take() {
+            relay.shutdown_background();
+        }
         self.cleanup();
     }
+}
+
+/// Listens on a free port of the host's loopback and relays every connection to
+/// the same port on `netns`'s loopback, on a runtime of its own (tests block
+/// their own runtime's thread while kubectl runs); returns the port and the
+/// runtime.
+fn relay_loopback_into(netns: &Netns) -> Result<(u16, tokio::runtime::Runtime)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(io_err("starting the streaming relay's runtime"))?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(io_err("binding the streaming relay"))?;
+    let port = listener
+        .local_addr()
+        .map_err(io_err("the streaming relay's address"))?
+        .port();
+    listener
+        .set_nonblocking(true)
+        .map_err(io_err("the streaming relay's socket"))?;
+    let path = netns.path();
+    rt.spawn(async move {
+        let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+            return;
+        };
+        while let Ok((mut host_side, _)) = listener.accept().await {
+            let path = path.clone();
+            tokio::spawn(async move {
+                let connect = tokio::task::spawn_blocking(move || connect_in(&path, port)).await;
+                let Ok(Ok(ns_side)) = connect else { return };
+                let Ok(mut ns_side) = tokio::net::TcpStream::from_std(ns_side) else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut host_side, &mut ns_side).await;
+            });
+        }
+    });
+    Ok((port, rt))
+}
+
+/// Connects to `127.0.0.1:port` in the namespace at `path` (a socket stays in
+/// the namespace it was made in).
+fn connect_in(path: &str, port: u16) -> Result<std::net::TcpStream> {
+    crate::netns::run_in_path(path, || {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_nonblocking(true)?;
+        Ok(stream)
+    })?
+    .map_err(io_err("connecting to the namespace's streaming server"))
 }
 
 async fn remove_all_sandboxes(socket: &Path) -> Result<()> {

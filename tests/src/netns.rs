@@ -55,21 +55,25 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace, and returns its result.
     /// In-process netlink and eBPF attach calls made by `f` act on this namespace.
     pub fn run_in<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
-        let file = File::open(self.path()).map_err(io_err(format!("opening {}", self.path())))?;
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| {
-                    crate::Error::Io {
-                        what: "setns".into(),
-                        source: e.into(),
-                    }
-                })?;
-                Ok(f())
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        run_in_path(&self.path(), f)
     }
+}
+
+/// Runs `f` on a thread that has entered the namespace bound at `path`, and
+/// returns its result; the caller's thread stays where it is.
+pub fn run_in_path<R: Send>(path: &str, f: impl FnOnce() -> R + Send) -> Result<R> {
+    let file = File::open(path).map_err(io_err(format!("opening {path}")))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| crate::Error::Io {
+                what: "setns".into(),
+                source: e.into(),
+            })?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 impl Drop for Netns {
