@@ -121,6 +121,11 @@ async fn kubelet_base(store: &Arc<dyn Store>, pod: &Value, name: &str) -> Result
         .ok_or_else(|| {
             ApiError::bad_request(format!("node {node_name} of pod {name} does not exist"))
         })?;
+    node_base(&node, node_name)
+}
+
+/// `https://<InternalIP>:<kubelet port>` of a Node object.
+fn node_base(node: &Value, node_name: &str) -> Result<String, ApiError> {
     let ip = node["status"]["addresses"]
         .as_array()
         .into_iter()
@@ -136,6 +141,41 @@ async fn kubelet_base(store: &Arc<dyn Store>, pod: &Value, name: &str) -> Result
         _ => ip.to_owned(),
     };
     Ok(format!("https://{host}:{port}"))
+}
+
+/// Serves `GET nodes/<name>/proxy/<path>`: the node's kubelet API (stats,
+/// `/metrics`, `/metrics/cadvisor`, ...), as Prometheus scrapes it through the
+/// API server.
+pub async fn node_proxy(
+    store: &Arc<dyn Store>,
+    kubelet: &KubeletClient,
+    name: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let node = object(store, "nodes", None, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("", "nodes", name))?;
+    let base = node_base(&node, name)?;
+    let url = match query {
+        Some(q) if !q.is_empty() => format!("{base}/{path}?{q}"),
+        _ => format!("{base}/{path}"),
+    };
+    let response =
+        kubelet.http.get(&url).send().await.map_err(|e| {
+            ApiError::unavailable(format!("error trying to reach the kubelet: {e}"))
+        })?;
+    let status = response.status();
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let stream = response
+        .bytes_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other));
+    let mut r = Response::new(Body::from_stream(stream));
+    *r.status_mut() = status;
+    if let Some(ct) = content_type {
+        r.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    Ok(r)
 }
 
 async fn pod(store: &Arc<dyn Store>, namespace: &str, name: &str) -> Result<Value, ApiError> {

@@ -153,6 +153,23 @@ pub async fn core(
         };
         return result.unwrap_or_else(IntoResponse::into_response);
     }
+    if let ["nodes", name, "proxy", tail @ ..] = path.as_slice() {
+        if method != Method::GET {
+            return ApiError::method_not_allowed(format!(
+                "{method} is not supported on nodes/proxy"
+            ))
+            .into_response();
+        }
+        return crate::kubelet_proxy::node_proxy(
+            &state.store,
+            &state.kubelet,
+            name,
+            &tail.join("/"),
+            raw_query.as_deref(),
+        )
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    }
     dispatch(state, "", "v1", &rest, method, params, headers, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)

@@ -1,12 +1,12 @@
 //! The node side of pods: a CRI client to containerd ([`cri`]), the node's
 //! registration, status and Lease heartbeat ([`node`]), pod workers that run pods
 //! through the runtime and report their status ([`pods`]) with probes, hooks,
-//! volumes and events, and the kubelet HTTPS API ([`server`]: logs, and exec,
-//! attach and port-forward through the runtime's streaming server, [`streaming`]).
+//! volumes and events, and the kubelet HTTPS API ([`server`]: logs, exec, attach
+//! and port-forward through the runtime's streaming server ([`streaming`]), and
+//! resource usage ([`stats`])).
 //!
 //! Everything goes through the API server with the node's own identity (kube-rs);
-//! nothing here touches the store. Not built yet: stats (`/metrics/cadvisor`,
-//! `/stats/summary`); see docs/architecture.md.
+//! nothing here touches the store. See docs/architecture.md.
 
 pub mod container;
 pub mod containerd;
@@ -22,6 +22,7 @@ pub mod probes;
 pub mod quantity;
 pub mod server;
 pub mod spdy;
+pub mod stats;
 pub mod status;
 pub mod streaming;
 pub mod volumes;

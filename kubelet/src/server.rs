@@ -39,7 +39,7 @@ use tower::ServiceExt;
 use crate::{
     Error, logs,
     pods::{self, PodRuntime},
-    streaming,
+    stats, streaming,
 };
 
 /// The user the API server's kubelet client certificate names.
@@ -94,9 +94,28 @@ pub async fn serve(
             "/portForward/{namespace}/{pod}",
             get(streaming::port_forward).post(streaming::port_forward),
         )
-        .with_state(rt);
+        .with_state(rt.clone());
+    let sampler = Arc::new(stats::Sampler::default());
+    let router = router.merge(
+        Router::new()
+            .route("/stats/summary", get(stats::summary_handler))
+            .route("/metrics/resource", get(stats::resource_handler))
+            .route("/metrics/cadvisor", get(stats::cadvisor_handler))
+            .with_state(stats::StatsState {
+                rt: rt.clone(),
+                sampler: sampler.clone(),
+            }),
+    );
+    // Sample in the background too, so CPU rates are never older than this; it
+    // lives and dies with the server task.
+    let housekeeping = async move {
+        loop {
+            let _ = sampler.sample(&rt).await;
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        }
+    };
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    let task = tokio::spawn(async move {
+    let accept = async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -134,6 +153,9 @@ pub async fn serve(
                     .await;
             });
         }
+    };
+    let task = tokio::spawn(async move {
+        tokio::join!(accept, housekeeping);
     });
     Ok((bound, task))
 }

@@ -440,6 +440,88 @@ async fn pods_run_through_containerd() {
     let _ = forward.kill();
     let _ = forward.wait();
 
+    // Stats through the API server's node proxy: the Summary API, the resource
+    // metrics and cAdvisor's container metrics, from the runtime's cgroup and
+    // network figures.
+    let summary: Value = serde_json::from_str(
+        &k.ok(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{node}/proxy/stats/summary"),
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        summary["node"]["cpu"]["usageCoreNanoSeconds"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(
+        summary["node"]["memory"]["workingSetBytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let app = summary["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podRef"]["name"] == "app")
+        .unwrap_or_else(|| panic!("no app pod in {summary:#}"));
+    assert_eq!(app["podRef"]["uid"], uid.as_str());
+    let names: Vec<&str> = app["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["shell", "web"], "{app:#}");
+    for c in app["containers"].as_array().unwrap() {
+        assert!(
+            c["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 0,
+            "{c}"
+        );
+        assert!(c["memory"]["workingSetBytes"].as_u64().unwrap() > 0, "{c}");
+    }
+    let resource = k
+        .ok(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{node}/proxy/metrics/resource"),
+        ])
+        .unwrap();
+    for needle in [
+        "node_cpu_usage_seconds_total ",
+        "node_memory_working_set_bytes ",
+        r#"container_cpu_usage_seconds_total{container="web",namespace="default",pod="app"}"#,
+        r#"pod_memory_working_set_bytes{namespace="default",pod="app"}"#,
+    ] {
+        assert!(
+            resource.contains(needle),
+            "{needle} missing from:\n{resource}"
+        );
+    }
+    let cadvisor = k
+        .ok(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{node}/proxy/metrics/cadvisor"),
+        ])
+        .unwrap();
+    for needle in [
+        r#"container_memory_working_set_bytes{container="shell""#,
+        r#"container_memory_rss{container="web""#,
+        r#"container_cpu_usage_seconds_total{container="web",cpu="total""#,
+        r#"container_network_receive_bytes_total{container="POD",interface="eth0",namespace="default",pod="app"}"#,
+    ] {
+        assert!(
+            cadvisor.contains(needle),
+            "{needle} missing from:\n{cadvisor}"
+        );
+    }
+
     // Restart policies.
     let failing = |name: &str, policy: &str, code: u8| {
         format!(
