@@ -279,6 +279,14 @@ pub fn resources(c: &Container) -> cri::LinuxContainerResources {
     }
 }
 
+/// Where the container writes its termination message (upstream's default).
+pub fn termination_message_path(c: &Container) -> &str {
+    c.termination_message_path
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/dev/termination-log")
+}
+
 /// The CRI config for attempt `attempt` of container `c` of `pod`.
 pub fn config(
     pod: &Pod,
@@ -309,7 +317,20 @@ pub fn config(
             })
             .collect(),
         labels: labels::container(pod, &c.name),
-        annotations: [(labels::RESTART_COUNT.to_owned(), attempt.to_string())].into(),
+        annotations: [
+            (labels::RESTART_COUNT.to_owned(), attempt.to_string()),
+            (
+                labels::TERMINATION_MESSAGE_PATH.to_owned(),
+                termination_message_path(c).to_owned(),
+            ),
+            (
+                labels::TERMINATION_MESSAGE_POLICY.to_owned(),
+                c.termination_message_policy
+                    .clone()
+                    .unwrap_or_else(|| "File".into()),
+            ),
+        ]
+        .into(),
         // Relative to the sandbox's log directory, as upstream lays logs out.
         log_path: format!("{}/{attempt}.log", c.name),
         stdin: c.stdin.unwrap_or(false),

@@ -14,6 +14,10 @@ pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
 pub const POD_UID: &str = "io.kubernetes.pod.uid";
 /// The container's name in the pod spec.
 pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
+/// Annotation: where the container writes its termination message.
+pub const TERMINATION_MESSAGE_PATH: &str = "io.kubernetes.container.terminationMessagePath";
+/// Annotation: `File` or `FallbackToLogsOnError`.
+pub const TERMINATION_MESSAGE_POLICY: &str = "io.kubernetes.container.terminationMessagePolicy";
 /// Annotation: the restart count the container was created for.
 pub const RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
 

@@ -861,6 +861,12 @@ impl PodWorker {
         };
         let mut config = container::config(pod, c, attempt, &env);
         config.mounts = mounts;
+        match self.termination_log(pod, c, attempt) {
+            Ok(mount) => config.mounts.push(mount),
+            Err(e) => {
+                tracing::warn!(pod = %name(pod), container = %c.name, error = %e, "no termination message file")
+            }
+        }
         tracing::info!(pod = %name(pod), container = %c.name, attempt, "starting the container");
         let created = runtime
             .create_container(cri::CreateContainerRequest {
@@ -1138,6 +1144,31 @@ impl PodWorker {
             }
         }
         Ok(())
+    }
+
+    /// A fresh host file for attempt `attempt` of `c`'s termination message,
+    /// mounted at its `terminationMessagePath`, as upstream's kubelet does.
+    fn termination_log(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        attempt: u32,
+    ) -> std::io::Result<cri::Mount> {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let dir = volumes::pod_dir(&self.rt.config.data_dir, uid)
+            .join("termination-log")
+            .join(&c.name);
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join(attempt.to_string());
+        std::fs::write(&file, b"")?;
+        // Containers running as any user may write it.
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+        Ok(cri::Mount {
+            container_path: container::termination_message_path(c).to_owned(),
+            host_path: file.to_string_lossy().into_owned(),
+            readonly: false,
+            ..Default::default()
+        })
     }
 
     /// Runs a lifecycle hook of container `c` (instance `container_id` in

@@ -8,6 +8,8 @@ use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{Value, json};
 
+use crate::labels;
+
 /// Why a container is waiting instead of (re)starting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Waiting {
@@ -74,10 +76,68 @@ fn terminated(c: &cri::ContainerStatus, runtime: &str) -> Value {
         "finishedAt": rfc3339(c.finished_at),
         "containerID": format!("{runtime}://{}", c.id),
     });
-    if !c.message.is_empty() {
-        t["message"] = json!(c.message);
+    let message = if c.message.is_empty() {
+        termination_message(c)
+    } else {
+        c.message.clone()
+    };
+    if !message.is_empty() {
+        t["message"] = json!(message);
     }
     json!({"terminated": t})
+}
+
+/// Upstream's limits: 4 KiB of the file, or the last 80 log lines up to 2 KiB.
+const MAX_MESSAGE_BYTES: u64 = 4096;
+const MAX_LOG_LINES: usize = 80;
+const MAX_LOG_BYTES: usize = 2048;
+
+/// The message a terminated container left in its `terminationMessagePath`
+/// (read through the host file mounted there), or with `FallbackToLogsOnError`
+/// the tail of its log when it failed without one.
+fn termination_message(c: &cri::ContainerStatus) -> String {
+    use std::io::Read;
+    let path = c.annotations.get(labels::TERMINATION_MESSAGE_PATH);
+    let host = path.and_then(|p| c.mounts.iter().find(|m| &m.container_path == p));
+    let mut message = String::new();
+    if let Some(m) = host
+        && let Ok(f) = std::fs::File::open(&m.host_path)
+    {
+        let mut bytes = Vec::new();
+        let _ = f.take(MAX_MESSAGE_BYTES).read_to_end(&mut bytes);
+        message = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    let fallback = c
+        .annotations
+        .get(labels::TERMINATION_MESSAGE_POLICY)
+        .is_some_and(|p| p == "FallbackToLogsOnError");
+    if message.is_empty() && fallback && c.exit_code != 0 {
+        message = log_tail(&c.log_path);
+    }
+    message
+}
+
+fn log_tail(path: &str) -> String {
+    let Ok(raw) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
+    let lines: Vec<String> = raw
+        .lines()
+        .filter_map(crate::logs::parse)
+        .map(|l| {
+            if l.full {
+                format!("{}\n", l.text)
+            } else {
+                l.text
+            }
+        })
+        .collect();
+    let tail = lines[lines.len().saturating_sub(MAX_LOG_LINES)..].concat();
+    let mut start = tail.len().saturating_sub(MAX_LOG_BYTES);
+    while !tail.is_char_boundary(start) {
+        start += 1;
+    }
+    tail[start..].to_owned()
 }
 
 /// Whether container `c` (latest attempt) has exited for good under the pod's

@@ -523,18 +523,27 @@ async fn pods_run_through_containerd() {
     }
 
     // Restart policies.
-    let failing = |name: &str, policy: &str, code: u8| {
+    // The "never" pod leaves a termination message; "fallback" has none, so its
+    // log's tail stands in (terminationMessagePolicy: FallbackToLogsOnError).
+    let failing = |name: &str, policy: &str, code: u8, script: &str, message_policy: &str| {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  restartPolicy: {policy}\n  containers:\n  - name: main\n    image: sextant.local/busybox:v1\n    command: [sh, -c, \"echo run; exit {code}\"]\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  restartPolicy: {policy}\n  containers:\n  - name: main\n    image: sextant.local/busybox:v1\n    terminationMessagePolicy: {message_policy}\n    command: [sh, -c, \"echo run; {script} exit {code}\"]\n"
         )
     };
-    for (name, policy, code) in [
-        ("crash", "Always", 1),
-        ("never", "Never", 3),
-        ("onfailure-ok", "OnFailure", 0),
+    for (name, policy, code, script, message_policy) in [
+        ("crash", "Always", 1, "", "File"),
+        (
+            "never",
+            "Never",
+            3,
+            "echo last words > /dev/termination-log;",
+            "File",
+        ),
+        ("fallback", "Never", 2, "", "FallbackToLogsOnError"),
+        ("onfailure-ok", "OnFailure", 0, "", "File"),
     ] {
-        k.ok_with(&["apply", "-f", "-"], Some(&failing(name, policy, code)))
-            .unwrap();
+        let manifest = failing(name, policy, code, script, message_policy);
+        k.ok_with(&["apply", "-f", "-"], Some(&manifest)).unwrap();
     }
     let never = wait_pod(&k, "never", 60, "Failed", phase_is("Failed")).await;
     let t = &never["status"]["containerStatuses"][0]["state"]["terminated"];
@@ -543,6 +552,10 @@ async fn pods_run_through_containerd() {
         (Some(3), Some("Error")),
         "{t}"
     );
+    assert_eq!(t["message"], "last words\n", "{t}");
+    let fallback = wait_pod(&k, "fallback", 60, "Failed", phase_is("Failed")).await;
+    let t = &fallback["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["message"], "run\n", "{t}");
     assert_eq!(never["status"]["containerStatuses"][0]["restartCount"], 0);
     wait_pod(&k, "onfailure-ok", 60, "Succeeded", phase_is("Succeeded")).await;
     let crash = wait_pod(&k, "crash", 60, "CrashLoopBackOff after a restart", |p| {
