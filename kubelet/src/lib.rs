@@ -74,7 +74,9 @@ pub async fn run(
     tls: server::Tls,
     metrics: metrics::KubeletMetrics,
 ) -> Result<(), Error> {
-    let cri = cri::CriClient::connect(&config.cri_socket).await?;
+    let cri =
+        cri::CriClient::connect_timed(&config.cri_socket, Some(metrics.runtime_latency.clone()))
+            .await?;
     let version = cri
         .runtime
         .clone()

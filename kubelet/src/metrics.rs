@@ -1,11 +1,17 @@
 //! The kubelet's metrics, under upstream's names: `kubelet_running_pods`,
 //! `kubelet_running_containers{container_state}`, `kubelet_pod_start_duration_seconds`,
 //! `kubelet_runtime_operations_errors_total{operation_type}`,
+//! `kubelet_runtime_operations_duration_seconds{operation_type}`,
 //! `prober_probe_total{probe_type,result}`.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
@@ -39,6 +45,8 @@ pub struct KubeletMetrics {
     pub pod_start: Histogram,
     /// Failed CRI calls.
     pub runtime_errors: Family<OperationLabels, Counter>,
+    /// CRI call latency.
+    pub runtime_latency: crate::cri::OperationLatency,
     /// Probe results.
     pub probes: Family<ProbeLabels, Counter>,
 }
@@ -60,8 +68,16 @@ impl KubeletMetrics {
             containers: Family::default(),
             pod_start: Histogram::new(START_BUCKETS),
             runtime_errors: Family::default(),
+            runtime_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.5, 14))
+            }),
             probes: Family::default(),
         };
+        registry.register(
+            "kubelet_runtime_operations_duration_seconds",
+            "Duration in seconds of container runtime operations, by operation",
+            m.runtime_latency.clone(),
+        );
         registry.register(
             "prober_probe",
             "Probe results, by probe type and result",

@@ -607,10 +607,13 @@ async fn pods_run_through_containerd() {
     assert_eq!(sandboxes_of(&ctrd, &uid).await, 1);
 
     let metrics = agent.metrics().await.unwrap();
-    assert!(
-        metrics.contains("kubelet_pod_start_duration_seconds_count"),
-        "{metrics}"
-    );
+    for needle in [
+        "kubelet_pod_start_duration_seconds_count",
+        r#"kubelet_runtime_operations_duration_seconds_count{operation_type="container_status"}"#,
+        r#"kubelet_runtime_operations_duration_seconds_count{operation_type="list_podsandbox"}"#,
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from:\n{metrics}");
+    }
     let running_pods: i64 = metrics
         .lines()
         .find(|l| l.starts_with("kubelet_running_pods "))
