@@ -612,7 +612,10 @@ async fn pods_run_through_containerd() {
         r#"kubelet_runtime_operations_duration_seconds_count{operation_type="container_status"}"#,
         r#"kubelet_runtime_operations_duration_seconds_count{operation_type="list_podsandbox"}"#,
     ] {
-        assert!(metrics.contains(needle), "{needle} missing from:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
     }
     let running_pods: i64 = metrics
         .lines()
