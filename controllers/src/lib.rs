@@ -1,8 +1,8 @@
 //! Reconcile loops that drive the cluster towards its declared state, and what
 //! they share: [`leader`] election on a Lease, the [`Metrics`] every controller
-//! reports, label selector helpers. Built so far: the Deployment ([`deployment`])
-//! and ReplicaSet ([`replicaset`]) controllers and the garbage collector for owned
-//! pods and ReplicaSets ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
+//! reports, label selector helpers, pod ownership ([`pods`]). Built so far: the
+//! Deployment ([`deployment`]), ReplicaSet ([`replicaset`]) and Job ([`job`])
+//! controllers and the garbage collector ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
 //! `error_policy` over a documented `Context`, driven by kube-runtime's
 //! `Controller`.
 //!
@@ -11,7 +11,9 @@
 
 pub mod deployment;
 pub mod garbage_collector;
+pub mod job;
 pub mod leader;
+pub mod pods;
 pub mod replicaset;
 
 use std::{collections::BTreeMap, time::Duration};
@@ -95,6 +97,7 @@ pub async fn run(client: Client, metrics: Metrics, identity: String) {
             tokio::join!(
                 deployment::run(client.clone(), metrics.clone()),
                 replicaset::run(client.clone(), metrics.clone()),
+                job::run(client.clone(), metrics.clone()),
                 garbage_collector::run(client, metrics),
             );
         }

@@ -12,12 +12,16 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::{Controller, controller::Action, watcher},
 };
 use serde_json::{Value, json};
 
-use crate::{Error, Metrics, selector_string};
+use crate::{
+    Error, Metrics,
+    pods::{self, is_active, is_available, is_ready},
+    selector_string,
+};
 
 /// What every reconcile shares.
 pub struct Context {
@@ -41,37 +45,6 @@ pub async fn run(client: Client, metrics: Metrics) {
     .run(reconcile, error_policy, ctx)
     .for_each(|_| std::future::ready(()))
     .await;
-}
-
-fn is_active(p: &Pod) -> bool {
-    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-    p.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// Ready for at least `min_ready` seconds.
-fn is_available(p: &Pod, min_ready: i32) -> bool {
-    if !is_ready(p) {
-        return false;
-    }
-    if min_ready <= 0 {
-        return true;
-    }
-    let since = p
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
-        .and_then(|c| c.last_transition_time.as_ref());
-    since.is_some_and(|t| {
-        jiff::Timestamp::now().duration_since(t.0).as_secs() >= i64::from(min_ready)
-    })
 }
 
 /// Upstream's deletion ranking when scaling down: the pod deleted first sorts
@@ -104,14 +77,12 @@ fn deletion_rank(p: &Pod) -> (u8, u8, u8, i64, i64) {
 }
 
 fn owner_ref(rs: &ReplicaSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
-        name: rs.name_any(),
-        uid: rs.uid().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
+    pods::controller_ref(
+        "apps/v1",
+        "ReplicaSet",
+        &rs.name_any(),
+        &rs.uid().unwrap_or_default(),
+    )
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -127,75 +98,21 @@ async fn sync(rs: &ReplicaSet, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let ns = rs.namespace().unwrap_or_else(|| "default".into());
-    let uid = rs.uid().unwrap_or_default();
     let spec = rs.spec.clone().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let selector = selector_string(&spec.selector);
-    let all = pods_api.list(&ListParams::default()).await?.items;
-    let matches_selector = |p: &Pod| crate::selector_matches(&spec.selector, p.labels());
-    let mut owned = Vec::new();
-    for p in all {
-        let controller = p
-            .owner_references()
-            .iter()
-            .find(|o| o.controller == Some(true))
-            .cloned();
-        match controller {
-            Some(o) if o.uid == uid => {
-                if matches_selector(&p) {
-                    owned.push(p);
-                } else {
-                    // Release: it no longer matches.
-                    let refs: Vec<&OwnerReference> = p
-                        .owner_references()
-                        .iter()
-                        .filter(|o| o.uid != uid)
-                        .collect();
-                    let patch = json!({"metadata": {"ownerReferences": refs}});
-                    pods_api
-                        .patch(
-                            &p.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(&patch),
-                        )
-                        .await?;
-                }
-            }
-            None if matches_selector(&p) && is_active(&p) => {
-                // Adopt an orphan that matches.
-                let mut refs = p.owner_references().to_vec();
-                refs.push(owner_ref(rs));
-                let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": p.resource_version()}});
-                match pods_api
-                    .patch(
-                        &p.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await
-                {
-                    Ok(adopted) => owned.push(adopted),
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            _ => {}
-        }
-    }
+    let owned = pods::claim(&pods_api, &owner_ref(rs), &spec.selector).await?;
     let mut active: Vec<Pod> = owned.iter().filter(|p| is_active(p)).cloned().collect();
     let want = usize::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
     if active.len() < want {
         let template = spec.template.clone().unwrap_or_default();
         for _ in active.len()..want {
-            let mut meta = template.metadata.clone().unwrap_or_default();
-            meta.generate_name = Some(format!("{}-", rs.name_any()));
-            meta.namespace = Some(ns.clone());
-            meta.owner_references = Some(vec![owner_ref(rs)]);
-            let pod = Pod {
-                metadata: meta,
-                spec: template.spec.clone(),
-                status: None,
-            };
+            let pod = pods::from_template(
+                &template,
+                &ns,
+                &format!("{}-", rs.name_any()),
+                &owner_ref(rs),
+            );
             let created = pods_api.create(&PostParams::default(), &pod).await?;
             active.push(created);
         }
