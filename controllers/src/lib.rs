@@ -1,14 +1,15 @@
 //! Reconcile loops that drive the cluster towards its declared state, and what
 //! they share: [`leader`] election on a Lease, the [`Metrics`] every controller
 //! reports, label selector helpers, pod ownership ([`pods`]). Built so far: the
-//! Deployment ([`deployment`]), ReplicaSet ([`replicaset`]) and Job ([`job`])
-//! controllers and the garbage collector ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
+//! Deployment ([`deployment`]), ReplicaSet ([`replicaset`]), Job ([`job`]) and
+//! CronJob ([`cronjob`]) controllers and the garbage collector ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
 //! `error_policy` over a documented `Context`, driven by kube-runtime's
 //! `Controller`.
 //!
 //! They run inside `sextant server` as `system:kube-controller-manager`, while
 //! holding the `kube-system/kube-controller-manager` Lease.
 
+pub mod cronjob;
 pub mod deployment;
 pub mod garbage_collector;
 pub mod job;
@@ -98,6 +99,7 @@ pub async fn run(client: Client, metrics: Metrics, identity: String) {
                 deployment::run(client.clone(), metrics.clone()),
                 replicaset::run(client.clone(), metrics.clone()),
                 job::run(client.clone(), metrics.clone()),
+                cronjob::run(client.clone(), metrics.clone()),
                 garbage_collector::run(client, metrics),
             );
         }

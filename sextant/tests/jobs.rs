@@ -205,3 +205,97 @@ async fn jobs_complete_fail_and_expire() {
     assert_eq!(fails["status"]["failed"], 2, "{:#}", fails["status"]);
     assert_eq!(fails["status"]["active"], 0);
 }
+
+const CRON: &str = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "* * * * *"
+  successfulJobsHistoryLimit: 1
+  concurrencyPolicy: Forbid
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: main
+            image: sextant.local/busybox:v1
+            command: [sh, -c, "echo tick"]
+"#;
+
+/// The CronJob's Jobs, oldest first.
+fn cron_jobs(k: &Kubectl) -> Vec<Value> {
+    let list: Value = serde_json::from_str(&k.ok(&["get", "jobs", "-o", "json"]).unwrap()).unwrap();
+    let mut jobs: Vec<Value> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["metadata"]["ownerReferences"][0]["name"] == "tick")
+        .cloned()
+        .collect();
+    jobs.sort_by_key(|j| j["metadata"]["name"].as_str().unwrap().to_owned());
+    jobs
+}
+
+#[tokio::test]
+async fn cronjobs_run_every_minute_and_keep_their_history() {
+    let ctrd = Containerd::start().await.expect("containerd");
+    ctrd.import_test_images().await.expect("images");
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    let _agent = SextantAgent::start(Path::new(BINARY), &server, &ctrd)
+        .await
+        .expect("agent");
+    let k = server.kubectl().unwrap();
+    k.ok_with(&["apply", "-f", "-"], Some(CRON)).unwrap();
+
+    // Two scheduled runs (at most ~2 minutes): each Job is named after its
+    // minute, completes, and only the newest successful one is kept.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..1500 {
+        for j in cron_jobs(&k) {
+            seen.insert(j["metadata"]["name"].as_str().unwrap().to_owned());
+        }
+        let done = cron_jobs(&k).iter().any(|j| j["status"]["succeeded"] == 1) && seen.len() >= 2;
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.len() >= 2, "runs seen: {seen:?}");
+    for name in &seen {
+        let minutes: i64 = name.strip_prefix("tick-").unwrap().parse().unwrap();
+        assert!(minutes > 29_000_000, "{name}");
+    }
+    // The history limit removes the older Job once the newer one succeeded.
+    let mut kept = Vec::new();
+    for _ in 0..300 {
+        kept = cron_jobs(&k)
+            .iter()
+            .filter(|j| j["status"]["succeeded"] == 1)
+            .map(|j| j["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        if kept.len() == 1 && seen.iter().filter(|n| kept.contains(n)).count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let cj: Value =
+        serde_json::from_str(&k.ok(&["get", "cronjob", "tick", "-o", "json"]).unwrap()).unwrap();
+    assert!(
+        cj["status"]["lastScheduleTime"].is_string(),
+        "{:#}",
+        cj["status"]
+    );
+    assert!(
+        cj["status"]["lastSuccessfulTime"].is_string(),
+        "{:#}",
+        cj["status"]
+    );
+    let logs = k.ok(&["logs", &format!("job/{}", kept[0])]).unwrap();
+    assert_eq!(logs, "tick\n");
+}
