@@ -17,7 +17,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use croner::{Cron, parser::CronParser};
 use futures::StreamExt;
-use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy},
@@ -253,7 +253,7 @@ async fn sync(cj: &CronJob, ctx: &Context) -> Result<Action, Error> {
                 )]);
                 let job = Job {
                     metadata: meta,
-                    spec: Some(template.spec.unwrap_or_else(JobSpec::default)),
+                    spec: Some(template.spec.unwrap_or_default()),
                     status: None,
                 };
                 match jobs_api.create(&PostParams::default(), &job).await {
