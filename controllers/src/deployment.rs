@@ -70,7 +70,7 @@ pub fn template_hash(template: &Value) -> String {
 
 /// An int-or-percent against `total`: percentages round up for surge, down for
 /// unavailability.
-fn resolve(v: Option<&IntOrString>, total: i32, round_up: bool, default: i32) -> i32 {
+pub(crate) fn resolve(v: Option<&IntOrString>, total: i32, round_up: bool, default: i32) -> i32 {
     match v {
         Some(IntOrString::Int(n)) => *n,
         Some(IntOrString::String(s)) => {

@@ -1,8 +1,8 @@
 //! Reconcile loops that drive the cluster towards its declared state, and what
 //! they share: [`leader`] election on a Lease, the [`Metrics`] every controller
 //! reports, label selector helpers, pod ownership ([`pods`]). Built so far: the
-//! Deployment ([`deployment`]), ReplicaSet ([`replicaset`]), Job ([`job`]) and
-//! CronJob ([`cronjob`]) controllers and the garbage collector ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
+//! Deployment ([`deployment`]), ReplicaSet ([`replicaset`]), Job ([`job`]),
+//! CronJob ([`cronjob`]) and DaemonSet ([`daemonset`]) controllers and the garbage collector ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
 //! `error_policy` over a documented `Context`, driven by kube-runtime's
 //! `Controller`.
 //!
@@ -10,6 +10,7 @@
 //! holding the `kube-system/kube-controller-manager` Lease.
 
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod garbage_collector;
 pub mod job;
@@ -100,6 +101,7 @@ pub async fn run(client: Client, metrics: Metrics, identity: String) {
                 replicaset::run(client.clone(), metrics.clone()),
                 job::run(client.clone(), metrics.clone()),
                 cronjob::run(client.clone(), metrics.clone()),
+                daemonset::run(client.clone(), metrics.clone()),
                 garbage_collector::run(client, metrics),
             );
         }

@@ -20,6 +20,7 @@ pub mod node;
 pub mod pods;
 pub mod probes;
 pub mod quantity;
+pub mod scheduling;
 pub mod server;
 pub mod spdy;
 pub mod stats;

@@ -4,8 +4,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
-use sextant_kubelet::quantity;
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use sextant_kubelet::{
+    quantity,
+    scheduling::{affinity_matches, tolerates},
+};
+
+pub use sextant_kubelet::scheduling::{preferred_affinity, tolerates_taints};
 
 /// A node with what is already placed on it.
 #[derive(Clone, Debug, Default)]
@@ -75,108 +80,11 @@ pub fn allocatable(node: &Node) -> (i64, i64, i64) {
     )
 }
 
-fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| {
-        let key_ok = match t.key.as_deref() {
-            None | Some("") => t.operator.as_deref() == Some("Exists"),
-            Some(k) => k == taint.key,
-        };
-        let value_ok = match t.operator.as_deref() {
-            Some("Exists") => true,
-            _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-        };
-        let effect_ok = t
-            .effect
-            .as_deref()
-            .is_none_or(|e| e.is_empty() || e == taint.effect);
-        key_ok && value_ok && effect_ok
-    })
-}
-
 fn ready(node: &Node) -> bool {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// `matchExpressions` of a node selector term against the node's labels.
-fn term_matches(
-    term: &k8s_openapi::api::core::v1::NodeSelectorTerm,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    term.match_expressions.iter().flatten().all(|e| {
-        let v = labels.get(&e.key);
-        let values = e.values.clone().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => v.is_some_and(|v| values.contains(v)),
-            "NotIn" => v.is_none_or(|v| !values.contains(v)),
-            "Exists" => v.is_some(),
-            "DoesNotExist" => v.is_none(),
-            "Gt" | "Lt" => {
-                let (Some(v), Some(bound)) = (
-                    v.and_then(|v| v.parse::<i64>().ok()),
-                    values.first().and_then(|b| b.parse::<i64>().ok()),
-                ) else {
-                    return false;
-                };
-                if e.operator == "Gt" {
-                    v > bound
-                } else {
-                    v < bound
-                }
-            }
-            _ => false,
-        }
-    })
-}
-
-/// Whether the pod's nodeSelector and required node affinity admit the node.
-pub fn affinity_matches(pod: &Pod, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let Some(spec) = &pod.spec else {
-        return true;
-    };
-    let selector_ok = spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| {
-            na.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    let affinity_ok = required.is_none_or(|r| {
-        r.node_selector_terms
-            .iter()
-            .any(|t| term_matches(t, &labels))
-    });
-    selector_ok && affinity_ok
-}
-
-/// The weight of the preferred node affinity terms the node matches.
-pub fn preferred_affinity(pod: &Pod, node: &Node) -> i64 {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.affinity.as_ref())
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| {
-            na.preferred_during_scheduling_ignored_during_execution
-                .as_ref()
-        })
-        .map(|terms| {
-            terms
-                .iter()
-                .filter(|t| term_matches(&t.preference, &labels))
-                .map(|t| i64::from(t.weight))
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Why `info`'s node cannot take `pod`, in upstream's words (empty when it fits).

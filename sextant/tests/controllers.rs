@@ -224,3 +224,131 @@ async fn replicasets_keep_their_pods() {
         "{metrics}"
     );
 }
+
+const DS: &str = r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector:
+    matchLabels: {app: agent}
+  template:
+    metadata:
+      labels: {app: agent}
+    spec:
+      containers:
+      - name: c
+        image: sextant.local/busybox:v1
+"#;
+
+/// Creates a simulated node (a Node object that reports Ready).
+fn sim_node(k: &Kubectl, name: &str, extra: &str) {
+    let manifest = format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n{extra}");
+    k.ok_with(&["apply", "-f", "-"], Some(&manifest)).unwrap();
+    k.ok(&[
+        "patch",
+        "node",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        NODE,
+    ])
+    .unwrap();
+}
+
+/// Node → image of the DaemonSet's live pods, for bound pods.
+fn daemon_pods(k: &Kubectl) -> std::collections::BTreeMap<String, Vec<String>> {
+    let list: serde_json::Value = serde_json::from_str(
+        &k.ok(&["get", "pods", "-l", "app=agent", "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let mut out = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for p in list["items"].as_array().unwrap() {
+        if !p["metadata"]["deletionTimestamp"].is_null() {
+            continue;
+        }
+        let node = p["spec"]["nodeName"].as_str().unwrap_or("-").to_owned();
+        let image = p["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        out.entry(node).or_default().push(image);
+    }
+    out
+}
+
+#[tokio::test]
+async fn daemonsets_run_one_pod_per_eligible_node() {
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    let k = server.kubectl().unwrap();
+    sim_node(&k, "ds-1", "");
+    sim_node(&k, "ds-2", "");
+    sim_node(
+        &k,
+        "ds-gpu",
+        "spec:\n  taints: [{key: dedicated, value: gpu, effect: NoSchedule}]\n",
+    );
+    k.ok_with(&["apply", "-f", "-"], Some(DS)).unwrap();
+    let v1 = "sextant.local/busybox:v1".to_owned();
+    until("one pod on each untainted node", || {
+        let pods = daemon_pods(&k);
+        pods.get("ds-1") == Some(&vec![v1.clone()])
+            && pods.get("ds-2") == Some(&vec![v1.clone()])
+            && pods.len() == 2
+    })
+    .await;
+
+    // A new node gets its pod (the controller watches nodes).
+    sim_node(&k, "ds-3", "");
+    until("a pod on the new node", || {
+        daemon_pods(&k).get("ds-3") == Some(&vec![v1.clone()])
+    })
+    .await;
+    let status: serde_json::Value = serde_json::from_str(
+        &k.ok(&["get", "ds", "agent", "-o", "jsonpath={.status}"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status["desiredNumberScheduled"], 3, "{status}");
+    assert_eq!(status["currentNumberScheduled"], 3, "{status}");
+
+    // A rolling update replaces every pod; the revisions are recorded.
+    k.ok(&["set", "image", "ds/agent", "c=sextant.local/busybox:v2"])
+        .unwrap();
+    let v2 = "sextant.local/busybox:v2".to_owned();
+    until("every pod on the new template", || {
+        let pods = daemon_pods(&k);
+        ["ds-1", "ds-2", "ds-3"]
+            .iter()
+            .all(|n| pods.get(*n) == Some(&vec![v2.clone()]))
+            && pods.len() == 3
+    })
+    .await;
+    let history = k.ok(&["rollout", "history", "ds/agent"]).unwrap();
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter(|l| l.trim_start().starts_with(char::is_numeric))
+        .collect();
+    assert_eq!(revisions.len(), 2, "{history}");
+
+    // Tolerating the taint adds the tainted node.
+    k.ok(&[
+        "patch",
+        "ds",
+        "agent",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"tolerations":[{"key":"dedicated","operator":"Exists"}]}}}}"#,
+    ])
+    .unwrap();
+    until("a pod on the tainted node", || {
+        daemon_pods(&k)
+            .get("ds-gpu")
+            .is_some_and(|images| images.len() == 1)
+    })
+    .await;
+}

@@ -1,0 +1,141 @@
+//! The rules by which a pod fits a node, shared by the scheduler, the DaemonSet
+//! controller and (later) kubelet admission, as upstream keeps them in
+//! `component-helpers/scheduling`: nodeSelector and node affinity (with
+//! `matchFields` on `metadata.name`), and taint tolerations.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+
+/// Whether `tolerations` tolerate `taint` (key, value by operator, effect).
+pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+    tolerations.iter().any(|t| {
+        let key_ok = match t.key.as_deref() {
+            None | Some("") => t.operator.as_deref() == Some("Exists"),
+            Some(k) => k == taint.key,
+        };
+        let value_ok = match t.operator.as_deref() {
+            Some("Exists") => true,
+            _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        };
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == taint.effect);
+        key_ok && value_ok && effect_ok
+    })
+}
+
+/// `matchExpressions` of a node selector term against the node's labels, and
+/// its `matchFields` (only `metadata.name` exists) against the node's name —
+/// how DaemonSet pods name their node.
+fn term_matches(
+    term: &k8s_openapi::api::core::v1::NodeSelectorTerm,
+    labels: &BTreeMap<String, String>,
+    node_name: &str,
+) -> bool {
+    let fields_ok = term.match_fields.iter().flatten().all(|f| {
+        let values = f.values.clone().unwrap_or_default();
+        let listed = f.key == "metadata.name" && values.iter().any(|v| v == node_name);
+        match f.operator.as_str() {
+            "In" => listed,
+            "NotIn" => !listed,
+            _ => false,
+        }
+    });
+    fields_ok
+        && term.match_expressions.iter().flatten().all(|e| {
+            let v = labels.get(&e.key);
+            let values = e.values.clone().unwrap_or_default();
+            match e.operator.as_str() {
+                "In" => v.is_some_and(|v| values.contains(v)),
+                "NotIn" => v.is_none_or(|v| !values.contains(v)),
+                "Exists" => v.is_some(),
+                "DoesNotExist" => v.is_none(),
+                "Gt" | "Lt" => {
+                    let (Some(v), Some(bound)) = (
+                        v.and_then(|v| v.parse::<i64>().ok()),
+                        values.first().and_then(|b| b.parse::<i64>().ok()),
+                    ) else {
+                        return false;
+                    };
+                    if e.operator == "Gt" {
+                        v > bound
+                    } else {
+                        v < bound
+                    }
+                }
+                _ => false,
+            }
+        })
+}
+
+/// Whether the pod tolerates every NoSchedule and NoExecute taint of the node.
+pub fn tolerates_taints(pod: &Pod, node: &Node) -> bool {
+    let tolerations = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.clone())
+        .unwrap_or_default();
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .all(|t| tolerates(&tolerations, t))
+}
+
+/// Whether the pod's nodeSelector and required node affinity admit the node.
+pub fn affinity_matches(pod: &Pod, node: &Node) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let Some(spec) = &pod.spec else {
+        return true;
+    };
+    let selector_ok = spec
+        .node_selector
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|na| {
+            na.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    let affinity_ok = required.is_none_or(|r| {
+        r.node_selector_terms
+            .iter()
+            .any(|t| term_matches(t, &labels, &node.metadata.name.clone().unwrap_or_default()))
+    });
+    selector_ok && affinity_ok
+}
+
+/// The weight of the preferred node affinity terms the node matches.
+pub fn preferred_affinity(pod: &Pod, node: &Node) -> i64 {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|na| {
+            na.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|terms| {
+            terms
+                .iter()
+                .filter(|t| {
+                    term_matches(
+                        &t.preference,
+                        &labels,
+                        node.metadata.name.as_deref().unwrap_or_default(),
+                    )
+                })
+                .map(|t| i64::from(t.weight))
+                .sum()
+        })
+        .unwrap_or(0)
+}
