@@ -148,6 +148,10 @@ fn namespace(obj: &mut Value) {
     if obj["status"]["phase"].is_null() {
         obj["status"] = json!({"phase": "Active"});
     }
+    // The namespace controller removes it once the namespace is emptied.
+    if obj["spec"]["finalizers"].is_null() {
+        obj["spec"]["finalizers"] = json!(["kubernetes"]);
+    }
     // Upstream labels every namespace with its own name (for namespaceSelector).
     if let Some(name) = obj["metadata"]["name"].as_str().map(str::to_owned)
         && let Some(meta) = obj["metadata"].as_object_mut()

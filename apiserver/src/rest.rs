@@ -208,10 +208,12 @@ async fn dispatch(
         .await
         .map_err(|_| ApiError::too_large(MAX_BODY))?;
     let is_pod = t.rt.group.is_empty() && t.rt.kind == "Pod";
+    let is_namespace = t.rt.group.is_empty() && t.rt.kind == "Namespace";
     if let Some(sub) = &t.subresource
         && !(sub == "status" && t.rt.has_status)
         && !(sub == "scale" && t.rt.has_scale())
         && !(is_pod && matches!(sub.as_str(), "binding" | "eviction"))
+        && !(is_namespace && sub == "finalize")
     {
         return Err(ApiError::no_route());
     }
@@ -231,6 +233,14 @@ async fn dispatch(
             )));
         }
         _ => {}
+    }
+    if h.t.subresource.as_deref() == Some("finalize") {
+        return match method {
+            Method::PUT => h.finalize(&body).await,
+            m => Err(ApiError::method_not_allowed(format!(
+                "{m} is not supported on namespaces/finalize"
+            ))),
+        };
     }
     if h.t.subresource.as_deref() == Some("scale") {
         return match method {
@@ -1055,30 +1065,80 @@ impl Handler {
         Ok(next)
     }
 
+    /// `PUT namespaces/<name>/finalize`: sets `spec.finalizers` from the body (the
+    /// namespace controller removes `kubernetes` once the namespace is empty); a
+    /// terminating namespace left with no finalizers is removed.
+    async fn finalize(&self, body: &[u8]) -> ApiResult {
+        let input: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("decoding the Namespace: {e}")))?;
+        let finalizers = match &input["spec"]["finalizers"] {
+            Value::Array(list) => Value::Array(list.clone()),
+            _ => json!([]),
+        };
+        let out = self
+            .guaranteed_update(None, |current| {
+                let mut next = current.clone();
+                next["spec"]["finalizers"] = finalizers.clone();
+                Ok(next)
+            })
+            .await?;
+        let empty = |v: &Value| v.as_array().is_none_or(Vec::is_empty);
+        if !out["metadata"]["deletionTimestamp"].is_null()
+            && empty(&out["spec"]["finalizers"])
+            && empty(&out["metadata"]["finalizers"])
+        {
+            let key = self.rt().key(None, self.name());
+            match self.state.store.delete(&key, None).await {
+                Ok(_) | Err(storage::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(json_response(StatusCode::OK, &out))
+    }
+
     /// Deletes at once, or — when the object has finalizers, is a namespace, or is a
     /// scheduled pod with a grace period — marks it with `deletionTimestamp` and
     /// answers 202; whoever owns the finalizer (or the kubelet) completes it.
     async fn delete(&self, body: &[u8]) -> ApiResult {
         let options = optional_json_body(body, "DeleteOptions")?;
+        let (code, obj) = self.delete_named(self.name(), &options).await?;
+        Ok(json_response(code, &obj))
+    }
+
+    /// [`Handler::delete`] of the object `name`: also what deletecollection does
+    /// to each object, so finalizers and graceful pod deletion hold there too.
+    async fn delete_named(&self, name: &str, options: &Value) -> ApiResult<(StatusCode, Value)> {
+        let not_found = || ApiError::not_found(self.rt().group, self.rt().plural, name);
         let grace = self
             .params
             .grace_period_seconds
             .or_else(|| options["gracePeriodSeconds"].as_i64());
-        let key = self.rt().key(self.t.namespace.as_deref(), self.name());
+        let key = self.rt().key(self.t.namespace.as_deref(), name);
         for _ in 0..16 {
             let kv = self
                 .state
                 .store
                 .get(&key)
                 .await?
-                .ok_or_else(|| self.not_found())?;
+                .ok_or_else(not_found)?;
             let obj = self.object_of(&kv)?;
-            check_preconditions(&options, &obj, self.rt(), self.name())?;
+            check_preconditions(options, &obj, self.rt(), name)?;
             let is_pod = self.rt().group.is_empty() && self.rt().kind == "Pod";
             let is_namespace = self.rt().group.is_empty() && self.rt().kind == "Namespace";
             let has_finalizers = obj["metadata"]["finalizers"]
                 .as_array()
                 .is_some_and(|f| !f.is_empty());
+            if is_namespace && crate::server::SYSTEM_NAMESPACES[..3].contains(&name) {
+                return Err(ApiError::forbidden(format!(
+                    "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+                )));
+            }
+            // A namespace waits for its content to go (spec.finalizers), unless
+            // nothing is left to wait for.
+            let is_namespace = is_namespace
+                && obj["spec"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty());
             let pod_grace = if is_pod
                 && obj["spec"]["nodeName"]
                     .as_str()
@@ -1115,7 +1175,7 @@ impl Handler {
                 } else {
                     StatusCode::OK
                 };
-                return Ok(json_response(code, &obj));
+                return Ok((code, obj));
             }
             if !graceful {
                 return match self.state.store.delete(&key, Some(kv.mod_revision)).await {
@@ -1124,16 +1184,16 @@ impl Handler {
                         if self.is_service() {
                             Ranges::on_delete(self.state.store.as_ref(), &prev).await;
                         }
-                        Ok(json_response(StatusCode::OK, &prev))
+                        Ok((StatusCode::OK, prev))
                     }
                     Err(storage::Error::Conflict { .. }) => continue,
-                    Err(storage::Error::NotFound { .. }) => Err(self.not_found()),
+                    Err(storage::Error::NotFound { .. }) => Err(not_found()),
                     Err(e) => Err(e.into()),
                 };
             }
             if !obj["metadata"]["deletionTimestamp"].is_null() {
                 // Already being deleted: repeating the request changes nothing.
-                return Ok(json_response(StatusCode::ACCEPTED, &obj));
+                return Ok((StatusCode::ACCEPTED, obj));
             }
             let mut next = obj.clone();
             if orphan && let Some(meta) = next["metadata"].as_object_mut() {
@@ -1158,9 +1218,9 @@ impl Handler {
                 .update(&key, self.stored_bytes(&next)?, kv.mod_revision)
                 .await
             {
-                Ok(kv) => return Ok(json_response(StatusCode::ACCEPTED, &self.object_of(&kv)?)),
+                Ok(kv) => return Ok((StatusCode::ACCEPTED, self.object_of(&kv)?)),
                 Err(storage::Error::Conflict { .. }) => continue,
-                Err(storage::Error::NotFound { .. }) => return Err(self.not_found()),
+                Err(storage::Error::NotFound { .. }) => return Err(not_found()),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -1188,18 +1248,13 @@ impl Handler {
             if !(labels.matches(&obj) && fields.matches(&obj)) {
                 continue;
             }
-            if !self.params.is_dry_run() {
-                match self.state.store.delete(&kv.key, None).await {
-                    Ok(_) => {
-                        if self.is_service() {
-                            Ranges::on_delete(self.state.store.as_ref(), &obj).await;
-                        }
-                    }
-                    Err(storage::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            match self.delete_named(&name, &Value::Null).await {
+                Ok((_, deleted)) => items.push(deleted),
+                // Gone meanwhile, or a system namespace that stays.
+                Err(e) if matches!(e.code, 403 | 404) => {}
+                Err(e) => return Err(e),
             }
-            items.push(obj);
         }
         Ok(json_response(
             StatusCode::OK,

@@ -2,7 +2,8 @@
 //! they share: [`leader`] election on a Lease, the [`Metrics`] every controller
 //! reports, label selector helpers, pod ownership ([`pods`]). Built so far: the
 //! Deployment ([`deployment`]), ReplicaSet ([`replicaset`]), Job ([`job`]),
-//! CronJob ([`cronjob`]) and DaemonSet ([`daemonset`]) controllers and the garbage collector ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
+//! CronJob ([`cronjob`]), DaemonSet ([`daemonset`]) and Namespace ([`namespace`])
+//! controllers and the garbage collector ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
 //! `error_policy` over a documented `Context`, driven by kube-runtime's
 //! `Controller`.
 //!
@@ -15,6 +16,7 @@ pub mod deployment;
 pub mod garbage_collector;
 pub mod job;
 pub mod leader;
+pub mod namespace;
 pub mod pods;
 pub mod replicaset;
 
@@ -102,6 +104,7 @@ pub async fn run(client: Client, metrics: Metrics, identity: String) {
                 job::run(client.clone(), metrics.clone()),
                 cronjob::run(client.clone(), metrics.clone()),
                 daemonset::run(client.clone(), metrics.clone()),
+                namespace::run(client.clone(), metrics.clone()),
                 garbage_collector::run(client, metrics),
             );
         }

@@ -352,3 +352,86 @@ async fn daemonsets_run_one_pod_per_eligible_node() {
     })
     .await;
 }
+
+const TEAM: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: team}
+data: {a: b}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds, namespace: team}
+stringData: {p: q}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: team}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: c
+        image: sextant.local/busybox:v1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: team}
+spec:
+  selector: {app: web}
+  ports: [{port: 80}]
+"#;
+
+#[tokio::test]
+async fn deleting_a_namespace_deletes_its_content() {
+    // No nodes: pods stay unscheduled, so their deletion is immediate.
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    let k = server.kubectl().unwrap();
+    k.ok(&["create", "namespace", "team"]).unwrap();
+    let finalizers = k
+        .ok(&["get", "ns", "team", "-o", "jsonpath={.spec.finalizers}"])
+        .unwrap();
+    assert_eq!(finalizers, r#"["kubernetes"]"#);
+    k.ok_with(&["apply", "-f", "-"], Some(TEAM)).unwrap();
+    until("the deployment's pods", || {
+        k.ok(&["get", "pods", "-n", "team", "-o", "name"])
+            .unwrap()
+            .lines()
+            .count()
+            == 2
+    })
+    .await;
+
+    k.ok(&["delete", "namespace", "team", "--timeout=60s"])
+        .unwrap();
+    let err = k.fails(&["get", "namespace", "team"], None).unwrap();
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
+    for kind in [
+        "configmaps",
+        "secrets",
+        "deployments",
+        "replicasets",
+        "pods",
+        "services",
+    ] {
+        let left = k.ok(&["get", kind, "-n", "team", "-o", "name"]).unwrap();
+        assert!(left.trim().is_empty(), "{kind} left: {left}");
+    }
+
+    // The system namespaces cannot be deleted.
+    let err = k.fails(&["delete", "namespace", "default"], None).unwrap();
+    assert!(
+        err.contains("namespaces \"default\" is forbidden: this namespace may not be deleted"),
+        "{err}"
+    );
+}
