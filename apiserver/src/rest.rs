@@ -1115,12 +1115,7 @@ impl Handler {
             .or_else(|| options["gracePeriodSeconds"].as_i64());
         let key = self.rt().key(self.t.namespace.as_deref(), name);
         for _ in 0..16 {
-            let kv = self
-                .state
-                .store
-                .get(&key)
-                .await?
-                .ok_or_else(not_found)?;
+            let kv = self.state.store.get(&key).await?.ok_or_else(not_found)?;
             let obj = self.object_of(&kv)?;
             check_preconditions(options, &obj, self.rt(), name)?;
             let is_pod = self.rt().group.is_empty() && self.rt().kind == "Pod";
@@ -1248,7 +1243,10 @@ impl Handler {
             if !(labels.matches(&obj) && fields.matches(&obj)) {
                 continue;
             }
-            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let name = obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             match self.delete_named(&name, &Value::Null).await {
                 Ok((_, deleted)) => items.push(deleted),
                 // Gone meanwhile, or a system namespace that stays.
