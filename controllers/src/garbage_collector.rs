@@ -1,5 +1,8 @@
-//! The garbage collector, for what Sextant's controllers own: a Pod or a
-//! ReplicaSet whose owner (by uid) is gone is deleted in the background, as
+//! The garbage collector, for what Sextant's controllers own — Pods (of
+//! ReplicaSets, Jobs, DaemonSets), ReplicaSets (of Deployments), Jobs (of
+//! CronJobs), ControllerRevisions (of DaemonSets), EndpointSlices and Endpoints
+//! (of Services): a dependent none of whose owners (by uid, of any kind, looked
+//! up through discovery) exists any more is deleted in the background, as
 //! upstream's garbage collector does with `propagationPolicy: Background`.
 //!
 //! `propagationPolicy: Orphan` (`kubectl delete --cascade=orphan`): the API server
@@ -8,25 +11,33 @@
 //! the owner goes while its dependents stay. `Foreground` is not honoured yet
 //! (it is treated as Background).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::{
     api::{
-        apps::v1::{Deployment, ReplicaSet},
-        batch::v1::Job,
-        core::v1::Pod,
+        apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet},
+        batch::v1::{CronJob, Job},
+        core::v1::{Endpoints, Pod, Service},
+        discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::DeleteParams,
+    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind},
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
 use serde::de::DeserializeOwned;
 
 use crate::{Error, Metrics};
+
+/// An owner kind's API resource and whether it is namespaced.
+type OwnerKind = (ApiResource, bool);
 
 /// What every reconcile shares.
 pub struct Context {
@@ -34,45 +45,87 @@ pub struct Context {
     pub client: Client,
     /// Reconcile metrics.
     pub metrics: Metrics,
+    /// Owner kinds resolved through discovery: (apiVersion, kind) → resource.
+    kinds: Mutex<HashMap<(String, String), Option<OwnerKind>>>,
 }
 
-/// Runs the collector for Pods and ReplicaSets until the watches end.
+/// Makes `controller` (of dependents `D`) look at the dependents of an owner of
+/// kind `O` when that owner changes or goes away.
+fn on_owner<D, O>(controller: Controller<D>, client: &Client) -> Controller<D>
+where
+    D: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    O: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let store = controller.store();
+    controller.watches(
+        Api::<O>::all(client.clone()),
+        watcher::Config::default(),
+        move |owner| dependents(&store, &owner),
+    )
+}
+
+/// Runs the collector until the watches end.
 pub async fn run(client: Client, metrics: Metrics) {
     let ctx = Arc::new(Context {
         client: client.clone(),
         metrics,
+        kinds: Default::default(),
     });
-    // A dependent is looked at when it changes and when any owner of its kind
-    // changes or goes away (the owner's watch maps to its dependents).
-    let pods = Controller::new(Api::<Pod>::all(client.clone()), watcher::Config::default());
-    let pod_store = pods.store();
-    let job_pod_store = pods.store();
-    let pods = pods
-        .watches(
-            Api::<ReplicaSet>::all(client.clone()),
-            watcher::Config::default(),
-            move |rs| dependents(&pod_store, &rs),
-        )
-        .watches(
-            Api::<Job>::all(client.clone()),
-            watcher::Config::default(),
-            move |job| dependents(&job_pod_store, &job),
-        )
-        .run(reconcile::<Pod>, error_policy, ctx.clone())
-        .for_each(|_| std::future::ready(()));
-    let replicasets = Controller::new(
-        Api::<ReplicaSet>::all(client.clone()),
-        watcher::Config::default(),
+    let c = &client;
+    let config = watcher::Config::default;
+    let pods = Controller::new(Api::<Pod>::all(c.clone()), config());
+    let pods = on_owner::<_, ReplicaSet>(pods, c);
+    let pods = on_owner::<_, Job>(pods, c);
+    let pods = on_owner::<_, DaemonSet>(pods, c);
+    let replicasets = on_owner::<_, Deployment>(
+        Controller::new(Api::<ReplicaSet>::all(c.clone()), config()),
+        c,
     );
-    let rs_store = replicasets.store();
-    let replicasets = replicasets
-        .watches(
-            Api::<Deployment>::all(client),
-            watcher::Config::default(),
-            move |d| dependents(&rs_store, &d),
+    let jobs = on_owner::<_, CronJob>(Controller::new(Api::<Job>::all(c.clone()), config()), c);
+    let revisions = on_owner::<_, DaemonSet>(
+        Controller::new(Api::<ControllerRevision>::all(c.clone()), config()),
+        c,
+    );
+    let slices = on_owner::<_, Service>(
+        Controller::new(Api::<EndpointSlice>::all(c.clone()), config()),
+        c,
+    );
+    let endpoints = on_owner::<_, Service>(
+        Controller::new(Api::<Endpoints>::all(c.clone()), config()),
+        c,
+    );
+    let collectors = async {
+        tokio::join!(
+            pods.run(reconcile::<Pod>, error_policy, ctx.clone())
+                .for_each(|_| std::future::ready(())),
+            replicasets
+                .run(reconcile::<ReplicaSet>, error_policy, ctx.clone())
+                .for_each(|_| std::future::ready(())),
+            jobs.run(reconcile::<Job>, error_policy, ctx.clone())
+                .for_each(|_| std::future::ready(())),
+            revisions
+                .run(reconcile::<ControllerRevision>, error_policy, ctx.clone())
+                .for_each(|_| std::future::ready(())),
+            slices
+                .run(reconcile::<EndpointSlice>, error_policy, ctx.clone())
+                .for_each(|_| std::future::ready(())),
+            endpoints
+                .run(reconcile::<Endpoints>, error_policy, ctx.clone())
+                .for_each(|_| std::future::ready(())),
         )
-        .run(reconcile::<ReplicaSet>, error_policy, ctx.clone())
-        .for_each(|_| std::future::ready(()));
+    };
     let orphaning = async {
         tokio::join!(
             orphan_controller::<Deployment>(ctx.client.clone(), ctx.clone()),
@@ -80,7 +133,7 @@ pub async fn run(client: Client, metrics: Metrics) {
             orphan_controller::<Job>(ctx.client.clone(), ctx.clone()),
         )
     };
-    tokio::join!(pods, replicasets, orphaning);
+    tokio::join!(collectors, orphaning);
 }
 
 /// Releases the dependents of owners of kind `K` deleted with the `orphan` finalizer.
@@ -209,28 +262,44 @@ where
         .collect()
 }
 
-/// Whether `owner` still exists with the same uid (owners of unknown kinds count
-/// as existing: this collector does not know how to look them up).
-async fn owner_exists(client: &Client, ns: &str, owner: &OwnerReference) -> Result<bool, Error> {
-    async fn exists<K>(api: Api<K>, owner: &OwnerReference) -> Result<bool, Error>
-    where
-        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-    {
-        Ok(api
-            .get_opt(&owner.name)
-            .await?
-            .is_some_and(|o| o.meta().uid.as_deref() == Some(owner.uid.as_str())))
+/// The API resource of an owner's kind and whether it is namespaced (cached;
+/// `None` for a kind the API server does not serve).
+async fn resource_of(ctx: &Context, owner: &OwnerReference) -> Result<Option<OwnerKind>, Error> {
+    let key = (owner.api_version.clone(), owner.kind.clone());
+    if let Some(known) = ctx.kinds.lock().ok().and_then(|k| k.get(&key).cloned()) {
+        return Ok(known);
     }
-    match (owner.api_version.as_str(), owner.kind.as_str()) {
-        ("apps/v1", "ReplicaSet") => {
-            exists(Api::<ReplicaSet>::namespaced(client.clone(), ns), owner).await
-        }
-        ("apps/v1", "Deployment") => {
-            exists(Api::<Deployment>::namespaced(client.clone(), ns), owner).await
-        }
-        ("batch/v1", "Job") => exists(Api::<Job>::namespaced(client.clone(), ns), owner).await,
-        _ => Ok(true),
+    let (group, version) = match owner.api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", owner.api_version.as_str()),
+    };
+    let gvk = GroupVersionKind::gvk(group, version, &owner.kind);
+    let resource = match kube::discovery::pinned_kind(&ctx.client, &gvk).await {
+        Ok((ar, caps)) => Some((ar, caps.scope == kube::discovery::Scope::Namespaced)),
+        Err(kube::Error::Discovery(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if let Ok(mut kinds) = ctx.kinds.lock() {
+        kinds.insert(key, resource.clone());
     }
+    Ok(resource)
+}
+
+/// Whether `owner` still exists with the same uid (owners of kinds the API
+/// server does not serve count as existing: nothing is deleted on a guess).
+async fn owner_exists(ctx: &Context, ns: &str, owner: &OwnerReference) -> Result<bool, Error> {
+    let Some((ar, namespaced)) = resource_of(ctx, owner).await? else {
+        return Ok(true);
+    };
+    let api: Api<DynamicObject> = if namespaced {
+        Api::namespaced_with(ctx.client.clone(), ns, &ar)
+    } else {
+        Api::all_with(ctx.client.clone(), &ar)
+    };
+    Ok(api
+        .get_opt(&owner.name)
+        .await?
+        .is_some_and(|o| o.metadata.uid.as_deref() == Some(owner.uid.as_str())))
 }
 
 async fn reconcile<K>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error>
@@ -261,7 +330,7 @@ where
     let ns = obj.namespace().unwrap_or_else(|| "default".into());
     // Upstream deletes a dependent once none of its owners exist.
     for owner in owners {
-        if owner_exists(&ctx.client, &ns, owner).await? {
+        if owner_exists(ctx, &ns, owner).await? {
             return Ok(Action::await_change());
         }
     }

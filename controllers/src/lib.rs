@@ -2,8 +2,8 @@
 //! they share: [`leader`] election on a Lease, the [`Metrics`] every controller
 //! reports, label selector helpers, pod ownership ([`pods`]). Built so far: the
 //! Deployment ([`deployment`]), ReplicaSet ([`replicaset`]), Job ([`job`]),
-//! CronJob ([`cronjob`]), DaemonSet ([`daemonset`]) and Namespace ([`namespace`])
-//! controllers and the garbage collector ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
+//! CronJob ([`cronjob`]), DaemonSet ([`daemonset`]), Namespace ([`namespace`]) and
+//! EndpointSlice ([`endpointslice`]) controllers and the garbage collector ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
 //! `error_policy` over a documented `Context`, driven by kube-runtime's
 //! `Controller`.
 //!
@@ -13,6 +13,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpointslice;
 pub mod garbage_collector;
 pub mod job;
 pub mod leader;
@@ -105,6 +106,7 @@ pub async fn run(client: Client, metrics: Metrics, identity: String) {
                 cronjob::run(client.clone(), metrics.clone()),
                 daemonset::run(client.clone(), metrics.clone()),
                 namespace::run(client.clone(), metrics.clone()),
+                endpointslice::run(client.clone(), metrics.clone()),
                 garbage_collector::run(client, metrics),
             );
         }

@@ -435,3 +435,142 @@ async fn deleting_a_namespace_deletes_its_content() {
         "{err}"
     );
 }
+
+const SERVICE: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: api}
+  template:
+    metadata:
+      labels: {app: api}
+    spec:
+      containers:
+      - name: c
+        image: sextant.local/busybox:v1
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api}
+spec:
+  selector: {app: api}
+  ports: [{name: web, port: 80, targetPort: http}]
+"#;
+
+/// Writes a pod's status as its kubelet would: Running, an IP, Ready or not.
+fn report(k: &Kubectl, pod: &str, ip: &str, ready: bool) {
+    let status = if ready { "True" } else { "False" };
+    k.ok(&[
+        "patch",
+        "pod",
+        pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(
+            r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"Ready","status":"{status}"}}]}}}}"#
+        ),
+    ])
+    .unwrap();
+}
+
+fn slice_endpoints(k: &Kubectl) -> Vec<(String, bool)> {
+    let list: serde_json::Value = serde_json::from_str(
+        &k.ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=api",
+            "-o",
+            "json",
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    let mut out: Vec<(String, bool)> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            (
+                e["addresses"][0].as_str().unwrap().to_owned(),
+                e["conditions"]["ready"] == true,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn endpointslices_follow_pod_readiness() {
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    let k = server.kubectl().unwrap();
+    sim_node(&k, "ep-1", "");
+    k.ok_with(&["apply", "-f", "-"], Some(SERVICE)).unwrap();
+    let pod_names = || -> Vec<String> {
+        k.ok(&["get", "pods", "-l", "app=api", "-o", "name"])
+            .unwrap()
+            .lines()
+            .map(|l| l.trim_start_matches("pod/").to_owned())
+            .collect()
+    };
+    until("3 pods", || pod_names().len() == 3).await;
+    let names = pod_names();
+    for (i, name) in names.iter().enumerate() {
+        report(&k, name, &format!("10.99.0.{}", i + 1), i != 2);
+    }
+    until("three endpoints, two ready", || {
+        slice_endpoints(&k)
+            == [
+                ("10.99.0.1".to_owned(), true),
+                ("10.99.0.2".to_owned(), true),
+                ("10.99.0.3".to_owned(), false),
+            ]
+    })
+    .await;
+    let ports = k
+        .ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=api",
+            "-o",
+            "jsonpath={.items[0].ports[0].name}:{.items[0].ports[0].port}",
+        ])
+        .unwrap();
+    assert_eq!(ports, "web:8080");
+    // The Endpoints object lists ready and not-ready addresses apart.
+    let ep = k
+        .ok(&[
+            "get",
+            "endpoints",
+            "api",
+            "-o",
+            "jsonpath={.subsets[0].addresses[*].ip} / {.subsets[0].notReadyAddresses[*].ip}",
+        ])
+        .unwrap();
+    assert_eq!(ep, "10.99.0.1 10.99.0.2 / 10.99.0.3");
+
+    // Readiness changes and scale-downs show up.
+    report(&k, &names[2], "10.99.0.3", true);
+    until("all ready", || slice_endpoints(&k).iter().all(|(_, r)| *r)).await;
+    // The Service goes, and its slices and Endpoints with it.
+    k.ok(&["delete", "service", "api"]).unwrap();
+    until("slices garbage collected", || {
+        slice_endpoints(&k).is_empty()
+    })
+    .await;
+    until("endpoints garbage collected", || {
+        k.run(&["get", "endpoints", "api"], None)
+            .is_ok_and(|o| !o.status.success())
+    })
+    .await;
+}
