@@ -21,6 +21,7 @@ pub fn apply(rt: &ResourceType, obj: &mut Value) {
         ("", "Pod") => {
             if let Some(spec) = object(obj, "spec") {
                 pod_spec(spec, "Always");
+                default_toleration_seconds(spec);
             }
             // A new pod is Pending until its kubelet says otherwise.
             set(obj, "status", json!({}));
@@ -159,6 +160,38 @@ fn namespace(obj: &mut Value) {
         let labels = meta.entry("labels").or_insert_with(|| json!({}));
         if let Some(l) = labels.as_object_mut() {
             l.insert("kubernetes.io/metadata.name".into(), json!(name));
+        }
+    }
+}
+
+/// Upstream's DefaultTolerationSeconds admission: a pod that does not tolerate
+/// the not-ready and unreachable NoExecute taints tolerates them for 300 s, so
+/// it is evicted from a lost node after five minutes.
+fn default_toleration_seconds(spec: &mut Value) {
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = tolerations.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let covered = list.iter().any(|t| {
+            let key_ok = t["key"] == key || (t["key"].is_null() && t["operator"] == "Exists");
+            let effect_ok =
+                t["effect"].is_null() || t["effect"] == "" || t["effect"] == "NoExecute";
+            key_ok && effect_ok
+        });
+        if !covered {
+            list.push(json!({
+                "key": key,
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 300,
+            }));
         }
     }
 }

@@ -2,8 +2,8 @@
 //! they share: [`leader`] election on a Lease, the [`Metrics`] every controller
 //! reports, label selector helpers, pod ownership ([`pods`]). Built so far: the
 //! Deployment ([`deployment`]), ReplicaSet ([`replicaset`]), Job ([`job`]),
-//! CronJob ([`cronjob`]), DaemonSet ([`daemonset`]), Namespace ([`namespace`]) and
-//! EndpointSlice ([`endpointslice`]) controllers and the garbage collector ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
+//! CronJob ([`cronjob`]), DaemonSet ([`daemonset`]), Namespace ([`namespace`]),
+//! EndpointSlice ([`endpointslice`]) and node lifecycle ([`node_lifecycle`]) controllers and the garbage collector ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
 //! `error_policy` over a documented `Context`, driven by kube-runtime's
 //! `Controller`.
 //!
@@ -18,6 +18,7 @@ pub mod garbage_collector;
 pub mod job;
 pub mod leader;
 pub mod namespace;
+pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
 
@@ -107,6 +108,7 @@ pub async fn run(client: Client, metrics: Metrics, identity: String) {
                 daemonset::run(client.clone(), metrics.clone()),
                 namespace::run(client.clone(), metrics.clone()),
                 endpointslice::run(client.clone(), metrics.clone()),
+                node_lifecycle::run(client.clone(), metrics.clone()),
                 garbage_collector::run(client, metrics),
             );
         }

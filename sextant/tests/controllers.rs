@@ -574,3 +574,118 @@ async fn endpointslices_follow_pod_readiness() {
     })
     .await;
 }
+
+/// Creates or renews `node`'s Lease in kube-node-lease, as its kubelet would.
+fn heartbeat(k: &Kubectl, node: &str) {
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.000000Z");
+    let lease = format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {node}, namespace: kube-node-lease}}\nspec: {{holderIdentity: {node}, leaseDurationSeconds: 40, renewTime: \"{now}\"}}\n"
+    );
+    k.ok_with(&["apply", "-f", "-"], Some(&lease)).unwrap();
+}
+
+const EVICTABLE: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: roam}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: roam}
+  template:
+    metadata:
+      labels: {app: roam}
+    spec:
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+      containers:
+      - name: c
+        image: sextant.local/busybox:v1
+"#;
+
+/// Node → live (not terminating) pods of the `roam` Deployment.
+fn roaming(k: &Kubectl) -> std::collections::BTreeMap<String, usize> {
+    let list: serde_json::Value = serde_json::from_str(
+        &k.ok(&["get", "pods", "-l", "app=roam", "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for p in list["items"].as_array().unwrap() {
+        if p["metadata"]["deletionTimestamp"].is_null() {
+            let node = p["spec"]["nodeName"].as_str().unwrap_or("-").to_owned();
+            *out.entry(node).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn lost_nodes_turn_unknown_and_their_pods_move() {
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    let k = server.kubectl().unwrap();
+    sim_node(&k, "alive", "");
+    sim_node(&k, "lost", "");
+    heartbeat(&k, "alive");
+    heartbeat(&k, "lost");
+    k.ok_with(&["apply", "-f", "-"], Some(EVICTABLE)).unwrap();
+    until("one pod on each node", || {
+        let pods = roaming(&k);
+        pods.get("alive") == Some(&1) && pods.get("lost") == Some(&1)
+    })
+    .await;
+
+    // Only "alive" keeps renewing its Lease.
+    let started = std::time::Instant::now();
+    let mut unknown_after = None;
+    while started.elapsed() < Duration::from_secs(75) {
+        heartbeat(&k, "alive");
+        let ready = k
+            .ok(&[
+                "get",
+                "node",
+                "lost",
+                "-o",
+                r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+            ])
+            .unwrap();
+        if ready == "Unknown" && unknown_after.is_none() {
+            unknown_after = Some(started.elapsed());
+        }
+        if unknown_after.is_some() && roaming(&k).get("alive") == Some(&2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let unknown_after = unknown_after.expect("the lost node never turned Unknown");
+    assert!(
+        unknown_after <= Duration::from_secs(42),
+        "{unknown_after:?}"
+    );
+    assert_eq!(roaming(&k).get("alive"), Some(&2), "{:?}", roaming(&k));
+    let taints = k
+        .ok(&[
+            "get",
+            "node",
+            "lost",
+            "-o",
+            "jsonpath={.spec.taints[*].key}",
+        ])
+        .unwrap();
+    assert!(
+        taints.contains("node.kubernetes.io/unreachable"),
+        "{taints}"
+    );
+    let alive = k
+        .ok(&[
+            "get",
+            "node",
+            "alive",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+        ])
+        .unwrap();
+    assert_eq!(alive, "True");
+}
