@@ -358,8 +358,8 @@ async fn sync(d: &Deployment, ctx: &Context) -> Result<Action, Error> {
                 .await;
         }
     }
-    update_status(d, ctx, &owned, Some(&new_rs), desired, max_unavailable).await?;
-    Ok(Action::requeue(Duration::from_secs(30)))
+    let check = update_status(d, ctx, &owned, Some(&new_rs), desired, max_unavailable).await?;
+    Ok(Action::requeue(check.min(Duration::from_secs(30))))
 }
 
 /// One step of a rolling update, as upstream's rolloutRolling: grow the new
@@ -419,7 +419,7 @@ async fn update_status(
     new_rs: Option<&ReplicaSet>,
     desired: i32,
     max_unavailable: i32,
-) -> Result<(), Error> {
+) -> Result<Duration, Error> {
     let all: Vec<&ReplicaSet> = old.iter().chain(new_rs).collect();
     let sum = |f: fn(&k8s_openapi::api::apps::v1::ReplicaSetStatus) -> i32| -> i32 {
         all.iter().filter_map(|rs| rs.status.as_ref()).map(f).sum()
@@ -464,7 +464,32 @@ async fn update_status(
         && replicas_now == desired
         && available_now == desired
         && new_rs.map(replicas) == Some(desired);
-    let progressing = if complete {
+    // Progress is any change in the rollout's counts; without any for
+    // progressDeadlineSeconds (default 600) the rollout has failed.
+    let previous = d.status.clone().unwrap_or_default();
+    let progressed = previous.updated_replicas.unwrap_or(0) != updated
+        || previous.replicas.unwrap_or(0) != replicas_now
+        || previous.available_replicas.unwrap_or(0) != available_now
+        || previous.ready_replicas.unwrap_or(0) != ready;
+    let last_progress = old_conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .and_then(|c| c.last_update_time.as_ref())
+        .map(|t| t.0);
+    let deadline = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.progress_deadline_seconds)
+        .unwrap_or(600);
+    let already_timed_out = old_conditions.iter().any(|c| {
+        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    let timed_out = !progressed
+        && (already_timed_out
+            || last_progress.is_some_and(|t| {
+                jiff::Timestamp::now().duration_since(t).as_secs() > i64::from(deadline)
+            }));
+    let mut progressing = if complete {
         condition(
             "Progressing",
             true,
@@ -478,6 +503,13 @@ async fn update_status(
             "DeploymentPaused",
             "Deployment is paused".into(),
         )
+    } else if timed_out {
+        condition(
+            "Progressing",
+            false,
+            "ProgressDeadlineExceeded",
+            format!("ReplicaSet \"{new_name}\" has timed out progressing."),
+        )
     } else {
         condition(
             "Progressing",
@@ -486,6 +518,9 @@ async fn update_status(
             format!("ReplicaSet \"{new_name}\" is progressing."),
         )
     };
+    if progressed && !complete {
+        progressing["lastUpdateTime"] = json!(now);
+    }
     let available_condition = if is_available {
         condition(
             "Available",
@@ -539,7 +574,20 @@ async fn update_status(
         )
         .await?;
     }
-    Ok(())
+    // Look again when the progress deadline would run out.
+    let since = if progressed {
+        Some(jiff::Timestamp::now())
+    } else {
+        last_progress
+    };
+    let check = match since {
+        Some(t) if !complete && !timed_out => {
+            let at = t + jiff::SignedDuration::from_secs(i64::from(deadline) + 1);
+            jiff::Timestamp::now().duration_until(at).unsigned_abs()
+        }
+        _ => Duration::from_secs(30),
+    };
+    Ok(check)
 }
 
 fn error_policy(d: Arc<Deployment>, error: &Error, _ctx: Arc<Context>) -> Action {

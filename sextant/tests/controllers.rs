@@ -689,3 +689,54 @@ async fn lost_nodes_turn_unknown_and_their_pods_move() {
         .unwrap();
     assert_eq!(alive, "True");
 }
+
+const STUCK: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: stuck}
+spec:
+  replicas: 1
+  progressDeadlineSeconds: 3
+  selector:
+    matchLabels: {app: stuck}
+  template:
+    metadata:
+      labels: {app: stuck}
+    spec:
+      containers:
+      - name: c
+        image: sextant.local/busybox:v1
+"#;
+
+#[tokio::test]
+async fn a_rollout_without_progress_exceeds_its_deadline() {
+    // The simulated node never runs the pod, so it never becomes ready.
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    let k = server.kubectl().unwrap();
+    sim_node(&k, "slow", "");
+    k.ok_with(&["apply", "-f", "-"], Some(STUCK)).unwrap();
+    let out = k
+        .run(
+            &["rollout", "status", "deploy/stuck", "--timeout=40s"],
+            None,
+        )
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("deployment \"stuck\" exceeded its progress deadline"),
+        "{stderr}"
+    );
+    let reason = k
+        .ok(&[
+            "get",
+            "deploy",
+            "stuck",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Progressing")].reason}"#,
+        ])
+        .unwrap();
+    assert_eq!(reason, "ProgressDeadlineExceeded");
+}
