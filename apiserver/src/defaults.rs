@@ -22,6 +22,11 @@ pub fn apply(rt: &ResourceType, obj: &mut Value) {
             if let Some(spec) = object(obj, "spec") {
                 pod_spec(spec, "Always");
                 default_toleration_seconds(spec);
+                // Upstream's ServiceAccount admission: `default` unless named.
+                set(spec, "serviceAccountName", json!("default"));
+                if let Some(name) = spec.get("serviceAccountName").cloned() {
+                    set(spec, "serviceAccount", name);
+                }
             }
             // A new pod is Pending until its kubelet says otherwise.
             set(obj, "status", json!({}));

@@ -3,7 +3,8 @@
 //! reports, label selector helpers, pod ownership ([`pods`]). Built so far: the
 //! Deployment ([`deployment`]), ReplicaSet ([`replicaset`]), Job ([`job`]),
 //! CronJob ([`cronjob`]), DaemonSet ([`daemonset`]), Namespace ([`namespace`]),
-//! EndpointSlice ([`endpointslice`]) and node lifecycle ([`node_lifecycle`]) controllers and the garbage collector ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
+//! EndpointSlice ([`endpointslice`]), node lifecycle ([`node_lifecycle`]) and
+//! ServiceAccount ([`serviceaccount`]) controllers and the garbage collector ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
 //! `error_policy` over a documented `Context`, driven by kube-runtime's
 //! `Controller`.
 //!
@@ -21,6 +22,7 @@ pub mod namespace;
 pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
+pub mod serviceaccount;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -109,6 +111,7 @@ pub async fn run(client: Client, metrics: Metrics, identity: String) {
                 namespace::run(client.clone(), metrics.clone()),
                 endpointslice::run(client.clone(), metrics.clone()),
                 node_lifecycle::run(client.clone(), metrics.clone()),
+                serviceaccount::run(client.clone(), metrics.clone()),
                 garbage_collector::run(client, metrics),
             );
         }

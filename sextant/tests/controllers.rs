@@ -399,6 +399,12 @@ async fn deleting_a_namespace_deletes_its_content() {
         .ok(&["get", "ns", "team", "-o", "jsonpath={.spec.finalizers}"])
         .unwrap();
     assert_eq!(finalizers, r#"["kubernetes"]"#);
+    // Every namespace gets a `default` ServiceAccount, which pods run as.
+    until("the default ServiceAccount", || {
+        k.run(&["get", "serviceaccount", "default", "-n", "team"], None)
+            .is_ok_and(|o| o.status.success())
+    })
+    .await;
     k.ok_with(&["apply", "-f", "-"], Some(TEAM)).unwrap();
     until("the deployment's pods", || {
         k.ok(&["get", "pods", "-n", "team", "-o", "name"])
@@ -409,6 +415,17 @@ async fn deleting_a_namespace_deletes_its_content() {
     })
     .await;
 
+    let account = k
+        .ok(&[
+            "get",
+            "pods",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.items[0].spec.serviceAccountName}",
+        ])
+        .unwrap();
+    assert_eq!(account, "default");
     k.ok(&["delete", "namespace", "team", "--timeout=60s"])
         .unwrap();
     let err = k.fails(&["get", "namespace", "team"], None).unwrap();

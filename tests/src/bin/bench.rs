@@ -9,6 +9,10 @@
 //! `pod-startup`: 30 pods created at once on one node (a real `sextant agent` and
 //! containerd, images present), create-to-Ready latency beside upstream's pod
 //! startup SLO (p99 ≤ 5 s).
+//!
+//! `scheduler`: 1 000 pods created by 16 clients at once against 100 simulated
+//! nodes; pods/s bound and create-to-bound latency, beside the scheduling share
+//! of upstream's pod startup SLO (kube-scheduler itself cannot run here).
 
 use std::{
     path::{Path, PathBuf},
@@ -32,7 +36,10 @@ async fn main() {
     let result = match name.as_str() {
         "api" => api().await,
         "pod-startup" => pod_startup().await,
-        other => Err(format!("unknown benchmark {other:?}; known: api, pod-startup").into()),
+        "scheduler" => scheduler().await,
+        other => {
+            Err(format!("unknown benchmark {other:?}; known: api, pod-startup, scheduler").into())
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -432,6 +439,175 @@ async fn pod_startup() -> Result<(), Error> {
         today(),
     );
     write_section("pod-startup", &section)?;
+    Ok(())
+}
+
+/// Simulated nodes in `scheduler`.
+const SCHED_NODES: usize = 100;
+/// Pods created in `scheduler`.
+const SCHED_PODS: usize = 1000;
+/// Concurrent creating clients in `scheduler`.
+const SCHED_CLIENTS: usize = 16;
+
+/// Reads a watch response line by line, calling `f` on each event until it
+/// returns true or the stream ends.
+async fn follow_watch(resp: reqwest::Response, mut f: impl FnMut(&serde_json::Value) -> bool) {
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        buf.extend_from_slice(&chunk);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            if let Ok(e) = serde_json::from_slice::<serde_json::Value>(&line)
+                && f(&e)
+            {
+                return;
+            }
+        }
+    }
+}
+
+async fn scheduler() -> Result<(), Error> {
+    let server = SextantServer::start(&sextant_binary(), Datastore::Embedded).await?;
+    let http = server.http_client()?;
+    let base = server.url();
+    let now = || {
+        jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+            .to_string()
+    };
+    for i in 0..SCHED_NODES {
+        let name = format!("sim-{i:03}");
+        http.post(format!("{base}/api/v1/nodes"))
+            .json(&json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}))
+            .send()
+            .await?
+            .error_for_status()?;
+        http.patch(format!("{base}/api/v1/nodes/{name}/status"))
+            .header("Content-Type", "application/merge-patch+json")
+            .body(
+                json!({"status": {
+                    "allocatable": {"cpu": "8", "memory": "16Gi", "pods": "110"},
+                    "capacity": {"cpu": "8", "memory": "16Gi", "pods": "110"},
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                }})
+                .to_string(),
+            )
+            .send()
+            .await?
+            .error_for_status()?;
+        // A fresh heartbeat, so the node lifecycle controller leaves it alone.
+        http.post(format!("{base}/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"))
+            .json(&json!({"metadata": {"name": name}, "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now()}}))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    let pods_url = format!("{base}/api/v1/namespaces/default/pods");
+    let rv = http
+        .get(&pods_url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json::<serde_json::Value>()
+        .await?["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_owned();
+    let resp = http
+        .get(format!(
+            "{pods_url}?watch=true&resourceVersion={rv}&timeoutSeconds=300"
+        ))
+        .send()
+        .await?
+        .error_for_status()?;
+    let sent: Arc<Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+    let bound: Arc<Mutex<Vec<(Duration, Instant)>>> = Arc::default();
+    let watcher = {
+        let (sent, bound) = (sent.clone(), bound.clone());
+        tokio::spawn(async move {
+            let mut seen = std::collections::HashSet::new();
+            follow_watch(resp, |e| {
+                let obj = &e["object"];
+                let name = obj["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if obj["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty())
+                    && seen.insert(name.clone())
+                    && let Ok(sent) = sent.try_lock()
+                    && let Some(t) = sent.get(&name)
+                    && let Ok(mut bound) = bound.try_lock()
+                {
+                    bound.push((t.elapsed(), Instant::now()));
+                }
+                seen.len() >= SCHED_PODS
+            })
+            .await;
+        })
+    };
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..SCHED_CLIENTS {
+        let (http, url, sent) = (http.clone(), pods_url.clone(), sent.clone());
+        clients.push(tokio::spawn(async move {
+            for i in (c..SCHED_PODS).step_by(SCHED_CLIENTS) {
+                let name = format!("sched-{i:04}");
+                let pod = json!({
+                    "metadata": {"name": name},
+                    "spec": {"containers": [{"name": "main", "image": "sextant.local/busybox:v1",
+                        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
+                });
+                sent.lock().await.insert(name, Instant::now());
+                http.post(&url)
+                    .json(&pod)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+            Ok::<(), Error>(())
+        }));
+    }
+    for c in clients {
+        c.await??;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(300), watcher).await;
+    let bound = bound.lock().await.clone();
+    let last = bound.iter().map(|(_, at)| *at).max().unwrap_or(started);
+    let mut latencies: Vec<Duration> = bound.iter().map(|(d, _)| *d).collect();
+    latencies.sort();
+    let rate = latencies.len() as f64 / last.duration_since(started).as_secs_f64();
+    let p99 = pct(&latencies, 0.99);
+    let mut table = String::new();
+    table.push_str("| nodes | pods | bound | pods/s | p50 ms | p99 ms | upstream SLO p99 ms (pod startup) | p99 / SLO |\n");
+    table.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    table.push_str(&format!(
+        "| {SCHED_NODES} | {SCHED_PODS} | {} | {rate:.0} | {:.0} | {p99:.0} | {STARTUP_SLO_MS:.0} | {:.2} |\n",
+        latencies.len(),
+        pct(&latencies, 0.5),
+        p99 / STARTUP_SLO_MS
+    ));
+    println!("{table}");
+    if latencies.len() < SCHED_PODS {
+        return Err(format!(
+            "only {} of {SCHED_PODS} pods were bound within 300 s",
+            latencies.len()
+        )
+        .into());
+    }
+    let section = format!(
+        "## scheduler\n\n`cargo xtask bench scheduler` on {} ({} cores), {}. {SCHED_PODS} pods\n(100m CPU, 64Mi each) created by {SCHED_CLIENTS} concurrent clients against {SCHED_NODES}\nsimulated nodes (Node objects, 8 CPU each) of a release `sextant server` on the\nembedded store; latency from each POST to the watch event showing `spec.nodeName`,\nthroughput over the whole run (creates included). kube-scheduler cannot run on\nthis machine, so the comparison is upstream's pod startup SLO (p99 ≤ 5 s), of\nwhich scheduling is one part.\n\n{table}",
+        std::fs::read_to_string("/etc/debian_version")
+            .map(|v| format!("Debian {}", v.trim()))
+            .unwrap_or_else(|_| "Linux".into()),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        today(),
+    );
+    write_section("scheduler", &section)?;
     Ok(())
 }
 
