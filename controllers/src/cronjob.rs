@@ -25,18 +25,10 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::{Error, Metrics, pods};
+use crate::{Context, Error, Metrics, pods, retry_soon};
 
 /// The annotation carrying the time a Job was scheduled for.
 pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
-
-/// What every reconcile shares.
-pub struct Context {
-    /// The API client (the controller manager's identity).
-    pub client: Client,
-    /// Reconcile metrics.
-    pub metrics: Metrics,
-}
 
 /// Runs the controller until its watches end.
 pub async fn run(client: Client, metrics: Metrics) {
@@ -49,22 +41,13 @@ pub async fn run(client: Client, metrics: Metrics) {
         watcher::Config::default(),
     )
     .owns(Api::<Job>::all(client), watcher::Config::default())
-    .run(reconcile, error_policy, ctx)
+    .run(reconcile, retry_soon, ctx)
     .for_each(|_| std::future::ready(()))
     .await;
 }
 
 async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = sync(&cj, &ctx).await;
-    ctx.metrics
-        .observe("cronjob", started.elapsed(), result.is_err());
-    result
-}
-
-fn error_policy(cj: Arc<CronJob>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(cronjob = %cj.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    ctx.observe("cronjob", sync(&cj, &ctx)).await
 }
 
 /// Parses a schedule as upstream's validation accepts it: five fields or a

@@ -36,21 +36,14 @@ use serde_json::{Value, json};
 use sextant_kubelet::scheduling as filters;
 
 use crate::{
-    Error, Metrics,
+    Context, Error, Metrics,
     deployment::{resolve, template_hash},
     pods::{self, is_active, is_available, is_ready},
+    retry_soon,
 };
 
 /// The label naming the template revision a pod or ControllerRevision has.
 pub const REVISION_HASH: &str = "controller-revision-hash";
-
-/// What every reconcile shares.
-pub struct Context {
-    /// The API client (the controller manager's identity).
-    pub client: Client,
-    /// Reconcile metrics.
-    pub metrics: Metrics,
-}
 
 /// Runs the controller until its watches end. Node changes re-check every
 /// DaemonSet (a node appearing, being labelled or tainted).
@@ -77,22 +70,13 @@ pub async fn run(client: Client, metrics: Metrics) {
                     .collect::<Vec<_>>()
             },
         )
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, retry_soon, ctx)
         .for_each(|_| std::future::ready(()))
         .await;
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = sync(&ds, &ctx).await;
-    ctx.metrics
-        .observe("daemonset", started.elapsed(), result.is_err());
-    result
-}
-
-fn error_policy(ds: Arc<DaemonSet>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(daemonset = %ds.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(2))
+    ctx.observe("daemonset", sync(&ds, &ctx)).await
 }
 
 /// The tolerations upstream's controller adds to every daemon pod.

@@ -21,20 +21,12 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use crate::{Error, Metrics};
+use crate::{Context, Error, Metrics, retry_soon};
 
 /// The label that ties a ReplicaSet and its pods to one template.
 pub const HASH_LABEL: &str = "pod-template-hash";
 /// The revision annotation on ReplicaSets and the Deployment.
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
-
-/// What every reconcile shares.
-pub struct Context {
-    /// The API client.
-    pub client: Client,
-    /// Reconcile metrics.
-    pub metrics: Metrics,
-}
 
 /// Runs the controller until its watches end.
 pub async fn run(client: Client, metrics: Metrics) {
@@ -47,7 +39,7 @@ pub async fn run(client: Client, metrics: Metrics) {
         watcher::Config::default(),
     )
     .owns(Api::<ReplicaSet>::all(client), watcher::Config::default())
-    .run(reconcile, error_policy, ctx)
+    .run(reconcile, retry_soon, ctx)
     .for_each(|_| std::future::ready(()))
     .await;
 }
@@ -130,11 +122,7 @@ fn bare_template(rs_template: &Value) -> Value {
 }
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = sync(&d, &ctx).await;
-    ctx.metrics
-        .observe("deployment", started.elapsed(), result.is_err());
-    result
+    ctx.observe("deployment", sync(&d, &ctx)).await
 }
 
 async fn scale(
@@ -588,11 +576,6 @@ async fn update_status(
         _ => Duration::from_secs(30),
     };
     Ok(check)
-}
-
-fn error_policy(d: Arc<Deployment>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(deployment = %d.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(2))
 }
 
 #[cfg(test)]

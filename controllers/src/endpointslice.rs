@@ -19,7 +19,6 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
-    time::Duration,
 };
 
 use futures::StreamExt;
@@ -40,7 +39,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use crate::{Error, Metrics, pods, selector_matches};
+use crate::{Context, Error, Metrics, pods, retry_soon, selector_matches};
 
 /// The label naming a slice's Service.
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -50,14 +49,6 @@ pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const CONTROLLER_NAME: &str = "endpointslice-controller.k8s.io";
 /// Upstream's default maximum of endpoints per slice.
 pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
-
-/// What every reconcile shares.
-pub struct Context {
-    /// The API client (the controller manager's identity).
-    pub client: Client,
-    /// Reconcile metrics.
-    pub metrics: Metrics,
-}
 
 fn service_selector(svc: &Service) -> Option<LabelSelector> {
     let selector = svc.spec.as_ref()?.selector.clone()?;
@@ -103,22 +94,13 @@ pub async fn run(client: Client, metrics: Metrics) {
                     .collect::<Vec<_>>()
             },
         )
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, retry_soon, ctx)
         .for_each(|_| std::future::ready(()))
         .await;
 }
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = sync(&svc, &ctx).await;
-    ctx.metrics
-        .observe("endpointslice", started.elapsed(), result.is_err());
-    result
-}
-
-fn error_policy(svc: Arc<Service>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(service = %svc.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(2))
+    ctx.observe("endpointslice", sync(&svc, &ctx)).await
 }
 
 /// A Service port resolved against one pod: (name, protocol, port, appProtocol).

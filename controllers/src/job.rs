@@ -40,8 +40,9 @@ use kube::{
 use serde_json::{Value, json};
 
 use crate::{
-    Error, Metrics,
+    Context, Error, Metrics,
     pods::{self, is_active, is_ready, phase},
+    retry_soon,
 };
 
 /// The annotation (and label) holding an Indexed Job pod's index.
@@ -51,14 +52,6 @@ const BACKOFF_BASE: Duration = Duration::from_secs(10);
 /// The longest delay before replacing a failed pod.
 const BACKOFF_MAX: Duration = Duration::from_secs(360);
 
-/// What every reconcile shares.
-pub struct Context {
-    /// The API client (the controller manager's identity).
-    pub client: Client,
-    /// Reconcile metrics.
-    pub metrics: Metrics,
-}
-
 /// Runs the controller until its watches end.
 pub async fn run(client: Client, metrics: Metrics) {
     let ctx = Arc::new(Context {
@@ -67,22 +60,13 @@ pub async fn run(client: Client, metrics: Metrics) {
     });
     Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Pod>::all(client), watcher::Config::default())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, retry_soon, ctx)
         .for_each(|_| std::future::ready(()))
         .await;
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = sync(&job, &ctx).await;
-    ctx.metrics
-        .observe("job", started.elapsed(), result.is_err());
-    result
-}
-
-fn error_policy(job: Arc<Job>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(job = %job.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(2))
+    ctx.observe("job", sync(&job, &ctx)).await
 }
 
 fn now() -> jiff::Timestamp {

@@ -4,9 +4,10 @@
 //! Deployment ([`deployment`]), ReplicaSet ([`replicaset`]), Job ([`job`]),
 //! CronJob ([`cronjob`]), DaemonSet ([`daemonset`]), Namespace ([`namespace`]),
 //! EndpointSlice ([`endpointslice`]), node lifecycle ([`node_lifecycle`]) and
-//! ServiceAccount ([`serviceaccount`]) controllers and the garbage collector ([`garbage_collector`]). Each has the one shape of STYLE.md: `reconcile` and
-//! `error_policy` over a documented `Context`, driven by kube-runtime's
-//! `Controller`.
+//! ServiceAccount ([`serviceaccount`]) controllers and the garbage collector
+//! ([`garbage_collector`]). Each has the one shape of STYLE.md, driven by
+//! kube-runtime's `Controller`: a `reconcile` timed by [`Context::observe`] and
+//! the shared [`retry_soon`] error policy over the one [`Context`].
 //!
 //! They run inside `sextant server` as `system:kube-controller-manager`, while
 //! holding the `kube-system/kube-controller-manager` Lease.
@@ -27,12 +28,49 @@ pub mod serviceaccount;
 use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::Client;
+use kube::{Client, runtime::controller::Action};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
+
+/// What every controller's reconcile shares.
+pub struct Context {
+    /// The API client (the controller manager's identity).
+    pub client: Client,
+    /// Reconcile metrics.
+    pub metrics: Metrics,
+}
+
+impl Context {
+    /// Runs one reconcile of `controller`, recording its duration and failure.
+    pub async fn observe<T>(
+        &self,
+        controller: &'static str,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let started = std::time::Instant::now();
+        let result = work.await;
+        self.metrics
+            .observe(controller, started.elapsed(), result.is_err());
+        result
+    }
+}
+
+/// Every controller's error policy: log and look again in two seconds.
+pub fn retry_soon<K>(obj: std::sync::Arc<K>, error: &Error, _ctx: std::sync::Arc<Context>) -> Action
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    tracing::warn!(
+        kind = %K::kind(&()),
+        name = obj.meta().name.as_deref().unwrap_or_default(),
+        %error,
+        "reconcile failed"
+    );
+    Action::requeue(Duration::from_secs(2))
+}
 
 /// Errors of a reconcile (all retried with backoff).
 #[derive(Debug, thiserror::Error)]

@@ -20,18 +20,10 @@ use kube::{
 };
 use serde_json::json;
 
-use crate::{Error, Metrics};
+use crate::{Context, Error, Metrics, retry_soon};
 
 /// The finalizer the namespace controller owns.
 pub const FINALIZER: &str = "kubernetes";
-
-/// What every reconcile shares.
-pub struct Context {
-    /// The API client (the controller manager's identity).
-    pub client: Client,
-    /// Reconcile metrics.
-    pub metrics: Metrics,
-}
 
 /// Runs the controller until its watch ends.
 pub async fn run(client: Client, metrics: Metrics) {
@@ -40,22 +32,13 @@ pub async fn run(client: Client, metrics: Metrics) {
         metrics,
     });
     Controller::new(Api::<Namespace>::all(client), watcher::Config::default())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, retry_soon, ctx)
         .for_each(|_| std::future::ready(()))
         .await;
 }
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = sync(&ns, &ctx).await;
-    ctx.metrics
-        .observe("namespace", started.elapsed(), result.is_err());
-    result
-}
-
-fn error_policy(ns: Arc<Namespace>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(namespace = %ns.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(2))
+    ctx.observe("namespace", sync(&ns, &ctx)).await
 }
 
 async fn sync(ns: &Namespace, ctx: &Context) -> Result<Action, Error> {

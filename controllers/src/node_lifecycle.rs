@@ -33,7 +33,7 @@ use kube::{
 use serde_json::json;
 use sextant_kubelet::scheduling::tolerates;
 
-use crate::{Error, Metrics};
+use crate::{Context, Error, Metrics, retry_soon};
 
 /// How old a node's Lease may get before the node is considered lost.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(35);
@@ -44,14 +44,6 @@ pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 /// The taint of a node that reports not Ready.
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 
-/// What every reconcile shares.
-pub struct Context {
-    /// The API client (the controller manager's identity).
-    pub client: Client,
-    /// Reconcile metrics.
-    pub metrics: Metrics,
-}
-
 /// Runs the controller until its watch ends.
 pub async fn run(client: Client, metrics: Metrics) {
     let ctx = Arc::new(Context {
@@ -59,22 +51,13 @@ pub async fn run(client: Client, metrics: Metrics) {
         metrics,
     });
     Controller::new(Api::<Node>::all(client), watcher::Config::default())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, retry_soon, ctx)
         .for_each(|_| std::future::ready(()))
         .await;
 }
 
 async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = sync(&node, &ctx).await;
-    ctx.metrics
-        .observe("nodelifecycle", started.elapsed(), result.is_err());
-    result
-}
-
-fn error_policy(node: Arc<Node>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(node = %node.name_any(), %error, "reconcile failed");
-    Action::requeue(MONITOR_PERIOD)
+    ctx.observe("nodelifecycle", sync(&node, &ctx)).await
 }
 
 fn ready_status(node: &Node) -> Option<String> {

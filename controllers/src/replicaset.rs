@@ -18,18 +18,10 @@ use kube::{
 use serde_json::{Value, json};
 
 use crate::{
-    Error, Metrics,
+    Context, Error, Metrics,
     pods::{self, is_active, is_available, is_ready},
-    selector_string,
+    retry_soon, selector_string,
 };
-
-/// What every reconcile shares.
-pub struct Context {
-    /// The API client (the controller manager's identity).
-    pub client: Client,
-    /// Reconcile metrics.
-    pub metrics: Metrics,
-}
 
 /// Runs the controller until its watches end.
 pub async fn run(client: Client, metrics: Metrics) {
@@ -42,7 +34,7 @@ pub async fn run(client: Client, metrics: Metrics) {
         watcher::Config::default(),
     )
     .owns(Api::<Pod>::all(client), watcher::Config::default())
-    .run(reconcile, error_policy, ctx)
+    .run(reconcile, retry_soon, ctx)
     .for_each(|_| std::future::ready(()))
     .await;
 }
@@ -86,11 +78,7 @@ fn owner_ref(rs: &ReplicaSet) -> OwnerReference {
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = sync(&rs, &ctx).await;
-    ctx.metrics
-        .observe("replicaset", started.elapsed(), result.is_err());
-    result
+    ctx.observe("replicaset", sync(&rs, &ctx)).await
 }
 
 async fn sync(rs: &ReplicaSet, ctx: &Context) -> Result<Action, Error> {
@@ -182,9 +170,4 @@ async fn sync(rs: &ReplicaSet, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     Ok(Action::await_change())
-}
-
-fn error_policy(rs: Arc<ReplicaSet>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(replicaset = %rs.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(2))
 }

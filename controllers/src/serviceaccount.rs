@@ -3,7 +3,7 @@
 //! `serviceAccountName` run as, as upstream's `serviceaccounts-controller`
 //! ensures.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -13,18 +13,10 @@ use kube::{
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
 
-use crate::{Error, Metrics};
+use crate::{Context, Error, Metrics, retry_soon};
 
 /// The ServiceAccount every namespace has.
 pub const DEFAULT: &str = "default";
-
-/// What every reconcile shares.
-pub struct Context {
-    /// The API client (the controller manager's identity).
-    pub client: Client,
-    /// Reconcile metrics.
-    pub metrics: Metrics,
-}
 
 /// Runs the controller until its watches end; a deleted `default`
 /// ServiceAccount brings its namespace back for a look.
@@ -46,22 +38,13 @@ pub async fn run(client: Client, metrics: Metrics) {
                 .flatten()
         },
     )
-    .run(reconcile, error_policy, ctx)
+    .run(reconcile, retry_soon, ctx)
     .for_each(|_| std::future::ready(()))
     .await;
 }
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = sync(&ns, &ctx).await;
-    ctx.metrics
-        .observe("serviceaccount", started.elapsed(), result.is_err());
-    result
-}
-
-fn error_policy(ns: Arc<Namespace>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(namespace = %ns.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(2))
+    ctx.observe("serviceaccount", sync(&ns, &ctx)).await
 }
 
 async fn sync(ns: &Namespace, ctx: &Context) -> Result<Action, Error> {
