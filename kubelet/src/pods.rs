@@ -262,14 +262,16 @@ fn name(pod: &Pod) -> String {
     )
 }
 
-/// The pod's containers (every attempt kept), found by the pod-uid label.
-async fn pod_containers(rt: &PodRuntime, uid: &str) -> Result<Vec<cri::Container>, Error> {
-    let filter = cri::ContainerFilter {
-        label_selector: labels::of_pod(uid),
-        ..Default::default()
-    };
+/// The containers whose CRI labels include `labels`.
+async fn containers_labelled(
+    rt: &PodRuntime,
+    label_selector: HashMap<String, String>,
+) -> Result<Vec<cri::Container>, Error> {
     let request = cri::ListContainersRequest {
-        filter: Some(filter),
+        filter: Some(cri::ContainerFilter {
+            label_selector,
+            ..Default::default()
+        }),
     };
     Ok(rt
         .cri
@@ -281,6 +283,37 @@ async fn pod_containers(rt: &PodRuntime, uid: &str) -> Result<Vec<cri::Container
         .containers)
 }
 
+/// The sandboxes whose CRI labels include `labels` (only ready ones with `ready`).
+async fn sandboxes_labelled(
+    rt: &PodRuntime,
+    label_selector: HashMap<String, String>,
+    ready: bool,
+) -> Result<Vec<cri::PodSandbox>, Error> {
+    let state = ready.then_some(cri::PodSandboxStateValue {
+        state: cri::PodSandboxState::SandboxReady as i32,
+    });
+    let request = cri::ListPodSandboxRequest {
+        filter: Some(cri::PodSandboxFilter {
+            label_selector,
+            state,
+            ..Default::default()
+        }),
+    };
+    Ok(rt
+        .cri
+        .runtime
+        .clone()
+        .list_pod_sandbox(request)
+        .await?
+        .into_inner()
+        .items)
+}
+
+/// The pod's containers (every attempt kept), found by the pod-uid label.
+async fn pod_containers(rt: &PodRuntime, uid: &str) -> Result<Vec<cri::Container>, Error> {
+    containers_labelled(rt, labels::of_pod(uid)).await
+}
+
 /// The instances of one container of the pod `namespace/pod`, oldest first (by
 /// creation, then attempt): the last is the current one.
 pub(crate) async fn container_instances(
@@ -289,26 +322,13 @@ pub(crate) async fn container_instances(
     pod: &str,
     container: &str,
 ) -> Result<Vec<cri::Container>, Error> {
-    let label_selector = [
+    let selector = [
         (labels::POD_NAMESPACE.to_owned(), namespace.to_owned()),
         (labels::POD_NAME.to_owned(), pod.to_owned()),
         (labels::CONTAINER_NAME.to_owned(), container.to_owned()),
     ]
     .into();
-    let request = cri::ListContainersRequest {
-        filter: Some(cri::ContainerFilter {
-            label_selector,
-            ..Default::default()
-        }),
-    };
-    let mut containers = rt
-        .cri
-        .runtime
-        .clone()
-        .list_containers(request)
-        .await?
-        .into_inner()
-        .containers;
+    let mut containers = containers_labelled(rt, selector).await?;
     containers.sort_by_key(|c| (c.created_at, c.metadata.as_ref().map_or(0, |m| m.attempt)));
     Ok(containers)
 }
@@ -319,48 +339,18 @@ pub(crate) async fn ready_sandbox(
     namespace: &str,
     pod: &str,
 ) -> Result<Option<cri::PodSandbox>, Error> {
-    let label_selector = [
+    let selector = [
         (labels::POD_NAMESPACE.to_owned(), namespace.to_owned()),
         (labels::POD_NAME.to_owned(), pod.to_owned()),
     ]
     .into();
-    let request = cri::ListPodSandboxRequest {
-        filter: Some(cri::PodSandboxFilter {
-            label_selector,
-            state: Some(cri::PodSandboxStateValue {
-                state: cri::PodSandboxState::SandboxReady as i32,
-            }),
-            ..Default::default()
-        }),
-    };
-    let sandboxes = rt
-        .cri
-        .runtime
-        .clone()
-        .list_pod_sandbox(request)
-        .await?
-        .into_inner()
-        .items;
+    let sandboxes = sandboxes_labelled(rt, selector, true).await?;
     Ok(sandboxes.into_iter().max_by_key(|s| s.created_at))
 }
 
 /// The pod's sandboxes, found by the pod-uid label.
 async fn pod_sandboxes(rt: &PodRuntime, uid: &str) -> Result<Vec<cri::PodSandbox>, Error> {
-    let filter = cri::PodSandboxFilter {
-        label_selector: labels::of_pod(uid),
-        ..Default::default()
-    };
-    let request = cri::ListPodSandboxRequest {
-        filter: Some(filter),
-    };
-    Ok(rt
-        .cri
-        .runtime
-        .clone()
-        .list_pod_sandbox(request)
-        .await?
-        .into_inner()
-        .items)
+    sandboxes_labelled(rt, labels::of_pod(uid), false).await
 }
 
 /// Stops every container of the pod (with `grace` seconds to exit) and removes

@@ -303,14 +303,8 @@ async fn api() -> Result<(), Error> {
     ));
     println!("{table}");
     let section = format!(
-        "## api\n\n`cargo xtask bench api` on {} ({} cores), {}. Sextant is the release build\non a 1-member etcd; the raw etcd column is etcd-client puts of the same size to the\nsame etcd in the same run. Creates are HTTPS (HTTP/1.1, client certificate) with\n256-byte ConfigMaps. The 100 watchers are served by the watch cache (one store\nwatch).\n\n{table}",
-        std::fs::read_to_string("/etc/debian_version")
-            .map(|v| format!("Debian {}", v.trim()))
-            .unwrap_or_else(|_| "Linux".into()),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        today(),
+        "## api\n\n`cargo xtask bench api` on {}. Sextant is the release build\non a 1-member etcd; the raw etcd column is etcd-client puts of the same size to the\nsame etcd in the same run. Creates are HTTPS (HTTP/1.1, client certificate) with\n256-byte ConfigMaps. The 100 watchers are served by the watch cache (one store\nwatch).\n\n{table}",
+        machine(),
     );
     write_section("api", &section)?;
     Ok(())
@@ -429,14 +423,8 @@ async fn pod_startup() -> Result<(), Error> {
         .into());
     }
     let section = format!(
-        "## pod-startup\n\n`cargo xtask bench pod-startup` on {} ({} cores), {}. {STARTUP_PODS} pods\n(busybox `sleep`, image already in containerd) created at once through the API on one\nnode (release `sextant agent`, containerd + runc, bridge CNI); latency from each\nPOST to the watch event showing the pod Ready. Upstream's SLO is p99 ≤ 5 s from\nschedule to running with images present; there is no scheduler in this path yet\n(`spec.nodeName` is set), so the numbers are create-to-Ready through the kubelet.\n\n{table}",
-        std::fs::read_to_string("/etc/debian_version")
-            .map(|v| format!("Debian {}", v.trim()))
-            .unwrap_or_else(|_| "Linux".into()),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        today(),
+        "## pod-startup\n\n`cargo xtask bench pod-startup` on {}. {STARTUP_PODS} pods\n(busybox `sleep`, image already in containerd) created at once through the API on one\nnode (release `sextant agent`, containerd + runc, bridge CNI); latency from each\nPOST to the watch event showing the pod Ready. Upstream's SLO is p99 ≤ 5 s from\nschedule to running with images present; there is no scheduler in this path yet\n(`spec.nodeName` is set), so the numbers are create-to-Ready through the kubelet.\n\n{table}",
+        machine(),
     );
     write_section("pod-startup", &section)?;
     Ok(())
@@ -598,7 +586,17 @@ async fn scheduler() -> Result<(), Error> {
         .into());
     }
     let section = format!(
-        "## scheduler\n\n`cargo xtask bench scheduler` on {} ({} cores), {}. {SCHED_PODS} pods\n(100m CPU, 64Mi each) created by {SCHED_CLIENTS} concurrent clients against {SCHED_NODES}\nsimulated nodes (Node objects, 8 CPU each) of a release `sextant server` on the\nembedded store; latency from each POST to the watch event showing `spec.nodeName`,\nthroughput over the whole run (creates included). kube-scheduler cannot run on\nthis machine, so the comparison is upstream's pod startup SLO (p99 ≤ 5 s), of\nwhich scheduling is one part.\n\n{table}",
+        "## scheduler\n\n`cargo xtask bench scheduler` on {}. {SCHED_PODS} pods\n(100m CPU, 64Mi each) created by {SCHED_CLIENTS} concurrent clients against {SCHED_NODES}\nsimulated nodes (Node objects, 8 CPU each) of a release `sextant server` on the\nembedded store; latency from each POST to the watch event showing `spec.nodeName`,\nthroughput over the whole run (creates included). kube-scheduler cannot run on\nthis machine, so the comparison is upstream's pod startup SLO (p99 ≤ 5 s), of\nwhich scheduling is one part.\n\n{table}",
+        machine(),
+    );
+    write_section("scheduler", &section)?;
+    Ok(())
+}
+
+/// Where and when a benchmark ran: `Debian 12.x (N cores), <date>`.
+fn machine() -> String {
+    format!(
+        "{} ({} cores), {}",
         std::fs::read_to_string("/etc/debian_version")
             .map(|v| format!("Debian {}", v.trim()))
             .unwrap_or_else(|_| "Linux".into()),
@@ -606,9 +604,7 @@ async fn scheduler() -> Result<(), Error> {
             .map(|n| n.get())
             .unwrap_or(0),
         today(),
-    );
-    write_section("scheduler", &section)?;
-    Ok(())
+    )
 }
 
 /// Today's date, from `date`.
