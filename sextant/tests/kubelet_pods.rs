@@ -553,6 +553,11 @@ async fn pods_run_through_containerd() {
         "{t}"
     );
     assert_eq!(t["message"], "last words\n", "{t}");
+    let err = k.fails(&["exec", "never", "--", "true"], None).unwrap();
+    assert!(
+        err.contains("cannot exec into a container in a completed pod; current phase is Failed"),
+        "{err}"
+    );
     let fallback = wait_pod(&k, "fallback", 60, "Failed", phase_is("Failed")).await;
     let t = &fallback["status"]["containerStatuses"][0]["state"]["terminated"];
     assert_eq!(t["message"], "run\n", "{t}");
