@@ -50,6 +50,40 @@ const AGE: Column = Column {
     cell: age,
 };
 
+/// A column described by its name only (kubectl shows no descriptions).
+fn column(
+    name: &'static str,
+    kind: &'static str,
+    priority: u8,
+    cell: fn(&Value) -> Value,
+) -> Column {
+    Column {
+        name,
+        kind,
+        description: "",
+        priority,
+        cell,
+    }
+}
+
+/// Access modes as kubectl abbreviates them (`RWO,ROX`).
+fn access_modes(modes: &Value) -> Value {
+    let short: Vec<&str> = modes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect();
+    json!(short.join(","))
+}
+
 fn columns(rt: &ResourceType) -> Vec<Column> {
     match (rt.group, rt.kind) {
         ("", "Namespace") => vec![
@@ -487,6 +521,125 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
                 priority: 1,
                 cell: |o| json!(label_string(&o["spec"]["selector"]["matchLabels"])),
             },
+        ],
+        ("storage.k8s.io", "StorageClass") => vec![
+            column("Name", "string", 0, |o| {
+                let default = o["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"]
+                    == "true";
+                let name = o["metadata"]["name"].as_str().unwrap_or_default();
+                json!(if default {
+                    format!("{name} (default)")
+                } else {
+                    name.to_owned()
+                })
+            }),
+            column("Provisioner", "string", 0, |o| o["provisioner"].clone()),
+            column("ReclaimPolicy", "string", 0, |o| {
+                json!(o["reclaimPolicy"].as_str().unwrap_or("Delete"))
+            }),
+            column("VolumeBindingMode", "string", 0, |o| {
+                json!(o["volumeBindingMode"].as_str().unwrap_or("Immediate"))
+            }),
+            column("AllowVolumeExpansion", "string", 0, |o| {
+                json!(
+                    o["allowVolumeExpansion"]
+                        .as_bool()
+                        .unwrap_or(false)
+                        .to_string()
+                )
+            }),
+            AGE,
+        ],
+        ("", "PersistentVolume") => vec![
+            NAME,
+            column("Capacity", "string", 0, |o| {
+                o["spec"]["capacity"]["storage"].clone()
+            }),
+            column("Access Modes", "string", 0, |o| {
+                access_modes(&o["spec"]["accessModes"])
+            }),
+            column("Reclaim Policy", "string", 0, |o| {
+                o["spec"]["persistentVolumeReclaimPolicy"].clone()
+            }),
+            column("Status", "string", 0, |o| o["status"]["phase"].clone()),
+            column("Claim", "string", 0, |o| {
+                let r = &o["spec"]["claimRef"];
+                match (r["namespace"].as_str(), r["name"].as_str()) {
+                    (Some(ns), Some(n)) => json!(format!("{ns}/{n}")),
+                    _ => json!(""),
+                }
+            }),
+            column("StorageClass", "string", 0, |o| {
+                json!(o["spec"]["storageClassName"].as_str().unwrap_or("<unset>"))
+            }),
+            column("VolumeAttributesClass", "string", 0, |_| json!("<unset>")),
+            column("Reason", "string", 0, |o| {
+                json!(o["status"]["reason"].as_str().unwrap_or(""))
+            }),
+            AGE,
+            column("VolumeMode", "string", 1, |o| {
+                json!(o["spec"]["volumeMode"].as_str().unwrap_or("Filesystem"))
+            }),
+        ],
+        ("", "PersistentVolumeClaim") => vec![
+            NAME,
+            column("Status", "string", 0, |o| o["status"]["phase"].clone()),
+            column("Volume", "string", 0, |o| {
+                json!(o["spec"]["volumeName"].as_str().unwrap_or(""))
+            }),
+            column("Capacity", "string", 0, |o| {
+                json!(o["status"]["capacity"]["storage"].as_str().unwrap_or(""))
+            }),
+            column("Access Modes", "string", 0, |o| {
+                access_modes(&o["status"]["accessModes"])
+            }),
+            column("StorageClass", "string", 0, |o| {
+                json!(o["spec"]["storageClassName"].as_str().unwrap_or("<unset>"))
+            }),
+            column("VolumeAttributesClass", "string", 0, |_| json!("<unset>")),
+            AGE,
+            column("VolumeMode", "string", 1, |o| {
+                json!(o["spec"]["volumeMode"].as_str().unwrap_or("Filesystem"))
+            }),
+        ],
+        ("apps", "StatefulSet") => vec![
+            NAME,
+            column("Ready", "string", 0, |o| {
+                json!(format!(
+                    "{}/{}",
+                    o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                    o["spec"]["replicas"].as_i64().unwrap_or(1)
+                ))
+            }),
+            AGE,
+            column("Containers", "string", 1, |o| json!(containers(o, "name"))),
+            column("Images", "string", 1, |o| json!(containers(o, "image"))),
+        ],
+        ("apps", "DaemonSet") => vec![
+            NAME,
+            column("Desired", "integer", 0, |o| {
+                json!(o["status"]["desiredNumberScheduled"].as_i64().unwrap_or(0))
+            }),
+            column("Current", "integer", 0, |o| {
+                json!(o["status"]["currentNumberScheduled"].as_i64().unwrap_or(0))
+            }),
+            column("Ready", "integer", 0, |o| {
+                json!(o["status"]["numberReady"].as_i64().unwrap_or(0))
+            }),
+            column("Up-to-date", "integer", 0, |o| {
+                json!(o["status"]["updatedNumberScheduled"].as_i64().unwrap_or(0))
+            }),
+            column("Available", "integer", 0, |o| {
+                json!(o["status"]["numberAvailable"].as_i64().unwrap_or(0))
+            }),
+            column("Node Selector", "string", 0, |o| {
+                let selector = &o["spec"]["template"]["spec"]["nodeSelector"];
+                let s = label_string(selector);
+                json!(if s.is_empty() { "<none>".to_owned() } else { s })
+            }),
+            AGE,
+            column("Containers", "string", 1, |o| json!(containers(o, "name"))),
+            column("Images", "string", 1, |o| json!(containers(o, "image"))),
         ],
         _ => vec![NAME, AGE],
     }

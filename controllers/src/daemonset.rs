@@ -19,13 +19,13 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use futures::StreamExt;
 use k8s_openapi::{
     api::{
-        apps::v1::{ControllerRevision, DaemonSet},
+        apps::v1::DaemonSet,
         core::v1::{
             Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
             Pod, Toleration,
         },
     },
-    apimachinery::pkg::{apis::meta::v1::OwnerReference, runtime::RawExtension},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -40,10 +40,8 @@ use crate::{
     deployment::{resolve, template_hash},
     pods::{self, is_active, is_available, is_ready},
     retry_soon,
+    revisions::{self, REVISION_HASH},
 };
-
-/// The label naming the template revision a pod or ControllerRevision has.
-pub const REVISION_HASH: &str = "controller-revision-hash";
 
 /// Runs the controller until its watches end. Node changes re-check every
 /// DaemonSet (a node appearing, being labelled or tainted).
@@ -169,92 +167,6 @@ fn owner_ref(ds: &DaemonSet) -> OwnerReference {
     )
 }
 
-fn revision_of(cr: &ControllerRevision) -> i64 {
-    cr.revision
-}
-
-/// Makes sure a ControllerRevision records the current template and is the
-/// newest; prunes old ones beyond `revisionHistoryLimit`.
-async fn record_revision(
-    ds: &DaemonSet,
-    ns: &str,
-    hash: &str,
-    client: &Client,
-) -> Result<i64, Error> {
-    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
-    let uid = ds.uid().unwrap_or_default();
-    let mut owned: Vec<ControllerRevision> = api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|cr| cr.owner_references().iter().any(|o| o.uid == uid))
-        .collect();
-    owned.sort_by_key(revision_of);
-    let newest = owned.last().map_or(0, revision_of);
-    let name = format!("{}-{hash}", ds.name_any());
-    let current = match owned.iter().find(|cr| cr.name_any() == name) {
-        Some(cr) if revision_of(cr) == newest => newest,
-        Some(_) => {
-            // Rolled back to an old template: it becomes the newest revision.
-            let patch = json!({"revision": newest + 1});
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            newest + 1
-        }
-        None => {
-            let template =
-                serde_json::to_value(ds.spec.as_ref().map(|s| &s.template)).unwrap_or(Value::Null);
-            let mut patch_template = template;
-            if let Some(o) = patch_template.as_object_mut() {
-                o.insert("$patch".into(), json!("replace"));
-            }
-            let mut labels = ds
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.metadata.as_ref())
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default();
-            labels.insert(REVISION_HASH.into(), hash.into());
-            let mut cr = ControllerRevision {
-                data: Some(RawExtension(json!({"spec": {"template": patch_template}}))),
-                revision: newest + 1,
-                ..Default::default()
-            };
-            cr.metadata.name = Some(name);
-            cr.metadata.namespace = Some(ns.into());
-            cr.metadata.labels = Some(labels);
-            cr.metadata.owner_references = Some(vec![owner_ref(ds)]);
-            match api.create(&PostParams::default(), &cr).await {
-                Ok(created) => owned.push(created),
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(e.into()),
-            }
-            newest + 1
-        }
-    };
-    let limit = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.revision_history_limit)
-        .unwrap_or(10);
-    let old: Vec<&ControllerRevision> = owned
-        .iter()
-        .filter(|cr| revision_of(cr) < current)
-        .collect();
-    let extra = old
-        .len()
-        .saturating_sub(usize::try_from(limit).unwrap_or(0));
-    for cr in old.into_iter().take(extra) {
-        match api.delete(&cr.name_any(), &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(current)
-}
-
 async fn delete_pod(api: &Api<Pod>, name: &str) -> Result<(), Error> {
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
@@ -271,7 +183,16 @@ async fn sync(ds: &DaemonSet, ctx: &Context) -> Result<Action, Error> {
     let spec = ds.spec.clone().unwrap_or_default();
     let template = serde_json::to_value(&spec.template).unwrap_or(Value::Null);
     let hash = template_hash(&template);
-    record_revision(ds, &ns, &hash, &ctx.client).await?;
+    let limit = spec.revision_history_limit.unwrap_or(10);
+    revisions::record(
+        &ctx.client,
+        &ns,
+        &owner_ref(ds),
+        &spec.template,
+        &hash,
+        limit,
+    )
+    .await?;
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let owned = pods::claim(&pods_api, &owner_ref(ds), &spec.selector).await?;
     let nodes = Api::<Node>::all(ctx.client.clone())

@@ -2,7 +2,9 @@
 //! they share: [`leader`] election on a Lease, the [`Metrics`] every controller
 //! reports, label selector helpers, pod ownership ([`pods`]). Built so far: the
 //! Deployment ([`deployment`]), ReplicaSet ([`replicaset`]), Job ([`job`]),
-//! CronJob ([`cronjob`]), DaemonSet ([`daemonset`]), Namespace ([`namespace`]),
+//! CronJob ([`cronjob`]), DaemonSet ([`daemonset`]), StatefulSet
+//! ([`statefulset`]), PersistentVolume binding and local-path provisioning
+//! ([`persistentvolume`]), Namespace ([`namespace`]),
 //! EndpointSlice ([`endpointslice`]), node lifecycle ([`node_lifecycle`]) and
 //! ServiceAccount ([`serviceaccount`]) controllers and the garbage collector
 //! ([`garbage_collector`]). Each has the one shape of STYLE.md, driven by
@@ -21,9 +23,12 @@ pub mod job;
 pub mod leader;
 pub mod namespace;
 pub mod node_lifecycle;
+pub mod persistentvolume;
 pub mod pods;
 pub mod replicaset;
+pub mod revisions;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -78,6 +83,9 @@ pub enum Error {
     /// An API call failed.
     #[error("API server: {0}")]
     Api(#[from] kube::Error),
+    /// An object could not be built or used as it is.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Labels naming a controller.
@@ -146,6 +154,8 @@ pub async fn run(client: Client, metrics: Metrics, identity: String) {
                 job::run(client.clone(), metrics.clone()),
                 cronjob::run(client.clone(), metrics.clone()),
                 daemonset::run(client.clone(), metrics.clone()),
+                statefulset::run(client.clone(), metrics.clone()),
+                persistentvolume::run(client.clone(), metrics.clone()),
                 namespace::run(client.clone(), metrics.clone()),
                 endpointslice::run(client.clone(), metrics.clone()),
                 node_lifecycle::run(client.clone(), metrics.clone()),

@@ -14,6 +14,7 @@ pub mod cri;
 pub mod events;
 pub mod host;
 pub mod labels;
+pub mod local_path;
 pub mod logs;
 pub mod metrics;
 pub mod node;
@@ -107,7 +108,13 @@ pub async fn run(
         facts,
         runtime_version,
     ));
+    let deleter = tokio::spawn(local_path::run_deleter(
+        client.clone(),
+        config.node_name.clone(),
+        config.data_dir.clone(),
+    ));
     let result = pods::run(rt).await;
+    deleter.abort();
     lease.abort();
     status.abort();
     api.abort();

@@ -60,6 +60,18 @@ pub async fn register(
         }
         Err(e) => return Err(Error::Api(e)),
     }
+    // Where this node's local-path volumes go (the data dir may have moved).
+    let root = crate::local_path::root(&config.data_dir);
+    let patch = json!({"metadata": {"annotations": {
+        crate::local_path::ROOT_ANNOTATION: root.to_string_lossy(),
+    }}});
+    nodes
+        .patch(
+            &config.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
     update_status(client, config, facts, runtime_version).await
 }
 

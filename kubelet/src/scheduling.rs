@@ -105,12 +105,22 @@ pub fn affinity_matches(pod: &Pod, node: &Node) -> bool {
             na.required_during_scheduling_ignored_during_execution
                 .as_ref()
         });
-    let affinity_ok = required.is_none_or(|r| {
-        r.node_selector_terms
-            .iter()
-            .any(|t| term_matches(t, &labels, &node.metadata.name.clone().unwrap_or_default()))
-    });
+    let affinity_ok = required.is_none_or(|r| node_selector_matches(r, node));
     selector_ok && affinity_ok
+}
+
+/// Whether any term of a required node selector (a pod's node affinity, a
+/// PersistentVolume's nodeAffinity) admits the node.
+pub fn node_selector_matches(
+    selector: &k8s_openapi::api::core::v1::NodeSelector,
+    node: &Node,
+) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let name = node.metadata.name.clone().unwrap_or_default();
+    selector
+        .node_selector_terms
+        .iter()
+        .any(|t| term_matches(t, &labels, &name))
 }
 
 /// The weight of the preferred node affinity terms the node matches.

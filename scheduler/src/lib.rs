@@ -6,13 +6,15 @@
 //! pod backoff).
 //!
 //! Scores: least allocated and balanced allocation of CPU and memory, spreading
-//! pods of one owner across nodes, and preferred node affinity. Not built yet: pod
+//! pods of one owner across nodes, and preferred node affinity. Pods with
+//! PersistentVolumeClaims go through [`volume_binding`]. Not built yet: pod
 //! (anti-)affinity, topology spread constraints, priorities and preemption.
 //!
 //! It runs inside `sextant server` with its own identity (`system:kube-scheduler`)
 //! and behind leader election on the `kube-system/kube-scheduler` Lease.
 
 pub mod filters;
+pub mod volume_binding;
 
 use std::{
     collections::HashMap,
@@ -293,10 +295,18 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
     };
     ctx.metrics.pending.set(lock(&ctx.attempts).len() as i64);
     let infos = node_infos(&ctx);
+    let claims = volume_binding::claims(&ctx.client, &pod).await?;
     let mut rejected = Vec::new();
     let mut feasible = Vec::new();
     for info in &infos {
-        let reasons = filters::reasons(&pod, info);
+        let mut reasons = filters::reasons(&pod, info);
+        if let (true, Ok(claims)) = (reasons.is_empty(), &claims) {
+            reasons.extend(claims.reason(&info.node));
+        }
+        if let Err(message) = &claims {
+            // Upstream's PreFilter: no node can help, one reason for all.
+            reasons = vec![message.clone()];
+        }
         if reasons.is_empty() {
             feasible.push(info);
         } else {
@@ -306,7 +316,15 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
     let reference = pod.object_ref(&());
     let Some(best) = feasible.iter().max_by_key(|i| score(&pod, i)) else {
         ctx.metrics.attempt("unschedulable");
-        let message = filters::failed_message(infos.len(), &rejected);
+        let message = match &claims {
+            Err(message) => {
+                let n = infos.len();
+                format!(
+                    "0/{n} nodes are available: {message}. preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling."
+                )
+            }
+            Ok(_) => filters::failed_message(infos.len(), &rejected),
+        };
         tracing::info!(pod = %pod.name_any(), %message, "unschedulable");
         let event = Event {
             type_: EventType::Warning,
@@ -329,6 +347,9 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         "metadata": {"name": pod.name_any(), "namespace": ns, "uid": uid},
         "target": {"apiVersion": "v1", "kind": "Node", "name": node},
     });
+    if let Ok(claims) = &claims {
+        volume_binding::select_node(&ctx.client, &ns, claims, &node).await?;
+    }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     match pods
         .create_subresource::<_, serde_json::Value>(
