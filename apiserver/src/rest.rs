@@ -1147,23 +1147,29 @@ impl Handler {
             } else {
                 0
             };
-            // propagationPolicy=Orphan on an owner kind: the garbage collector
-            // releases the dependents, then removes the `orphan` finalizer.
+            // propagationPolicy Orphan or Foreground on an owner kind: the
+            // garbage collector releases or deletes the dependents, then removes
+            // the `orphan` or `foregroundDeletion` finalizer.
             let policy = self
                 .params
                 .propagation_policy
                 .clone()
                 .or_else(|| options["propagationPolicy"].as_str().map(str::to_owned));
-            let orphan = (policy.as_deref() == Some("Orphan")
-                || options["orphanDependents"] == true)
-                && matches!(
-                    (self.rt().group, self.rt().kind),
-                    (
-                        "apps",
-                        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
-                    ) | ("batch", "Job")
-                );
-            let graceful = has_finalizers || is_namespace || pod_grace > 0 || orphan;
+            let owner_kind = matches!(
+                (self.rt().group, self.rt().kind),
+                (
+                    "apps",
+                    "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
+                ) | ("batch", "Job" | "CronJob")
+            );
+            let finalizer = match policy.as_deref() {
+                _ if !owner_kind => None,
+                Some("Orphan") => Some("orphan"),
+                _ if options["orphanDependents"] == true => Some("orphan"),
+                Some("Foreground") => Some("foregroundDeletion"),
+                _ => None,
+            };
+            let graceful = has_finalizers || is_namespace || pod_grace > 0 || finalizer.is_some();
             if self.params.is_dry_run() {
                 let code = if graceful {
                     StatusCode::ACCEPTED
@@ -1191,12 +1197,12 @@ impl Handler {
                 return Ok((StatusCode::ACCEPTED, obj));
             }
             let mut next = obj.clone();
-            if orphan && let Some(meta) = next["metadata"].as_object_mut() {
+            if let (Some(f), Some(meta)) = (finalizer, next["metadata"].as_object_mut()) {
                 let finalizers = meta.entry("finalizers").or_insert_with(|| json!([]));
                 if let Some(list) = finalizers.as_array_mut()
-                    && !list.iter().any(|f| f == "orphan")
+                    && !list.iter().any(|x| x == f)
                 {
-                    list.push(json!("orphan"));
+                    list.push(json!(f));
                 }
             }
             next["metadata"]["deletionTimestamp"] = json!(now());

@@ -7,9 +7,15 @@
 //!
 //! `propagationPolicy: Orphan` (`kubectl delete --cascade=orphan`): the API server
 //! puts an `orphan` finalizer on the owner; the collector removes the owner's
-//! references from its dependents (ReplicaSets and Pods), then the finalizer, and
-//! the owner goes while its dependents stay. `Foreground` is not honoured yet
-//! (it is treated as Background).
+//! references from its dependents (ReplicaSets, Jobs, Pods, ControllerRevisions),
+//! then the finalizer, and the owner goes while its dependents stay.
+//!
+//! `propagationPolicy: Foreground` (`--cascade=foreground`): the API server puts
+//! a `foregroundDeletion` finalizer on the owner; the collector deletes the
+//! dependents (in the foreground themselves) and removes the finalizer once the
+//! last is gone, so the owner is visible, with its deletionTimestamp, until
+//! then. Both apply to the workload kinds (Deployment, ReplicaSet,
+//! StatefulSet, DaemonSet, Job, CronJob).
 
 use std::{
     collections::HashMap,
@@ -20,7 +26,7 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::{
     api::{
-        apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet},
+        apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet},
         batch::v1::{CronJob, Job},
         core::v1::{Endpoints, Pod, Service},
         discovery::v1::EndpointSlice,
@@ -126,18 +132,27 @@ pub async fn run(client: Client, metrics: Metrics) {
                 .for_each(|_| std::future::ready(())),
         )
     };
-    let orphaning = async {
+    let finalizing = async {
         tokio::join!(
-            orphan_controller::<Deployment>(ctx.client.clone(), ctx.clone()),
-            orphan_controller::<ReplicaSet>(ctx.client.clone(), ctx.clone()),
-            orphan_controller::<Job>(ctx.client.clone(), ctx.clone()),
+            finalizer_controller::<Deployment>(ctx.client.clone(), ctx.clone()),
+            finalizer_controller::<ReplicaSet>(ctx.client.clone(), ctx.clone()),
+            finalizer_controller::<StatefulSet>(ctx.client.clone(), ctx.clone()),
+            finalizer_controller::<DaemonSet>(ctx.client.clone(), ctx.clone()),
+            finalizer_controller::<Job>(ctx.client.clone(), ctx.clone()),
+            finalizer_controller::<CronJob>(ctx.client.clone(), ctx.clone()),
         )
     };
-    tokio::join!(collectors, orphaning);
+    tokio::join!(collectors, finalizing);
 }
 
-/// Releases the dependents of owners of kind `K` deleted with the `orphan` finalizer.
-async fn orphan_controller<K>(client: Client, ctx: Arc<Context>)
+/// The finalizer `propagationPolicy: Orphan` puts on an owner.
+pub const ORPHAN: &str = "orphan";
+/// The finalizer `propagationPolicy: Foreground` puts on an owner.
+pub const FOREGROUND: &str = "foregroundDeletion";
+
+/// Finishes the deletion of owners of kind `K` that carry the `orphan` or
+/// `foregroundDeletion` finalizer.
+async fn finalizer_controller<K>(client: Client, ctx: Arc<Context>)
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -149,14 +164,16 @@ where
         + 'static,
 {
     Controller::new(Api::<K>::all(client), watcher::Config::default())
-        .run(orphan::<K>, error_policy, ctx)
+        .run(finalize::<K>, error_policy, ctx)
         .for_each(|_| std::future::ready(()))
         .await;
 }
 
-/// Strips the owner's references from every ReplicaSet and Pod in its namespace,
-/// then removes the `orphan` finalizer (which lets the API server finish the delete).
-async fn orphan<K>(owner: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error>
+/// `orphan`: strips the owner's references from its dependents, then the
+/// finalizer. `foregroundDeletion`: deletes the dependents (owners among them
+/// in the foreground too, so the wait reaches down to the pods), and removes
+/// the finalizer once none is left — the owner is the last to go.
+async fn finalize<K>(owner: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -166,16 +183,34 @@ where
 {
     let meta = owner.meta();
     let finalizers = meta.finalizers.clone().unwrap_or_default();
-    if meta.deletion_timestamp.is_none() || !finalizers.iter().any(|f| f == "orphan") {
+    let orphan = finalizers.iter().any(|f| f == ORPHAN);
+    let foreground = finalizers.iter().any(|f| f == FOREGROUND);
+    if meta.deletion_timestamp.is_none() || !(orphan || foreground) {
         return Ok(Action::await_change());
     }
     let started = std::time::Instant::now();
     let ns = owner.namespace().unwrap_or_else(|| "default".into());
     let uid = meta.uid.clone().unwrap_or_default();
     let result = async {
-        release::<ReplicaSet>(&ctx.client, &ns, &uid).await?;
-        release::<Pod>(&ctx.client, &ns, &uid).await?;
-        let rest: Vec<&String> = finalizers.iter().filter(|f| *f != "orphan").collect();
+        let done = if orphan {
+            release::<ReplicaSet>(&ctx.client, &ns, &uid).await?;
+            release::<Pod>(&ctx.client, &ns, &uid).await?;
+            release::<Job>(&ctx.client, &ns, &uid).await?;
+            release::<ControllerRevision>(&ctx.client, &ns, &uid).await?;
+            tracing::info!(kind = %K::kind(&()), name = %owner.name_any(), "orphaned the dependents");
+            ORPHAN
+        } else {
+            let left = delete_dependents::<ReplicaSet>(&ctx.client, &ns, &uid).await?
+                + delete_dependents::<Job>(&ctx.client, &ns, &uid).await?
+                + delete_dependents::<Pod>(&ctx.client, &ns, &uid).await?
+                + delete_dependents::<ControllerRevision>(&ctx.client, &ns, &uid).await?;
+            if left > 0 {
+                return Ok(false);
+            }
+            tracing::info!(kind = %K::kind(&()), name = %owner.name_any(), "dependents deleted in the foreground");
+            FOREGROUND
+        };
+        let rest: Vec<&String> = finalizers.iter().filter(|f| *f != done).collect();
         let patch = serde_json::json!({"metadata": {"finalizers": rest}});
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
         match api
@@ -186,16 +221,51 @@ where
             )
             .await
         {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(true),
             Err(e) => Err(Error::from(e)),
         }
     }
     .await;
     ctx.metrics
         .observe("garbagecollector", started.elapsed(), result.is_err());
-    tracing::info!(kind = %K::kind(&()), name = %owner.name_any(), "orphaned the dependents");
-    result.map(|()| Action::await_change())
+    match result? {
+        true => Ok(Action::await_change()),
+        // Dependents still terminating: look again soon.
+        false => Ok(Action::requeue(Duration::from_secs(1))),
+    }
+}
+
+/// Deletes (in the foreground) every `D` in `ns` that `uid` owns and is not yet
+/// being deleted; returns how many of them still exist.
+async fn delete_dependents<D>(client: &Client, ns: &str, uid: &str) -> Result<usize, Error>
+where
+    D: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<D> = Api::namespaced(client.clone(), ns);
+    let params = DeleteParams {
+        propagation_policy: Some(kube::api::PropagationPolicy::Foreground),
+        ..Default::default()
+    };
+    let mut left = 0;
+    for d in api.list(&kube::api::ListParams::default()).await?.items {
+        if !d.owner_references().iter().any(|o| o.uid == uid) {
+            continue;
+        }
+        left += 1;
+        if d.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        match api.delete(&d.name_any(), &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => left -= 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(left)
 }
 
 /// Removes owner `uid` from the owner references of every `D` in `ns`.

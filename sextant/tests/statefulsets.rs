@@ -338,4 +338,47 @@ async fn statefulsets_keep_names_order_and_storage() {
         .is_ok_and(|o| o.contains("persistentvolumeclaim \\\"missing\\\" not found"))
     })
     .await;
+    // --cascade=foreground: the set stays, marked, until its pods are gone.
+    k.ok(&[
+        "delete",
+        "statefulset",
+        "web",
+        "--cascade=foreground",
+        "--wait=false",
+    ])
+    .unwrap();
+    let finalizers = k
+        .ok(&[
+            "get",
+            "statefulset",
+            "web",
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ])
+        .unwrap();
+    assert!(finalizers.contains("foregroundDeletion"), "{finalizers}");
+    k.ok(&["wait", "--for=delete", "statefulset/web", "--timeout=60s"])
+        .unwrap();
+    let left = k
+        .ok(&[
+            "get",
+            "pods,controllerrevisions",
+            "-l",
+            "app=web",
+            "-o",
+            "name",
+        ])
+        .unwrap();
+    assert_eq!(
+        left, "",
+        "dependents outlived their foreground-deleted owner"
+    );
+    // Claims outlive the set (persistentVolumeClaimRetentionPolicy Retain).
+    assert_eq!(
+        json(&k, &["get", "pvc", "-l", "app=web"])["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 }
