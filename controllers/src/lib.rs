@@ -5,7 +5,8 @@
 //! CronJob ([`cronjob`]), DaemonSet ([`daemonset`]), StatefulSet
 //! ([`statefulset`]), PersistentVolume binding and local-path provisioning
 //! ([`persistentvolume`]), Namespace ([`namespace`]),
-//! EndpointSlice ([`endpointslice`]), node lifecycle ([`node_lifecycle`]) and
+//! EndpointSlice ([`endpointslice`]), node lifecycle ([`node_lifecycle`]), node
+//! IPAM ([`node_ipam`]) and
 //! ServiceAccount ([`serviceaccount`]) controllers and the garbage collector
 //! ([`garbage_collector`]). Each has the one shape of STYLE.md, driven by
 //! kube-runtime's `Controller`: a `reconcile` timed by [`Context::observe`] and
@@ -22,6 +23,7 @@ pub mod garbage_collector;
 pub mod job;
 pub mod leader;
 pub mod namespace;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod persistentvolume;
 pub mod pods;
@@ -64,7 +66,7 @@ impl Context {
 }
 
 /// Every controller's error policy: log and look again in two seconds.
-pub fn retry_soon<K>(obj: std::sync::Arc<K>, error: &Error, _ctx: std::sync::Arc<Context>) -> Action
+pub fn retry_soon<K, C>(obj: std::sync::Arc<K>, error: &Error, _ctx: std::sync::Arc<C>) -> Action
 where
     K: kube::Resource<DynamicType = ()>,
 {
@@ -142,7 +144,7 @@ impl Metrics {
 }
 
 /// Runs every controller, as the leader of `kube-controller-manager`.
-pub async fn run(client: Client, metrics: Metrics, identity: String) {
+pub async fn run(client: Client, metrics: Metrics, identity: String, ipam: node_ipam::Config) {
     let c = client.clone();
     leader::run_as_leader(c, "kube-controller-manager", &identity, || {
         let (client, metrics) = (client.clone(), metrics.clone());
@@ -159,6 +161,7 @@ pub async fn run(client: Client, metrics: Metrics, identity: String) {
                 namespace::run(client.clone(), metrics.clone()),
                 endpointslice::run(client.clone(), metrics.clone()),
                 node_lifecycle::run(client.clone(), metrics.clone()),
+                node_ipam::run(client.clone(), metrics.clone(), ipam),
                 serviceaccount::run(client.clone(), metrics.clone()),
                 garbage_collector::run(client, metrics),
             );

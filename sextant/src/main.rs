@@ -62,6 +62,12 @@ struct ServerArgs {
     /// Port range (inclusive) for NodePort Services.
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     service_node_port_range: (u16, u16),
+    /// CIDR every node's pod CIDR (`spec.podCIDR`) is allocated from.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: ipnet::Ipv4Net,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
     /// Also run a node in this process tree: the agent joins this server and runs
     /// pods through its own containerd (a one-node cluster).
     #[arg(long)]
@@ -88,7 +94,7 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Server(args) => run_server(args).await.map_err(|e| e.to_string()),
+        Command::Server(args) => run_server(args).await,
         Command::Agent(args) => agent::run(args).await.map_err(|e| e.to_string()),
     };
     match result {
@@ -101,7 +107,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run_server(args: ServerArgs) -> Result<(), server::Error> {
+async fn run_server(args: ServerArgs) -> Result<(), String> {
     let config = server::Config {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -112,13 +118,18 @@ async fn run_server(args: ServerArgs) -> Result<(), server::Error> {
             node_ports: args.service_node_port_range,
         },
     };
+    let ipam =
+        sextant_controllers::node_ipam::Config::new(args.cluster_cidr, args.node_cidr_mask_size)
+            .map_err(|e| e.to_string())?;
     let data_dir = config.data_dir.clone();
     let mut registry = sextant_metrics::Registry::default();
     let scheduler_metrics = sextant_scheduler::SchedulerMetrics::register(&mut registry);
     let controller_metrics = sextant_controllers::Metrics::register(&mut registry);
-    let running = server::start(config, registry).await?;
+    let running = server::start(config, registry)
+        .await
+        .map_err(|e| e.to_string())?;
     let scheduler = tokio::spawn(run_scheduler(data_dir.clone(), scheduler_metrics));
-    let controllers = tokio::spawn(run_controllers(data_dir.clone(), controller_metrics));
+    let controllers = tokio::spawn(run_controllers(data_dir.clone(), controller_metrics, ipam));
     let node = if args.with_agent {
         let token = std::fs::read_to_string(&running.node_token).unwrap_or_default();
         let agent = agent::AgentArgs {
@@ -173,10 +184,14 @@ fn component_identity() -> String {
 
 /// Runs the controllers in this process with their own identity
 /// (`<data-dir>/components/controllers.kubeconfig`).
-async fn run_controllers(data_dir: PathBuf, metrics: sextant_controllers::Metrics) {
+async fn run_controllers(
+    data_dir: PathBuf,
+    metrics: sextant_controllers::Metrics,
+    ipam: sextant_controllers::node_ipam::Config,
+) {
     let path = data_dir.join("components").join("controllers.kubeconfig");
     match agent::client(&path).await {
-        Ok(client) => sextant_controllers::run(client, metrics, component_identity()).await,
+        Ok(client) => sextant_controllers::run(client, metrics, component_identity(), ipam).await,
         Err(e) => tracing::error!(error = %e, "the controllers cannot start"),
     }
 }

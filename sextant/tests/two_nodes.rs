@@ -1,6 +1,7 @@
 //! Two real nodes joined to one server: each a `sextant agent` with its own
 //! containerd in its own network namespace, driven by kubectl 1.33. A
-//! DaemonSet runs one pod on each (and none on a tainted third node); stopping
+//! DaemonSet runs one pod on each (and none on a tainted third node); each
+//! node has its own pod CIDR; stopping
 //! one agent turns its node NotReady within 40 s, and after the pods'
 //! (shortened) toleration their owner recreates them on the other node.
 // Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
@@ -136,6 +137,27 @@ async fn two_real_nodes_share_daemons_and_take_over_lost_pods() {
         r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady"}],"allocatable":{"cpu":"4","memory":"8Gi","pods":"110"}}}"#,
     ])
     .unwrap();
+
+    // Node IPAM: every node gets its own block of the cluster CIDR.
+    let mut cidrs: Vec<String> = Vec::new();
+    for node in [&a.node_name, &b.node_name, "gpu-only"] {
+        until("a pod CIDR on every node", Duration::from_secs(10), || {
+            k.ok(&["get", "node", node, "-o", "jsonpath={.spec.podCIDR}"])
+                .is_ok_and(|c| !c.is_empty())
+        })
+        .await;
+        let cidr = k
+            .ok(&["get", "node", node, "-o", "jsonpath={.spec.podCIDR}"])
+            .unwrap();
+        assert!(
+            cidr.starts_with("10.42.") && cidr.ends_with("/24"),
+            "{cidr}"
+        );
+        cidrs.push(cidr);
+    }
+    cidrs.sort();
+    cidrs.dedup();
+    assert_eq!(cidrs.len(), 3, "{cidrs:?}");
 
     // The DaemonSet: one running pod on each real node, none on the tainted one.
     k.ok_with(&["apply", "-f", "-"], Some(WORKLOADS)).unwrap();
