@@ -6,6 +6,7 @@
 //! Every other component reaches the store only through this API, with the kube-rs
 //! client. Not built yet: authorization; see docs/architecture.md.
 
+pub mod admission;
 pub mod bootstrap;
 pub mod conversion;
 pub mod defaults;

@@ -537,8 +537,17 @@ impl Handler {
             obj.as_object_mut().map(|o| o.remove("status"));
         }
         crate::defaults::apply(self.rt(), &mut obj);
+        let store = self.state.store.as_ref();
+        if let (("", "Pod"), Some(ns)) = ((self.rt().group, self.rt().kind), &self.t.namespace) {
+            crate::admission::limit_ranges(store, ns, &mut obj).await?;
+            crate::admission::pod_priority(store, &mut obj).await?;
+        }
         self.validate(&mut obj, None)?;
         self.check_namespace_exists(&name).await?;
+        if let (Some(ns), false) = (&self.t.namespace, self.params.is_dry_run()) {
+            crate::admission::resource_quota(store, self.rt().group, self.rt().plural, ns, &obj)
+                .await?;
+        }
         if self.params.is_dry_run() {
             return self.respond(StatusCode::CREATED, obj);
         }
@@ -760,38 +769,65 @@ impl Handler {
     }
 
     /// `POST pods/<name>/eviction`: deletes the pod unless a PodDisruptionBudget
-    /// selecting it allows no disruption (429, as upstream).
+    /// selecting it allows no disruption (429, as upstream). A granted eviction
+    /// is recorded in the budget's status (`disruptionsAllowed` − 1, the pod in
+    /// `disruptedPods`) with a compare-and-swap, so concurrent evictions (a
+    /// drain) cannot together overdraw it. Pods that are not running (Pending,
+    /// Succeeded, Failed) are evicted without a budget check, as upstream.
     async fn evict(&self, body: &[u8]) -> ApiResult {
         let eviction = optional_json_body(body, "an Eviction")?;
         let key = self.rt().key(self.t.namespace.as_deref(), self.name());
-        let kv = self
-            .state
-            .store
-            .get(&key)
-            .await?
-            .ok_or_else(|| self.not_found())?;
-        let pod = self.object_of(&kv)?;
         let pdb_rt = resources::find("policy", "v1", "poddisruptionbudgets")
             .ok_or_else(|| ApiError::internal("PodDisruptionBudgets are not served"))?;
-        let pdbs = self
-            .state
-            .store
-            .list(&ListOptions {
-                prefix: pdb_rt.prefix(self.t.namespace.as_deref()),
-                ..Default::default()
-            })
-            .await?;
-        for kv in &pdbs.items {
-            let pdb = self.object_of(kv)?;
-            let selector = &pdb["spec"]["selector"]["matchLabels"];
+        let mut attempts = 0;
+        loop {
+            let kv = self
+                .state
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| self.not_found())?;
+            let pod = self.object_of(&kv)?;
+            if matches!(
+                pod["status"]["phase"].as_str(),
+                Some("Pending" | "Succeeded" | "Failed")
+            ) {
+                break;
+            }
+            let pdbs = self
+                .state
+                .store
+                .list(&ListOptions {
+                    prefix: pdb_rt.prefix(self.t.namespace.as_deref()),
+                    ..Default::default()
+                })
+                .await?;
             let labels = labels_of(&pod);
-            let selects = selector.as_object().is_some_and(|m| {
-                !m.is_empty()
-                    && m.iter()
-                        .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str())
-            });
+            let mut selecting = Vec::new();
+            for pdb_kv in &pdbs.items {
+                let pdb: Value = serde_json::from_slice(&pdb_kv.value)
+                    .map_err(|e| ApiError::internal(format!("stored PodDisruptionBudget: {e}")))?;
+                let selector = &pdb["spec"]["selector"]["matchLabels"];
+                let selects = selector.as_object().is_some_and(|m| {
+                    !m.is_empty()
+                        && m.iter()
+                            .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str())
+                });
+                if selects {
+                    selecting.push((pdb_kv, pdb));
+                }
+            }
+            let Some((pdb_kv, mut pdb)) = selecting.pop() else {
+                break;
+            };
+            if !selecting.is_empty() {
+                return Err(ApiError::internal(
+                    "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+                ));
+            }
             // Until the disruption controller has computed the budget, none is allowed.
-            if selects && pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0) < 1 {
+            let allowed = pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0);
+            if allowed < 1 {
                 let mut e = ApiError::too_many_requests(
                     "Cannot evict pod as it would violate the pod's disruption budget.",
                 );
@@ -804,6 +840,31 @@ impl Handler {
                     )}]}),
                 );
                 return Err(e);
+            }
+            if self.params.is_dry_run() {
+                break;
+            }
+            pdb["status"]["disruptionsAllowed"] = json!(allowed - 1);
+            if !pdb["status"]["disruptedPods"].is_object() {
+                pdb["status"]["disruptedPods"] = json!({});
+            }
+            pdb["status"]["disruptedPods"][self.name()] = json!(now());
+            let bytes = serde_json::to_vec(&pdb)
+                .map_err(|e| ApiError::internal(format!("encoding the budget: {e}")))?;
+            match self
+                .state
+                .store
+                .update(&pdb_kv.key, bytes, pdb_kv.mod_revision)
+                .await
+            {
+                Ok(_) => break,
+                Err(storage::Error::Conflict { .. }) if attempts < 5 => attempts += 1,
+                Err(storage::Error::Conflict { .. }) => {
+                    return Err(ApiError::too_many_requests(
+                        "Cannot evict pod as the disruption budget is being changed; please retry.",
+                    ));
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         let delete_options = serde_json::to_vec(&eviction["deleteOptions"]).unwrap_or_default();

@@ -281,12 +281,14 @@ pub async fn start(
         }
     };
 
-    ensure_system_namespaces(store.as_ref())
-        .await
-        .map_err(|source| Error::Store {
-            datastore: config.datastore,
-            source,
-        })?;
+    let bootstrap = async {
+        ensure_system_namespaces(store.as_ref()).await?;
+        crate::admission::ensure_system_priority_classes(store.as_ref()).await
+    };
+    bootstrap.await.map_err(|source| Error::Store {
+        datastore: config.datastore,
+        source,
+    })?;
     let pki = Arc::new(Pki::load_or_create(&data_dir.join("pki"))?);
     let token = crate::bootstrap::load_or_create(data_dir, pki.ca_pem())?;
     let listener = TcpListener::bind(config.listen)

@@ -641,6 +641,29 @@ fn columns(rt: &ResourceType) -> Vec<Column> {
             column("Containers", "string", 1, |o| json!(containers(o, "name"))),
             column("Images", "string", 1, |o| json!(containers(o, "image"))),
         ],
+        ("policy", "PodDisruptionBudget") => vec![
+            NAME,
+            column("Min Available", "string", 0, |o| {
+                let v = &o["spec"]["minAvailable"];
+                json!(if v.is_null() {
+                    "N/A".to_owned()
+                } else {
+                    v.to_string().trim_matches('"').to_owned()
+                })
+            }),
+            column("Max Unavailable", "string", 0, |o| {
+                let v = &o["spec"]["maxUnavailable"];
+                json!(if v.is_null() {
+                    "N/A".to_owned()
+                } else {
+                    v.to_string().trim_matches('"').to_owned()
+                })
+            }),
+            column("Allowed Disruptions", "integer", 0, |o| {
+                json!(o["status"]["disruptionsAllowed"].as_i64().unwrap_or(0))
+            }),
+            AGE,
+        ],
         _ => vec![NAME, AGE],
     }
 }

@@ -33,7 +33,7 @@ use kube::{
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
 use serde_json::{Value, json};
-use sextant_kubelet::scheduling as filters;
+use sextant_apimachinery::scheduling as filters;
 
 use crate::{
     Context, Error, Metrics,

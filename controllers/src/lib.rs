@@ -3,7 +3,8 @@
 //! reports, label selector helpers, pod ownership ([`pods`]). Built so far: the
 //! Deployment ([`deployment`]), ReplicaSet ([`replicaset`]), Job ([`job`]),
 //! CronJob ([`cronjob`]), DaemonSet ([`daemonset`]), StatefulSet
-//! ([`statefulset`]), PersistentVolume binding and local-path provisioning
+//! ([`statefulset`]), PodDisruptionBudget ([`disruption`]), ResourceQuota
+//! ([`resourcequota`]), PersistentVolume binding and local-path provisioning
 //! ([`persistentvolume`]), Namespace ([`namespace`]),
 //! EndpointSlice ([`endpointslice`]), node lifecycle ([`node_lifecycle`]), node
 //! IPAM ([`node_ipam`]) and
@@ -18,6 +19,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpointslice;
 pub mod garbage_collector;
 pub mod job;
@@ -28,6 +30,7 @@ pub mod node_lifecycle;
 pub mod persistentvolume;
 pub mod pods;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod revisions;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -157,6 +160,8 @@ pub async fn run(client: Client, metrics: Metrics, identity: String, ipam: node_
                 cronjob::run(client.clone(), metrics.clone()),
                 daemonset::run(client.clone(), metrics.clone()),
                 statefulset::run(client.clone(), metrics.clone()),
+                disruption::run(client.clone(), metrics.clone()),
+                resourcequota::run(client.clone(), metrics.clone()),
                 persistentvolume::run(client.clone(), metrics.clone()),
                 namespace::run(client.clone(), metrics.clone()),
                 endpointslice::run(client.clone(), metrics.clone()),

@@ -31,7 +31,7 @@ use kube::{
     runtime::{Controller, controller::Action, watcher},
 };
 use serde_json::json;
-use sextant_kubelet::scheduling::tolerates;
+use sextant_apimachinery::scheduling::tolerates;
 
 use crate::{Context, Error, Metrics, retry_soon};
 

@@ -34,7 +34,7 @@ use kube::{
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
 use serde_json::json;
-use sextant_kubelet::{
+use sextant_apimachinery::{
     local_path::{
         NODE_ANNOTATION as LOCAL_PATH_NODE, PROVISIONER as LOCAL_PATH_PROVISIONER,
         ROOT_ANNOTATION as LOCAL_PATH_ROOT,

@@ -15,12 +15,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 
-/// The provisioner name of the built-in `local-path` StorageClass.
-pub const PROVISIONER: &str = "sextant.io/local-path";
-/// The Node annotation naming the directory local-path volumes live under.
-pub const ROOT_ANNOTATION: &str = "sextant.io/local-path-root";
-/// The PersistentVolume annotation naming the node a local-path volume is on.
-pub const NODE_ANNOTATION: &str = "sextant.io/local-path-node";
+pub use sextant_apimachinery::local_path::{NODE_ANNOTATION, PROVISIONER, ROOT_ANNOTATION};
 
 /// Where this node keeps local-path volumes.
 pub fn root(data_dir: &Path) -> PathBuf {

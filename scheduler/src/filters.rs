@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
-use sextant_kubelet::{
+use sextant_apimachinery::{
     quantity,
     scheduling::{affinity_matches, tolerates},
 };
 
-pub use sextant_kubelet::scheduling::{preferred_affinity, tolerates_taints};
+pub use sextant_apimachinery::scheduling::{preferred_affinity, tolerates_taints};
 
 /// A node with what is already placed on it.
 #[derive(Clone, Debug, Default)]
@@ -27,6 +27,8 @@ pub struct NodeInfo {
     pub host_ports: HashSet<(String, i32)>,
     /// Pods on it per owner uid (for spreading).
     pub by_owner: BTreeMap<String, i64>,
+    /// The pods on it (bound or assumed), for inter-pod affinity and spreading.
+    pub placed: Vec<std::sync::Arc<Pod>>,
 }
 
 /// A pod's total requests: (millicores, bytes). Init containers count by their

@@ -7,13 +7,17 @@
 //!
 //! Scores: least allocated and balanced allocation of CPU and memory, spreading
 //! pods of one owner across nodes, and preferred node affinity. Pods with
-//! PersistentVolumeClaims go through [`volume_binding`]. Not built yet: pod
-//! (anti-)affinity, topology spread constraints, priorities and preemption.
+//! PersistentVolumeClaims go through [`volume_binding`]; inter-pod
+//! (anti-)affinity and topology spread constraints through [`topology`]. A pod
+//! that fits nowhere may evict pods of lower priority ([`preemption`]; the API
+//! server resolves priority classes at admission).
 //!
 //! It runs inside `sextant server` with its own identity (`system:kube-scheduler`)
 //! and behind leader election on the `kube-system/kube-scheduler` Lease.
 
 pub mod filters;
+pub mod preemption;
+pub mod topology;
 pub mod volume_binding;
 
 use std::{
@@ -111,6 +115,7 @@ impl SchedulerMetrics {
 /// A pod bound by this scheduler whose binding the pod cache has not shown yet.
 #[derive(Clone, Debug)]
 struct Assumed {
+    pod: Arc<Pod>,
     node: String,
     cpu: i64,
     memory: i64,
@@ -238,6 +243,7 @@ fn node_infos(ctx: &Context) -> Vec<NodeInfo> {
         for owner in p.owner_references() {
             *info.by_owner.entry(owner.uid.clone()).or_default() += 1;
         }
+        info.placed.push(p);
     }
     let mut assumed = lock(&ctx.assumed);
     // Forget assumptions the cache has caught up with (or that are old).
@@ -247,6 +253,10 @@ fn node_infos(ctx: &Context) -> Vec<NodeInfo> {
             info.cpu_requested += a.cpu;
             info.memory_requested += a.memory;
             info.pods += 1;
+            for owner in a.pod.owner_references() {
+                *info.by_owner.entry(owner.uid.clone()).or_default() += 1;
+            }
+            info.placed.push(a.pod.clone());
         }
     }
     let mut out: Vec<NodeInfo> = infos.into_values().collect();
@@ -294,14 +304,22 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         *e
     };
     ctx.metrics.pending.set(lock(&ctx.attempts).len() as i64);
-    let infos = node_infos(&ctx);
+    let mut infos = node_infos(&ctx);
+    reserve_for_nominated(&ctx, &pod, &mut infos);
     let claims = volume_binding::claims(&ctx.client, &pod).await?;
+    let by_topology = topology::applies(&pod, &infos);
     let mut rejected = Vec::new();
     let mut feasible = Vec::new();
-    for info in &infos {
+    for (index, info) in infos.iter().enumerate() {
         let mut reasons = filters::reasons(&pod, info);
         if let (true, Ok(claims)) = (reasons.is_empty(), &claims) {
             reasons.extend(claims.reason(&info.node));
+        }
+        if reasons.is_empty() && by_topology {
+            reasons.extend(topology::spread_reason(&pod, info, &infos));
+            if reasons.is_empty() {
+                reasons.extend(topology::affinity_reason(&pod, info, &infos));
+            }
         }
         if let Err(message) = &claims {
             // Upstream's PreFilter: no node can help, one reason for all.
@@ -310,11 +328,18 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         if reasons.is_empty() {
             feasible.push(info);
         } else {
-            rejected.push(reasons);
+            rejected.push((index, reasons));
         }
     }
     let reference = pod.object_ref(&());
-    let Some(best) = feasible.iter().max_by_key(|i| score(&pod, i)) else {
+    let Some(best) = feasible.iter().max_by_key(|i| {
+        let placement = if by_topology {
+            topology::score(&pod, i, &infos)
+        } else {
+            0
+        };
+        score(&pod, i) + placement
+    }) else {
         ctx.metrics.attempt("unschedulable");
         let message = match &claims {
             Err(message) => {
@@ -323,7 +348,10 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
                     "0/{n} nodes are available: {message}. preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling."
                 )
             }
-            Ok(_) => filters::failed_message(infos.len(), &rejected),
+            Ok(_) => {
+                let reasons: Vec<Vec<String>> = rejected.iter().map(|(_, r)| r.clone()).collect();
+                filters::failed_message(infos.len(), &reasons)
+            }
         };
         tracing::info!(pod = %pod.name_any(), %message, "unschedulable");
         let event = Event {
@@ -335,6 +363,10 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         };
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             tracing::debug!(error = %e, "recording FailedScheduling failed");
+        }
+        if claims.is_ok() && preempt(&ctx, &pod, &infos, &rejected).await? {
+            // Room is being made: look again as soon as the victims are gone.
+            return Ok(Action::requeue(Duration::from_secs(1)));
         }
         let backoff = Duration::from_secs(1 << tries.min(4)).min(Duration::from_secs(10));
         return Ok(Action::requeue(backoff));
@@ -375,6 +407,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
     lock(&ctx.assumed).insert(
         uid.clone(),
         Assumed {
+            pod: pod.clone(),
             node: node.clone(),
             cpu,
             memory,
@@ -400,6 +433,100 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         tracing::debug!(error = %e, "recording Scheduled failed");
     }
     Ok(Action::await_change())
+}
+
+/// Evicts lower-priority pods so `pod` fits on a node next time, and nominates
+/// that node (`status.nominatedNodeName`). While victims of an earlier
+/// preemption are still terminating on the nominated node, nothing more is
+/// evicted.
+async fn preempt(
+    ctx: &Context,
+    pod: &Pod,
+    infos: &[NodeInfo],
+    rejected: &[(usize, Vec<String>)],
+) -> Result<bool, Error> {
+    let nominated = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.nominated_node_name.as_deref());
+    let waiting = infos
+        .iter()
+        .filter(|i| Some(i.node.name_any().as_str()) == nominated)
+        .flat_map(|i| i.placed.iter())
+        .any(|p| {
+            p.metadata.deletion_timestamp.is_some()
+                && preemption::priority(p) < preemption::priority(pod)
+        });
+    if waiting {
+        return Ok(true);
+    }
+    let Some(candidate) = preemption::find(pod, infos, rejected) else {
+        return Ok(false);
+    };
+    let ns = pod.namespace().unwrap_or_else(|| "default".into());
+    for victim in &candidate.victims {
+        let victim_ns = victim.namespace().unwrap_or_else(|| "default".into());
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &victim_ns);
+        match api.delete(&victim.name_any(), &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(victim = %victim.name_any(), preemptor = %pod.name_any(), node = %candidate.node, "preempted");
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "Preempted".into(),
+            note: Some(format!(
+                "Preempted by pod {} on node {}",
+                pod.uid().unwrap_or_default(),
+                candidate.node
+            )),
+            action: "Preempting".into(),
+            secondary: Some(pod.object_ref(&())),
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &victim.object_ref(&())).await {
+            tracing::debug!(error = %e, "recording Preempted failed");
+        }
+    }
+    let patch = json!({"status": {"nominatedNodeName": candidate.node}});
+    Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(
+            &pod.name_any(),
+            &Default::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(true)
+}
+
+/// Counts pending pods nominated to a node (after preempting there) as if they
+/// ran on it, when they are at least as important as `pod`, so the room made
+/// for them is not taken by another (upstream's nominated pods).
+fn reserve_for_nominated(ctx: &Context, pod: &Pod, infos: &mut [NodeInfo]) {
+    let mine = preemption::priority(pod);
+    for other in ctx.pods.state() {
+        let Some(node) = other
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+        else {
+            continue;
+        };
+        let unbound = other.spec.as_ref().is_none_or(|s| s.node_name.is_none());
+        if !unbound
+            || other.metadata.uid == pod.metadata.uid
+            || other.metadata.deletion_timestamp.is_some()
+            || preemption::priority(&other) < mine
+        {
+            continue;
+        }
+        if let Some(info) = infos.iter_mut().find(|i| i.node.name_any() == node) {
+            let (cpu, memory) = filters::requests(&other);
+            info.cpu_requested += cpu;
+            info.memory_requested += memory;
+            info.pods += 1;
+        }
+    }
 }
 
 fn error_policy(_pod: Arc<Pod>, error: &Error, _ctx: Arc<Context>) -> Action {

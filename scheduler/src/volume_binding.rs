@@ -15,7 +15,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde_json::json;
-use sextant_kubelet::scheduling;
+use sextant_apimachinery::scheduling;
 
 /// Set on a claim: the node its first consumer was put on.
 pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";

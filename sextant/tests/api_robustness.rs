@@ -452,7 +452,18 @@ async fn binding_and_eviction(server: &SextantServer) {
         "{body}"
     );
 
-    // A budget selecting app=web with no disruption allowed (not yet computed).
+    // Running and Ready (pending pods are evicted without a budget check).
+    let running = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+    let (code, body) = send(
+        &c,
+        c.patch(format!("{pods}/guarded/status"))
+            .header("Content-Type", "application/merge-patch+json")
+            .json(&running),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+
+    // A budget selecting app=web that allows no disruption: its one pod must stay.
     let pdbs = format!(
         "{}/apis/policy/v1/namespaces/default/poddisruptionbudgets",
         server.url()

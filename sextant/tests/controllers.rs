@@ -642,3 +642,200 @@ async fn a_rollout_without_progress_exceeds_its_deadline() {
         .unwrap();
     assert_eq!(reason, "ProgressDeadlineExceeded");
 }
+
+#[tokio::test]
+async fn disruption_budgets_gate_evictions() {
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    let k = server.kubectl().unwrap();
+    sim_node(&k, "sim-pdb", "");
+    for i in 0..3 {
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: guard-{i}, labels: {{app: guard}}}}\nspec:\n  containers: [{{name: c, image: sextant.local/busybox:v1}}]\n"
+        );
+        k.ok_with(&["apply", "-f", "-"], Some(&pod)).unwrap();
+    }
+    until("the pods bound", || {
+        k.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=guard",
+            "-o",
+            "jsonpath={.items[*].spec.nodeName}",
+        ])
+        .is_ok_and(|o| o.split(' ').filter(|n| *n == "sim-pdb").count() == 3)
+    })
+    .await;
+    for i in 0..3 {
+        report(
+            &k,
+            &format!("guard-{i}"),
+            &format!("10.0.0.{}", i + 1),
+            true,
+        );
+    }
+    k.ok_with(
+        &["apply", "-f", "-"],
+        Some("apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: guard}\nspec:\n  minAvailable: 2\n  selector: {matchLabels: {app: guard}}\n"),
+    )
+    .unwrap();
+    until("the budget computed", || {
+        k.ok(&[
+            "get",
+            "pdb",
+            "guard",
+            "-o",
+            "jsonpath={.status.expectedPods}/{.status.currentHealthy}/{.status.disruptionsAllowed}",
+        ])
+        .is_ok_and(|o| o == "3/3/1")
+    })
+    .await;
+    let table = k.ok(&["get", "pdb", "guard", "--no-headers"]).unwrap();
+    assert!(
+        table.split_whitespace().collect::<Vec<_>>()[..4] == ["guard", "2", "N/A", "1"],
+        "{table}"
+    );
+
+    let c = server.http_client().unwrap();
+    let evict = |name: &str| {
+        let url = format!(
+            "{}/api/v1/namespaces/default/pods/{name}/eviction",
+            server.url()
+        );
+        let body = serde_json::json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name}});
+        c.post(url).json(&body).send()
+    };
+    // One disruption allowed: the first eviction is granted, the second (before
+    // the controller has seen anything) is refused.
+    assert_eq!(evict("guard-0").await.unwrap().status(), 201);
+    let refused = evict("guard-1").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["details"]["causes"][0]["reason"], "DisruptionBudget",
+        "{body}"
+    );
+    until("the budget to count the evicted pod out", || {
+        k.ok(&[
+            "get",
+            "pdb",
+            "guard",
+            "-o",
+            "jsonpath={.status.currentHealthy}/{.status.disruptionsAllowed}",
+        ])
+        .is_ok_and(|o| o == "2/0")
+    })
+    .await;
+}
+
+const QUOTA: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: team}
+---
+apiVersion: v1
+kind: LimitRange
+metadata: {name: cpu, namespace: team}
+spec:
+  limits:
+  - type: Container
+    default: {cpu: 200m}
+    defaultRequest: {cpu: 100m}
+    max: {cpu: "1"}
+---
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: compute, namespace: team}
+spec:
+  hard: {pods: "2", requests.cpu: 250m}
+"#;
+
+#[tokio::test]
+async fn quotas_and_limit_ranges_admit_pods() {
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    let k = server.kubectl().unwrap();
+    k.ok_with(&["apply", "-f", "-"], Some(QUOTA)).unwrap();
+    let used = |k: &Kubectl| {
+        k.ok(&[
+            "get",
+            "quota",
+            "compute",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.status.used.pods}/{.status.used.requests\\.cpu}",
+        ])
+        .unwrap()
+    };
+    until("the quota's usage computed", || used(&k) == "0/0").await;
+    let pod = |name: &str, resources: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: team}}\nspec:\n  containers:\n  - name: c\n    image: sextant.local/busybox:v1\n{resources}"
+        )
+    };
+
+    // The limit range fills in what the container does not say, and says so.
+    k.ok_with(&["apply", "-f", "-"], Some(&pod("p1", "")))
+        .unwrap();
+    let resources = k
+        .ok(&["get", "pod", "p1", "-n", "team", "-o", "jsonpath={.spec.containers[0].resources.requests.cpu}/{.spec.containers[0].resources.limits.cpu}"])
+        .unwrap();
+    assert_eq!(resources, "100m/200m");
+    let note = k
+        .ok(&[
+            "get",
+            "pod",
+            "p1",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.metadata.annotations.kubernetes\\.io/limit-ranger}",
+        ])
+        .unwrap();
+    assert_eq!(
+        note,
+        "LimitRanger plugin set: cpu limit for container c; cpu request for container c"
+    );
+    // ... and refuses what exceeds its max.
+    let refused = k
+        .fails(
+            &["apply", "-f", "-"],
+            Some(&pod("big", "    resources: {limits: {cpu: \"2\"}}\n")),
+        )
+        .unwrap();
+    assert!(refused.contains("(Forbidden)"), "{refused}");
+    assert!(
+        refused.contains("maximum cpu usage per Container is 1, but limit is 2"),
+        "{refused}"
+    );
+
+    // The quota: two pods of 100m fit, a third exceeds both limits.
+    k.ok_with(&["apply", "-f", "-"], Some(&pod("p2", "")))
+        .unwrap();
+    assert_eq!(used(&k), "2/200m");
+    let refused = k
+        .fails(&["apply", "-f", "-"], Some(&pod("p3", "")))
+        .unwrap();
+    assert!(
+        refused.contains("pods \"p3\" is forbidden: exceeded quota: compute, requested: pods=1,requests.cpu=100m, used: pods=2,requests.cpu=200m, limited: pods=2,requests.cpu=250m"),
+        "{refused}"
+    );
+    // Deleting a pod gives its share back.
+    k.ok(&[
+        "delete",
+        "pod",
+        "p1",
+        "-n",
+        "team",
+        "--grace-period=0",
+        "--force",
+    ])
+    .unwrap();
+    until("the quota to count one pod", || used(&k) == "1/100m").await;
+    k.ok_with(&["apply", "-f", "-"], Some(&pod("p3", "")))
+        .unwrap();
+}

@@ -44,9 +44,39 @@ pub fn bytes(q: &str) -> Option<i64> {
     parse_scaled(q, 1.0)
 }
 
+/// A quantity in thousandths of its unit (millicores for CPU, milli-bytes for
+/// memory, milli-objects for counts): one scale for adding up any resource.
+pub fn milli(q: &str) -> Option<i64> {
+    parse_scaled(q, 1000.0)
+}
+
+/// A sum of thousandths back as a quantity string: whole numbers plain (with a
+/// binary suffix when exact, for memory-like sizes), the rest in `m`.
+pub fn format_milli(v: i64) -> String {
+    if v % 1000 != 0 {
+        return format!("{v}m");
+    }
+    let whole = v / 1000;
+    for (suffix, size) in [("Gi", 1i64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        if whole >= size && whole % size == 0 {
+            return format!("{}{suffix}", whole / size);
+        }
+    }
+    whole.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milli_sums_round_trip() {
+        assert_eq!(milli("1.5"), Some(1500));
+        assert_eq!(format_milli(1500), "1500m");
+        assert_eq!(format_milli(2000), "2");
+        assert_eq!(format_milli(milli("128Mi").unwrap_or(0)), "128Mi");
+        assert_eq!(format_milli(0), "0");
+    }
 
     #[test]
     fn cpu_and_memory() {

@@ -1,0 +1,10 @@
+//! What every component reads from API objects the same way, with no
+//! dependency on any of them (decision 0006): resource quantities as numbers
+//! ([`quantity`]), what counts against a ResourceQuota ([`quota`]), whether a
+//! pod may run on a node ([`scheduling`]: node selectors, affinity, taints)
+//! and the names of the `local-path` volume protocol ([`local_path`]).
+
+pub mod local_path;
+pub mod quantity;
+pub mod quota;
+pub mod scheduling;
