@@ -2,8 +2,10 @@
 //! dependency on any of them (decision 0006): resource quantities as numbers
 //! ([`quantity`]), what counts against a ResourceQuota ([`quota`]), whether a
 //! pod may run on a node ([`scheduling`]: node selectors, affinity, taints)
-//! and the names of the `local-path` volume protocol ([`local_path`]).
+//! label selectors ([`labels`]) and the names of the `local-path` volume
+//! protocol ([`local_path`]).
 
+pub mod labels;
 pub mod local_path;
 pub mod quantity;
 pub mod quota;

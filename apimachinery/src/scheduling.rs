@@ -45,28 +45,8 @@ fn term_matches(
     });
     fields_ok
         && term.match_expressions.iter().flatten().all(|e| {
-            let v = labels.get(&e.key);
             let values = e.values.clone().unwrap_or_default();
-            match e.operator.as_str() {
-                "In" => v.is_some_and(|v| values.contains(v)),
-                "NotIn" => v.is_none_or(|v| !values.contains(v)),
-                "Exists" => v.is_some(),
-                "DoesNotExist" => v.is_none(),
-                "Gt" | "Lt" => {
-                    let (Some(v), Some(bound)) = (
-                        v.and_then(|v| v.parse::<i64>().ok()),
-                        values.first().and_then(|b| b.parse::<i64>().ok()),
-                    ) else {
-                        return false;
-                    };
-                    if e.operator == "Gt" {
-                        v > bound
-                    } else {
-                        v < bound
-                    }
-                }
-                _ => false,
-            }
+            crate::labels::requirement_matches(&e.operator, labels.get(&e.key), &values)
         })
 }
 

@@ -807,12 +807,12 @@ impl Handler {
             for pdb_kv in &pdbs.items {
                 let pdb: Value = serde_json::from_slice(&pdb_kv.value)
                     .map_err(|e| ApiError::internal(format!("stored PodDisruptionBudget: {e}")))?;
-                let selector = &pdb["spec"]["selector"]["matchLabels"];
-                let selects = selector.as_object().is_some_and(|m| {
-                    !m.is_empty()
-                        && m.iter()
-                            .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str())
-                });
+                // policy/v1: an empty selector selects every pod; a missing one none.
+                let selector: Option<
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+                > = serde_json::from_value(pdb["spec"]["selector"].clone()).ok();
+                let selects =
+                    selector.is_some_and(|s| sextant_apimachinery::labels::matches(&s, &labels));
                 if selects {
                     selecting.push((pdb_kv, pdb));
                 }

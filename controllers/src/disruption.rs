@@ -27,7 +27,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use crate::{Context, Error, Metrics, pods::is_ready, retry_soon, selector_matches};
+use crate::{Context, Error, Metrics, pods::is_ready, retry_soon};
 
 /// How long an eviction the API server granted counts against the budget
 /// while its pod has not gone.
@@ -97,7 +97,9 @@ async fn sync(pdb: &PodDisruptionBudget, ctx: &Context) -> Result<Action, Error>
         .items
         .into_iter()
         .filter(|p| {
-            selector_matches(&selector, p.labels()) && p.metadata.deletion_timestamp.is_none()
+            // policy/v1: an empty selector selects every pod of the namespace.
+            sextant_apimachinery::labels::matches(&selector, p.labels())
+                && p.metadata.deletion_timestamp.is_none()
         })
         .collect();
     let expected = i32::try_from(pods.len()).unwrap_or(i32::MAX);

@@ -198,28 +198,7 @@ pub fn selector_string(s: &LabelSelector) -> String {
 /// Whether `labels` match the selector (an empty selector matches nothing, as
 /// upstream's controllers treat it).
 pub fn selector_matches(s: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let empty = s.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
-        && s.match_expressions.as_ref().is_none_or(Vec::is_empty);
-    if empty {
-        return false;
-    }
-    let labels_ok = s
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let expressions_ok = s.match_expressions.iter().flatten().all(|e| {
-        let v = labels.get(&e.key);
-        let values = e.values.clone().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => v.is_some_and(|v| values.contains(v)),
-            "NotIn" => v.is_none_or(|v| !values.contains(v)),
-            "Exists" => v.is_some(),
-            "DoesNotExist" => v.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && expressions_ok
+    !sextant_apimachinery::labels::is_empty(s) && sextant_apimachinery::labels::matches(s, labels)
 }
 
 #[cfg(test)]

@@ -49,28 +49,9 @@ pub fn applies(pod: &Pod, nodes: &[NodeInfo]) -> bool {
         .any(|p| !required_anti_affinity(p).is_empty())
 }
 
+/// A term's or constraint's selector; a missing one matches nothing, as upstream.
 fn selector_matches(s: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
-    // A term without a selector matches nothing, as upstream.
-    let Some(s) = s else {
-        return false;
-    };
-    let labels_ok = s
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    labels_ok
-        && s.match_expressions.iter().flatten().all(|e| {
-            let v = labels.get(&e.key);
-            let values = e.values.clone().unwrap_or_default();
-            match e.operator.as_str() {
-                "In" => v.is_some_and(|v| values.contains(v)),
-                "NotIn" => v.is_none_or(|v| !values.contains(v)),
-                "Exists" => v.is_some(),
-                "DoesNotExist" => v.is_none(),
-                _ => false,
-            }
-        })
+    s.is_some_and(|s| sextant_apimachinery::labels::matches(s, labels))
 }
 
 /// Whether `other` is selected by `term` of a pod in namespace `ns`.

@@ -15,11 +15,7 @@ use std::{
     time::Duration,
 };
 
-use sextant_tests::{
-    agent::SextantAgent,
-    containerd::Containerd,
-    sextant::{Datastore, Kubectl, SextantServer},
-};
+use sextant_tests::{agent::OneNodeCluster, sextant::Kubectl};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
 
@@ -69,14 +65,13 @@ async fn until(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn deployments_roll_out_and_back() {
-    let ctrd = Containerd::start().await.expect("containerd");
-    ctrd.import_test_images().await.expect("images");
-    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+    let OneNodeCluster {
+        containerd: _ctrd,
+        server,
+        agent: _agent,
+    } = OneNodeCluster::start(Path::new(BINARY))
         .await
-        .expect("server");
-    let _agent = SextantAgent::start(Path::new(BINARY), &server, &ctrd)
-        .await
-        .expect("agent");
+        .expect("cluster");
     let k = server.kubectl().unwrap();
 
     k.ok(&[

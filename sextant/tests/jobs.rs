@@ -8,11 +8,7 @@
 use std::{path::Path, time::Duration};
 
 use serde_json::Value;
-use sextant_tests::{
-    agent::SextantAgent,
-    containerd::Containerd,
-    sextant::{Datastore, Kubectl, SextantServer},
-};
+use sextant_tests::{agent::OneNodeCluster, sextant::Kubectl};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
 
@@ -93,14 +89,13 @@ fn condition<'a>(job: &'a Value, kind: &str) -> Option<&'a Value> {
 
 #[tokio::test]
 async fn jobs_complete_fail_and_expire() {
-    let ctrd = Containerd::start().await.expect("containerd");
-    ctrd.import_test_images().await.expect("images");
-    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+    let OneNodeCluster {
+        containerd: _ctrd,
+        server,
+        agent,
+    } = OneNodeCluster::start(Path::new(BINARY))
         .await
-        .expect("server");
-    let agent = SextantAgent::start(Path::new(BINARY), &server, &ctrd)
-        .await
-        .expect("agent");
+        .expect("cluster");
     let k = server.kubectl().unwrap();
     k.ok_with(&["apply", "-f", "-"], Some(JOBS)).unwrap();
 
@@ -241,14 +236,13 @@ fn cron_jobs(k: &Kubectl) -> Vec<Value> {
 
 #[tokio::test]
 async fn cronjobs_run_every_minute_and_keep_their_history() {
-    let ctrd = Containerd::start().await.expect("containerd");
-    ctrd.import_test_images().await.expect("images");
-    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+    let OneNodeCluster {
+        containerd: _ctrd,
+        server,
+        agent: _agent,
+    } = OneNodeCluster::start(Path::new(BINARY))
         .await
-        .expect("server");
-    let _agent = SextantAgent::start(Path::new(BINARY), &server, &ctrd)
-        .await
-        .expect("agent");
+        .expect("cluster");
     let k = server.kubectl().unwrap();
     k.ok_with(&["apply", "-f", "-"], Some(CRON)).unwrap();
 

@@ -10,11 +10,7 @@ use std::{path::Path, time::Duration};
 
 use k8s_cri::v1 as cri;
 use serde_json::Value;
-use sextant_tests::{
-    agent::SextantAgent,
-    containerd::Containerd,
-    sextant::{Datastore, Kubectl, SextantServer},
-};
+use sextant_tests::{agent::OneNodeCluster, containerd::Containerd, sextant::Kubectl};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
 
@@ -186,14 +182,13 @@ fn ready(pod: &Value) -> bool {
 
 #[tokio::test]
 async fn pods_run_through_containerd() {
-    let ctrd = Containerd::start().await.expect("containerd");
-    ctrd.import_test_images().await.expect("images");
-    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+    let OneNodeCluster {
+        containerd: ctrd,
+        server,
+        mut agent,
+    } = OneNodeCluster::start(Path::new(BINARY))
         .await
-        .expect("server");
-    let mut agent = SextantAgent::start(Path::new(BINARY), &server, &ctrd)
-        .await
-        .expect("agent");
+        .expect("cluster");
     let k = server.kubectl().unwrap();
     let node = agent.node_name.clone();
 
@@ -729,14 +724,13 @@ spec:
 
 #[tokio::test]
 async fn probes_restart_and_gate_readiness() {
-    let ctrd = Containerd::start().await.expect("containerd");
-    ctrd.import_test_images().await.expect("images");
-    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+    let OneNodeCluster {
+        containerd: _ctrd,
+        server,
+        agent,
+    } = OneNodeCluster::start(Path::new(BINARY))
         .await
-        .expect("server");
-    let agent = SextantAgent::start(Path::new(BINARY), &server, &ctrd)
-        .await
-        .expect("agent");
+        .expect("cluster");
     let k = server.kubectl().unwrap();
     k.ok_with(
         &["apply", "-f", "-"],

@@ -10,11 +10,7 @@
 use std::{path::Path, time::Duration};
 
 use serde_json::Value;
-use sextant_tests::{
-    agent::SextantAgent,
-    containerd::Containerd,
-    sextant::{Datastore, Kubectl, SextantServer},
-};
+use sextant_tests::{agent::OneNodeCluster, sextant::Kubectl};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
 
@@ -116,14 +112,13 @@ fn ready_since(pod: &Value) -> String {
 
 #[tokio::test]
 async fn statefulsets_keep_names_order_and_storage() {
-    let ctrd = Containerd::start().await.expect("containerd");
-    ctrd.import_test_images().await.expect("images");
-    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+    let OneNodeCluster {
+        containerd: _ctrd,
+        server,
+        agent,
+    } = OneNodeCluster::start(Path::new(BINARY))
         .await
-        .expect("server");
-    let agent = SextantAgent::start(Path::new(BINARY), &server, &ctrd)
-        .await
-        .expect("agent");
+        .expect("cluster");
     let k = server.kubectl().unwrap();
 
     // The default class exists from the start.

@@ -159,3 +159,31 @@ impl SextantAgent {
         r.text().await.map_err(|source| Error::Http { url, source })
     }
 }
+
+/// A one-node cluster for tests whose pods must run: a harness containerd with
+/// the test images, a server on the embedded store, and an agent joined to it.
+/// Fields drop in order: the agent first, the containerd last.
+#[derive(Debug)]
+pub struct OneNodeCluster {
+    /// The node's agent.
+    pub agent: SextantAgent,
+    /// The server.
+    pub server: SextantServer,
+    /// The node's container runtime.
+    pub containerd: Containerd,
+}
+
+impl OneNodeCluster {
+    /// Starts the three, the agent once its Node is Ready.
+    pub async fn start(binary: &Path) -> Result<Self> {
+        let containerd = Containerd::start().await?;
+        containerd.import_test_images().await?;
+        let server = SextantServer::start(binary, crate::sextant::Datastore::Embedded).await?;
+        let agent = SextantAgent::start(binary, &server, &containerd).await?;
+        Ok(Self {
+            agent,
+            server,
+            containerd,
+        })
+    }
+}
