@@ -240,7 +240,12 @@ async fn sync(cj: &CronJob, ctx: &Context) -> Result<Action, Error> {
                     status: None,
                 };
                 match jobs_api.create(&PostParams::default(), &job).await {
-                    Ok(created) => owned.push(created),
+                    Ok(created) => {
+                        let note = format!("Created job {}", created.name_any());
+                        ctx.event("cronjob-controller", cj, false, "SuccessfulCreate", note)
+                            .await;
+                        owned.push(created);
+                    }
                     // Created before a restart: the name says it was this time.
                     Err(kube::Error::Api(e)) if e.code == 409 => {}
                     Err(e) => return Err(e.into()),

@@ -29,7 +29,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
 use serde_json::{Value, json};
@@ -167,12 +167,22 @@ fn owner_ref(ds: &DaemonSet) -> OwnerReference {
     )
 }
 
-async fn delete_pod(api: &Api<Pod>, name: &str) -> Result<(), Error> {
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+/// The name events are reported under, as upstream.
+const CONTROLLER: &str = "daemonset-controller";
+
+/// Deletes a daemon pod and says so.
+async fn delete_pod(
+    ctx: &Context,
+    ds: &DaemonSet,
+    api: &Api<Pod>,
+    name: &str,
+) -> Result<(), Error> {
+    if pods::delete(api, name).await? {
+        let note = format!("Deleted pod: {name}");
+        ctx.event(CONTROLLER, ds, false, "SuccessfulDelete", note)
+            .await;
     }
+    Ok(())
 }
 
 async fn sync(ds: &DaemonSet, ctx: &Context) -> Result<Action, Error> {
@@ -223,20 +233,23 @@ async fn sync(ds: &DaemonSet, ctx: &Context) -> Result<Action, Error> {
                 .count();
             misscheduled += i32::try_from(bound).unwrap_or(i32::MAX);
             for p in here {
-                delete_pod(&pods_api, &p.name_any()).await?;
+                delete_pod(ctx, ds, &pods_api, &p.name_any()).await?;
             }
             continue;
         }
         desired += 1;
         if here.is_empty() {
-            pods_api.create(&PostParams::default(), &candidate).await?;
+            let created = pods_api.create(&PostParams::default(), &candidate).await?;
+            let note = format!("Created pod: {}", created.name_any());
+            ctx.event(CONTROLLER, ds, false, "SuccessfulCreate", note)
+                .await;
             continue;
         }
         current += 1;
         // One pod per node: keep the oldest.
         here.sort_by_key(|p| p.meta().creation_timestamp.as_ref().map(|t| t.0));
         for extra in here.drain(1..) {
-            delete_pod(&pods_api, &extra.name_any()).await?;
+            delete_pod(ctx, ds, &pods_api, &extra.name_any()).await?;
         }
         let p = here[0];
         ready += i32::from(is_ready(p));
@@ -249,7 +262,7 @@ async fn sync(ds: &DaemonSet, ctx: &Context) -> Result<Action, Error> {
     }
     // Pods on nodes that no longer exist.
     for p in by_node.values().flatten() {
-        delete_pod(&pods_api, &p.name_any()).await?;
+        delete_pod(ctx, ds, &pods_api, &p.name_any()).await?;
     }
 
     let strategy = spec.update_strategy.clone().unwrap_or_default();
@@ -273,7 +286,7 @@ async fn sync(ds: &DaemonSet, ctx: &Context) -> Result<Action, Error> {
             if counts && unavailable >= max_unavailable {
                 break;
             }
-            delete_pod(&pods_api, &p.name_any()).await?;
+            delete_pod(ctx, ds, &pods_api, &p.name_any()).await?;
             if counts {
                 unavailable += 1;
             }

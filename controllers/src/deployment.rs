@@ -125,16 +125,25 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
     ctx.observe("deployment", sync(&d, &ctx)).await
 }
 
+/// Where a rollout's scaling is done and reported.
+struct Scaling<'a> {
+    api: &'a Api<ReplicaSet>,
+    ctx: &'a Context,
+    deployment: &'a Deployment,
+}
+
 async fn scale(
-    api: &Api<ReplicaSet>,
+    s: &Scaling<'_>,
     rs: &ReplicaSet,
     to: i32,
     desired: i32,
     max_surge: i32,
 ) -> Result<(), Error> {
-    if replicas(rs) == to {
+    let from = replicas(rs);
+    if from == to {
         return Ok(());
     }
+    let api = s.api;
     let patch = json!({
         "metadata": {"annotations": {
             "deployment.kubernetes.io/desired-replicas": desired.to_string(),
@@ -148,6 +157,20 @@ async fn scale(
         &Patch::Merge(&patch),
     )
     .await?;
+    let direction = if to > from { "up" } else { "down" };
+    let note = format!(
+        "Scaled {direction} replica set {} from {from} to {to}",
+        rs.name_any()
+    );
+    s.ctx
+        .event(
+            "deployment-controller",
+            s.deployment,
+            false,
+            "ScalingReplicaSet",
+            note,
+        )
+        .await;
     Ok(())
 }
 
@@ -302,10 +325,15 @@ async fn sync(d: &Deployment, ctx: &Context) -> Result<Action, Error> {
             )
             .await?;
     }
+    let scaling = Scaling {
+        api: &rs_api,
+        ctx,
+        deployment: d,
+    };
     if !paused {
         if rolling {
             roll(
-                &rs_api,
+                &scaling,
                 &new_rs,
                 &owned,
                 desired,
@@ -316,14 +344,14 @@ async fn sync(d: &Deployment, ctx: &Context) -> Result<Action, Error> {
         } else {
             // Recreate: everything old goes first, then the new ReplicaSet grows.
             for old in &owned {
-                scale(&rs_api, old, 0, desired, 0).await?;
+                scale(&scaling, old, 0, desired, 0).await?;
             }
             let old_running: i32 = owned
                 .iter()
                 .map(|rs| rs.status.as_ref().map_or(0, |s| s.replicas))
                 .sum();
             if old_running == 0 {
-                scale(&rs_api, &new_rs, desired, desired, 0).await?;
+                scale(&scaling, &new_rs, desired, desired, 0).await?;
             }
         }
     } else if replicas(&new_rs) > 0
@@ -331,7 +359,7 @@ async fn sync(d: &Deployment, ctx: &Context) -> Result<Action, Error> {
         && owned.iter().all(|rs| replicas(rs) == 0)
     {
         // Paused, but `kubectl scale` still applies.
-        scale(&rs_api, &new_rs, desired, desired, max_surge).await?;
+        scale(&scaling, &new_rs, desired, desired, max_surge).await?;
     }
     // History beyond revisionHistoryLimit: the oldest empty ReplicaSets go.
     let limit = usize::try_from(spec.revision_history_limit.unwrap_or(10)).unwrap_or(10);
@@ -353,7 +381,7 @@ async fn sync(d: &Deployment, ctx: &Context) -> Result<Action, Error> {
 /// One step of a rolling update, as upstream's rolloutRolling: grow the new
 /// ReplicaSet within maxSurge, shrink old ones within maxUnavailable.
 async fn roll(
-    api: &Api<ReplicaSet>,
+    api: &Scaling<'_>,
     new_rs: &ReplicaSet,
     old: &[ReplicaSet],
     desired: i32,

@@ -45,6 +45,9 @@ use crate::{
     retry_soon,
 };
 
+/// The name events are reported under, as upstream.
+const CONTROLLER: &str = "job-controller";
+
 /// The annotation (and label) holding an Indexed Job pod's index.
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 /// First delay before replacing a failed pod; it doubles per failure.
@@ -430,12 +433,16 @@ async fn sync(job: &Job, ctx: &Context) -> Result<Action, Error> {
     let mut active_count = active.len();
     let mut completion_time = None;
     if let Some((reason, message)) = &fail_job {
+        ctx.event(CONTROLLER, job, true, reason, message.clone())
+            .await;
         delete_pods(&pods_api, &active).await?;
         active_count = 0;
         ready = 0;
         conditions.push(condition("FailureTarget", reason, message));
         conditions.push(condition("Failed", reason, message));
     } else if complete {
+        ctx.event(CONTROLLER, job, false, "Completed", "Job completed".into())
+            .await;
         delete_pods(&pods_api, &active).await?;
         active_count = 0;
         ready = 0;
@@ -501,7 +508,10 @@ async fn sync(job: &Job, ctx: &Context) -> Result<Action, Error> {
                         None
                     };
                     let pod = new_pod(job, &spec, &ns, index);
-                    pods_api.create(&PostParams::default(), &pod).await?;
+                    let created = pods_api.create(&PostParams::default(), &pod).await?;
+                    let note = format!("Created pod: {}", created.name_any());
+                    ctx.event(CONTROLLER, job, false, "SuccessfulCreate", note)
+                        .await;
                     active_count += 1;
                 }
             }

@@ -54,6 +54,43 @@ pub struct Context {
 }
 
 impl Context {
+    /// Publishes an event about `obj` as `controller` (upstream's reporting
+    /// component, e.g. `replicaset-controller`), for `kubectl describe` and
+    /// `kubectl get events`. A failed publish is logged, never fatal.
+    pub async fn event<K>(
+        &self,
+        controller: &str,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+        let recorder = Recorder::new(
+            self.client.clone(),
+            Reporter {
+                controller: controller.into(),
+                instance: None,
+            },
+        );
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::debug!(error = %e, %reason, "publishing an event failed");
+        }
+    }
+
     /// Runs one reconcile of `controller`, recording its duration and failure.
     pub async fn observe<T>(
         &self,

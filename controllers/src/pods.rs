@@ -9,7 +9,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use serde_json::json;
 
@@ -143,5 +143,15 @@ pub fn from_template(
         metadata: meta,
         spec: template.spec.clone(),
         status: None,
+    }
+}
+
+/// Deletes a pod (gracefully); `true` if this call deleted it, `false` if it
+/// was already gone.
+pub async fn delete(api: &Api<Pod>, name: &str) -> Result<bool, Error> {
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }

@@ -23,6 +23,9 @@ use crate::{
     retry_soon, selector_string,
 };
 
+/// The name events are reported under, as upstream.
+const CONTROLLER: &str = "replicaset-controller";
+
 /// Runs the controller until its watches end.
 pub async fn run(client: Client, metrics: Metrics) {
     let ctx = Arc::new(Context {
@@ -102,6 +105,9 @@ async fn sync(rs: &ReplicaSet, ctx: &Context) -> Result<Action, Error> {
                 &owner_ref(rs),
             );
             let created = pods_api.create(&PostParams::default(), &pod).await?;
+            let note = format!("Created pod: {}", created.name_any());
+            ctx.event(CONTROLLER, rs, false, "SuccessfulCreate", note)
+                .await;
             active.push(created);
         }
     } else if active.len() > want {
@@ -112,7 +118,11 @@ async fn sync(rs: &ReplicaSet, ctx: &Context) -> Result<Action, Error> {
                 .delete(&p.name_any(), &DeleteParams::default())
                 .await
             {
-                Ok(_) => {}
+                Ok(_) => {
+                    let note = format!("Deleted pod: {}", p.name_any());
+                    ctx.event(CONTROLLER, rs, false, "SuccessfulDelete", note)
+                        .await;
+                }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),
             }

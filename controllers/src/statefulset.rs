@@ -30,7 +30,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams, PostParams},
     runtime::{Controller, controller::Action, watcher},
 };
 use serde_json::{Value, json};
@@ -126,8 +126,9 @@ async fn ensure_claims(
     sts: &StatefulSet,
     ns: &str,
     ordinal: i32,
-    client: &Client,
+    ctx: &Context,
 ) -> Result<(), Error> {
+    let client = &ctx.client;
     let spec = sts.spec.clone().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     let delete_with_set = spec
@@ -155,7 +156,15 @@ async fn ensure_claims(
             claim.metadata.owner_references = Some(vec![owner]);
         }
         match api.create(&PostParams::default(), &claim).await {
-            Ok(_) => {}
+            Ok(created) => {
+                let set = sts.name_any();
+                let note = format!(
+                    "create Claim {} Pod {set}-{ordinal} in StatefulSet {set} success",
+                    created.name_any()
+                );
+                ctx.event(CONTROLLER, sts, false, "SuccessfulCreate", note)
+                    .await;
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
@@ -163,12 +172,25 @@ async fn ensure_claims(
     Ok(())
 }
 
-async fn delete_pod(api: &Api<Pod>, name: &str) -> Result<(), Error> {
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+/// The name events are reported under, as upstream.
+const CONTROLLER: &str = "statefulset-controller";
+
+/// Deletes a pod of the set and says so.
+async fn delete_pod(
+    ctx: &Context,
+    sts: &StatefulSet,
+    api: &Api<Pod>,
+    name: &str,
+) -> Result<(), Error> {
+    if pods::delete(api, name).await? {
+        let note = format!(
+            "delete Pod {name} in StatefulSet {} successful",
+            sts.name_any()
+        );
+        ctx.event(CONTROLLER, sts, false, "SuccessfulDelete", note)
+            .await;
     }
+    Ok(())
 }
 
 /// Running with its Ready condition true: the bar `OrderedReady` waits for.
@@ -209,10 +231,15 @@ async fn sync(sts: &StatefulSet, ctx: &Context) -> Result<Action, Error> {
     for ordinal in wanted.clone() {
         match by_ordinal.get(&ordinal) {
             None => {
-                ensure_claims(sts, &ns, ordinal, &ctx.client).await?;
+                ensure_claims(sts, &ns, ordinal, ctx).await?;
                 let pod = pod_for(sts, &ns, ordinal, &hash);
                 match pods_api.create(&PostParams::default(), &pod).await {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        let note =
+                            format!("create Pod {set}-{ordinal} in StatefulSet {set} successful");
+                        ctx.event(CONTROLLER, sts, false, "SuccessfulCreate", note)
+                            .await;
+                    }
                     // The old pod of this name is still terminating.
                     Err(kube::Error::Api(e)) if e.code == 409 => {}
                     Err(e) => return Err(e.into()),
@@ -224,7 +251,7 @@ async fn sync(sts: &StatefulSet, ctx: &Context) -> Result<Action, Error> {
             }
             Some(p) if matches!(pods::phase(p), "Failed" | "Succeeded") => {
                 if p.metadata.deletion_timestamp.is_none() {
-                    delete_pod(&pods_api, &p.name_any()).await?;
+                    delete_pod(ctx, sts, &pods_api, &p.name_any()).await?;
                 }
                 if ordered {
                     blocked = true;
@@ -253,7 +280,7 @@ async fn sync(sts: &StatefulSet, ctx: &Context) -> Result<Action, Error> {
     if !blocked {
         for p in condemned {
             if p.metadata.deletion_timestamp.is_none() {
-                delete_pod(&pods_api, &p.name_any()).await?;
+                delete_pod(ctx, sts, &pods_api, &p.name_any()).await?;
             }
             if ordered {
                 blocked = true;
@@ -282,7 +309,7 @@ async fn sync(sts: &StatefulSet, ctx: &Context) -> Result<Action, Error> {
             .filter_map(|i| by_ordinal.get(&i))
             .find(|p| p.labels().get(REVISION_HASH) != Some(&hash));
         if let Some(p) = stale {
-            delete_pod(&pods_api, &p.name_any()).await?;
+            delete_pod(ctx, sts, &pods_api, &p.name_any()).await?;
         }
     }
 

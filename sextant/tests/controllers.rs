@@ -140,6 +140,22 @@ async fn replicasets_keep_their_pods() {
     k.ok(&["scale", "rs", "web", "--replicas=2"]).unwrap();
     until("2 pods", || pods(&k).len() == 2).await;
     let table = k.ok(&["get", "rs", "web", "--no-headers"]).unwrap();
+    let events = k
+        .ok(&[
+            "get",
+            "events",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+        ])
+        .unwrap();
+    assert!(
+        events.contains("SuccessfulCreate: Created pod: web-"),
+        "{events}"
+    );
+    assert!(
+        events.contains("SuccessfulDelete: Deleted pod: web-"),
+        "{events}"
+    );
     assert!(table.starts_with("web"), "{table}");
 
     // Deleting the ReplicaSet collects its pods.

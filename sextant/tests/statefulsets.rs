@@ -158,6 +158,24 @@ async fn statefulsets_keep_names_order_and_storage() {
         k.ok(&["exec", "web-1", "--", "hostname"]).unwrap().trim(),
         "web-1"
     );
+    let events = k
+        .ok(&[
+            "get",
+            "events",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+        ])
+        .unwrap();
+    assert!(
+        events.contains("SuccessfulCreate: create Pod web-0 in StatefulSet web successful"),
+        "{events}"
+    );
+    assert!(
+        events.contains(
+            "SuccessfulCreate: create Claim data-web-0 Pod web-0 in StatefulSet web success"
+        ),
+        "{events}"
+    );
 
     // Each pod has its own bound claim on a local-path volume in the agent's
     // data dir.
