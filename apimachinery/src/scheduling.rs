@@ -35,7 +35,7 @@ fn term_matches(
     node_name: &str,
 ) -> bool {
     let fields_ok = term.match_fields.iter().flatten().all(|f| {
-        let values = f.values.clone().unwrap_or_default();
+        let values = f.values.as_deref().unwrap_or_default();
         let listed = f.key == "metadata.name" && values.iter().any(|v| v == node_name);
         match f.operator.as_str() {
             "In" => listed,
@@ -45,9 +45,16 @@ fn term_matches(
     });
     fields_ok
         && term.match_expressions.iter().flatten().all(|e| {
-            let values = e.values.clone().unwrap_or_default();
-            crate::labels::requirement_matches(&e.operator, labels.get(&e.key), &values)
+            let values = e.values.as_deref().unwrap_or_default();
+            crate::labels::requirement_matches(&e.operator, labels.get(&e.key), values)
         })
+}
+
+/// The node's labels, borrowed (these rules run for every node in every
+/// scheduling cycle).
+fn labels_of(node: &Node) -> &BTreeMap<String, String> {
+    static NONE: BTreeMap<String, String> = BTreeMap::new();
+    node.metadata.labels.as_ref().unwrap_or(&NONE)
 }
 
 /// Whether the pod tolerates every NoSchedule and NoExecute taint of the node.
@@ -55,7 +62,7 @@ pub fn tolerates_taints(pod: &Pod, node: &Node) -> bool {
     let tolerations = pod
         .spec
         .as_ref()
-        .and_then(|s| s.tolerations.clone())
+        .and_then(|s| s.tolerations.as_deref())
         .unwrap_or_default();
     node.spec
         .as_ref()
@@ -63,12 +70,12 @@ pub fn tolerates_taints(pod: &Pod, node: &Node) -> bool {
         .into_iter()
         .flatten()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .all(|t| tolerates(&tolerations, t))
+        .all(|t| tolerates(tolerations, t))
 }
 
 /// Whether the pod's nodeSelector and required node affinity admit the node.
 pub fn affinity_matches(pod: &Pod, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let labels = labels_of(node);
     let Some(spec) = &pod.spec else {
         return true;
     };
@@ -95,17 +102,17 @@ pub fn node_selector_matches(
     selector: &k8s_openapi::api::core::v1::NodeSelector,
     node: &Node,
 ) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let name = node.metadata.name.clone().unwrap_or_default();
+    let labels = labels_of(node);
+    let name = node.metadata.name.as_deref().unwrap_or_default();
     selector
         .node_selector_terms
         .iter()
-        .any(|t| term_matches(t, &labels, &name))
+        .any(|t| term_matches(t, labels, name))
 }
 
 /// The weight of the preferred node affinity terms the node matches.
 pub fn preferred_affinity(pod: &Pod, node: &Node) -> i64 {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let labels = labels_of(node);
     pod.spec
         .as_ref()
         .and_then(|s| s.affinity.as_ref())
@@ -120,7 +127,7 @@ pub fn preferred_affinity(pod: &Pod, node: &Node) -> i64 {
                 .filter(|t| {
                     term_matches(
                         &t.preference,
-                        &labels,
+                        labels,
                         node.metadata.name.as_deref().unwrap_or_default(),
                     )
                 })

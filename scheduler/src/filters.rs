@@ -15,8 +15,8 @@ pub use sextant_apimachinery::scheduling::{preferred_affinity, tolerates_taints}
 /// A node with what is already placed on it.
 #[derive(Clone, Debug, Default)]
 pub struct NodeInfo {
-    /// The Node.
-    pub node: Node,
+    /// The Node (shared with the cache: a cycle looks at every node).
+    pub node: std::sync::Arc<Node>,
     /// CPU requested by its pods, in millicores.
     pub cpu_requested: i64,
     /// Memory requested by its pods, in bytes.
@@ -95,15 +95,17 @@ fn ready(node: &Node) -> bool {
 /// that rejects the node gives the reasons.
 pub fn reasons(pod: &Pod, info: &NodeInfo) -> Vec<String> {
     let node = &info.node;
-    let spec = pod.spec.clone().unwrap_or_default();
-    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    // Borrowed, not cloned: this runs for every node in every cycle.
+    let no_spec = k8s_openapi::api::core::v1::PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&no_spec);
+    let tolerations = spec.tolerations.as_deref().unwrap_or_default();
     if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
         let taint = Taint {
             key: "node.kubernetes.io/unschedulable".into(),
             effect: "NoSchedule".into(),
             ..Default::default()
         };
-        if !tolerates(&tolerations, &taint) {
+        if !tolerates(tolerations, &taint) {
             return vec!["node(s) were unschedulable".to_owned()];
         }
     }
@@ -122,7 +124,7 @@ pub fn reasons(pod: &Pod, info: &NodeInfo) -> Vec<String> {
     if let Some(t) = taints
         .iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .find(|t| !tolerates(&tolerations, t))
+        .find(|t| !tolerates(tolerations, t))
     {
         return vec![format!(
             "node(s) had untolerated taint {{{}: {}}}",
@@ -201,7 +203,7 @@ mod tests {
             }
         }
         NodeInfo {
-            node: serde_json::from_value(n).unwrap(),
+            node: std::sync::Arc::new(serde_json::from_value(n).unwrap()),
             ..Default::default()
         }
     }

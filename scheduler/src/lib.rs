@@ -138,6 +138,8 @@ pub struct Context {
     assumed: Mutex<HashMap<String, Assumed>>,
     /// When each pending pod was first tried, and how often.
     attempts: Mutex<HashMap<String, (Instant, u32)>>,
+    /// Where the next cycle starts looking at nodes.
+    next_start: std::sync::atomic::AtomicUsize,
 }
 
 /// Runs the scheduler until its watches end, as the leader of `kube-scheduler`.
@@ -176,6 +178,7 @@ async fn schedule(client: Client, metrics: SchedulerMetrics, identity: String) {
         metrics,
         assumed: Mutex::new(HashMap::new()),
         attempts: Mutex::new(HashMap::new()),
+        next_start: std::sync::atomic::AtomicUsize::new(0),
     });
     let unscheduled = watcher::Config::default().fields("spec.nodeName=");
     let controller = Controller::new(Api::<Pod>::all(client), unscheduled)
@@ -205,7 +208,7 @@ fn node_infos(ctx: &Context) -> Vec<NodeInfo> {
             (
                 n.name_any(),
                 NodeInfo {
-                    node: (**n).clone(),
+                    node: n.clone(),
                     ..Default::default()
                 },
             )
@@ -264,6 +267,17 @@ fn node_infos(ctx: &Context) -> Vec<NodeInfo> {
     out
 }
 
+/// How many feasible nodes a cycle looks for before it stops filtering:
+/// kube-scheduler's adaptive `percentageOfNodesToScore` (50% less 1% per 125
+/// nodes, at least 5%, and never fewer than 100 nodes).
+pub fn feasible_nodes_to_find(nodes: usize) -> usize {
+    if nodes < 100 {
+        return nodes;
+    }
+    let percent = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * percent / 100).max(100)
+}
+
 /// Higher is better: least allocated + balanced allocation + spread of the pod's
 /// owner + preferred node affinity.
 pub fn score(pod: &Pod, info: &NodeInfo) -> i64 {
@@ -310,7 +324,17 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
     let by_topology = topology::applies(&pod, &infos);
     let mut rejected = Vec::new();
     let mut feasible = Vec::new();
-    for (index, info) in infos.iter().enumerate() {
+    // As kube-scheduler: stop once enough feasible nodes are found, starting
+    // where the previous cycle stopped so every node gets its turn.
+    let wanted = feasible_nodes_to_find(infos.len());
+    let start = ctx.next_start.load(std::sync::atomic::Ordering::Relaxed) % infos.len().max(1);
+    let mut examined = 0;
+    for index in (start..infos.len()).chain(0..start) {
+        if feasible.len() >= wanted {
+            break;
+        }
+        examined += 1;
+        let info = &infos[index];
         let mut reasons = filters::reasons(&pod, info);
         if let (true, Ok(claims)) = (reasons.is_empty(), &claims) {
             reasons.extend(claims.reason(&info.node));
@@ -331,6 +355,10 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
             rejected.push((index, reasons));
         }
     }
+    ctx.next_start.store(
+        (start + examined) % infos.len().max(1),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let reference = pod.object_ref(&());
     let Some(best) = feasible.iter().max_by_key(|i| {
         let placement = if by_topology {
@@ -540,14 +568,24 @@ mod tests {
 
     fn info(name: &str, cpu_requested: i64) -> NodeInfo {
         NodeInfo {
-            node: serde_json::from_value(json!({
-                "metadata": {"name": name},
-                "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}},
-            }))
-            .unwrap(),
+            node: Arc::new(
+                serde_json::from_value(json!({
+                    "metadata": {"name": name},
+                    "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}},
+                }))
+                .unwrap(),
+            ),
             cpu_requested,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn big_clusters_are_sampled_as_upstream() {
+        assert_eq!(feasible_nodes_to_find(3), 3);
+        assert_eq!(feasible_nodes_to_find(100), 100);
+        assert_eq!(feasible_nodes_to_find(1000), 420);
+        assert_eq!(feasible_nodes_to_find(5000), 500);
     }
 
     #[test]

@@ -130,12 +130,14 @@ mod tests {
         let placed: Vec<Arc<Pod>> = placed.iter().cloned().map(Arc::new).collect();
         let cpu = placed.iter().map(|p| filters::requests(p).0).sum();
         NodeInfo {
-            node: serde_json::from_value(json!({
-                "metadata": {"name": name},
-                "status": {"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-                           "conditions": [{"type": "Ready", "status": "True"}]},
-            }))
-            .unwrap(),
+            node: Arc::new(
+                serde_json::from_value::<k8s_openapi::api::core::v1::Node>(json!({
+                    "metadata": {"name": name},
+                    "status": {"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+                               "conditions": [{"type": "Ready", "status": "True"}]},
+                }))
+                .unwrap(),
+            ),
             cpu_requested: cpu,
             pods: i64::try_from(placed.len()).unwrap(),
             placed,

@@ -274,9 +274,13 @@ mod tests {
 
     fn node(name: &str, zone: &str, placed: &[Pod]) -> NodeInfo {
         NodeInfo {
-            node: serde_json::from_value(json!({"metadata": {"name": name, "labels": {
-                "kubernetes.io/hostname": name, "topology.kubernetes.io/zone": zone}}}))
-            .unwrap(),
+            node: Arc::new(
+                serde_json::from_value::<k8s_openapi::api::core::v1::Node>(
+                    json!({"metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name, "topology.kubernetes.io/zone": zone}}}),
+                )
+                .unwrap(),
+            ),
             placed: placed.iter().cloned().map(Arc::new).collect(),
             ..Default::default()
         }
@@ -371,7 +375,12 @@ mod tests {
                 > score(&spread(1, "ScheduleAnyway"), &nodes[0], &nodes)
         );
         let bare: NodeInfo = NodeInfo {
-            node: serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap(),
+            node: Arc::new(
+                serde_json::from_value::<k8s_openapi::api::core::v1::Node>(
+                    json!({"metadata": {"name": "x"}}),
+                )
+                .unwrap(),
+            ),
             ..Default::default()
         };
         assert!(

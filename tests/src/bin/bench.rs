@@ -431,9 +431,12 @@ async fn pod_startup() -> Result<(), Error> {
 }
 
 /// Simulated nodes in `scheduler`.
-const SCHED_NODES: usize = 100;
+const SCHED_NODES: usize = 1000;
 /// Pods created in `scheduler`.
-const SCHED_PODS: usize = 1000;
+const SCHED_PODS: usize = 10_000;
+/// kube-scheduler's published CI throughput floor at 5 000 nodes (pods/s; its
+/// scheduler-perf thresholds are 680–810 depending on the workload).
+const KUBE_SCHEDULER_FLOOR: f64 = 680.0;
 /// Concurrent creating clients in `scheduler`.
 const SCHED_CLIENTS: usize = 16;
 
@@ -491,6 +494,28 @@ async fn scheduler() -> Result<(), Error> {
             .await?
             .error_for_status()?;
     }
+    // Heartbeats, as 1 000 kubelets would send them: every Lease renewed every
+    // 10 s, or the node lifecycle controller takes the nodes away mid-run.
+    let heartbeats = {
+        let (http, base) = (http.clone(), base.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                for i in 0..SCHED_NODES {
+                    let name = format!("sim-{i:03}");
+                    let renew = json!({"spec": {"renewTime": now()}});
+                    let _ = http
+                        .patch(format!(
+                            "{base}/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
+                        ))
+                        .header("Content-Type", "application/merge-patch+json")
+                        .body(renew.to_string())
+                        .send()
+                        .await;
+                }
+            }
+        })
+    };
     let pods_url = format!("{base}/api/v1/namespaces/default/pods");
     let rv = http
         .get(&pods_url)
@@ -504,7 +529,7 @@ async fn scheduler() -> Result<(), Error> {
         .to_owned();
     let resp = http
         .get(format!(
-            "{pods_url}?watch=true&resourceVersion={rv}&timeoutSeconds=300"
+            "{pods_url}?watch=true&resourceVersion={rv}&timeoutSeconds=900"
         ))
         .send()
         .await?
@@ -561,7 +586,8 @@ async fn scheduler() -> Result<(), Error> {
     for c in clients {
         c.await??;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(300), watcher).await;
+    let _ = tokio::time::timeout(Duration::from_secs(900), watcher).await;
+    heartbeats.abort();
     let bound = bound.lock().await.clone();
     let last = bound.iter().map(|(_, at)| *at).max().unwrap_or(started);
     let mut latencies: Vec<Duration> = bound.iter().map(|(d, _)| *d).collect();
@@ -569,24 +595,24 @@ async fn scheduler() -> Result<(), Error> {
     let rate = latencies.len() as f64 / last.duration_since(started).as_secs_f64();
     let p99 = pct(&latencies, 0.99);
     let mut table = String::new();
-    table.push_str("| nodes | pods | bound | pods/s | p50 ms | p99 ms | upstream SLO p99 ms (pod startup) | p99 / SLO |\n");
+    table.push_str("| nodes | pods | bound | pods/s | kube-scheduler floor pods/s | pods/s / floor | p50 ms | p99 ms |\n");
     table.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     table.push_str(&format!(
-        "| {SCHED_NODES} | {SCHED_PODS} | {} | {rate:.0} | {:.0} | {p99:.0} | {STARTUP_SLO_MS:.0} | {:.2} |\n",
+        "| {SCHED_NODES} | {SCHED_PODS} | {} | {rate:.0} | {KUBE_SCHEDULER_FLOOR:.0} | {:.2} | {:.0} | {p99:.0} |\n",
         latencies.len(),
+        rate / KUBE_SCHEDULER_FLOOR,
         pct(&latencies, 0.5),
-        p99 / STARTUP_SLO_MS
     ));
     println!("{table}");
     if latencies.len() < SCHED_PODS {
         return Err(format!(
-            "only {} of {SCHED_PODS} pods were bound within 300 s",
+            "only {} of {SCHED_PODS} pods were bound within 900 s",
             latencies.len()
         )
         .into());
     }
     let section = format!(
-        "## scheduler\n\n`cargo xtask bench scheduler` on {}. {SCHED_PODS} pods\n(100m CPU, 64Mi each) created by {SCHED_CLIENTS} concurrent clients against {SCHED_NODES}\nsimulated nodes (Node objects, 8 CPU each) of a release `sextant server` on the\nembedded store; latency from each POST to the watch event showing `spec.nodeName`,\nthroughput over the whole run (creates included). kube-scheduler cannot run on\nthis machine, so the comparison is upstream's pod startup SLO (p99 ≤ 5 s), of\nwhich scheduling is one part.\n\n{table}",
+        "## scheduler\n\n`cargo xtask bench scheduler` on {}. {SCHED_PODS} pods\n(100m CPU, 64Mi each) created by {SCHED_CLIENTS} concurrent clients against {SCHED_NODES}\nsimulated nodes (Node objects, 8 CPU each) of a release `sextant server` on the\nembedded store; latency from each POST to the watch event showing `spec.nodeName`,\nthroughput over the whole run (creates included; the pods arrive faster than\nthey are bound, so latency includes the queue). kube-scheduler cannot run on\nthis machine; the comparison is its published scheduler-perf CI floor\n(680–810 pods/s at 5 000 nodes, on larger machines).\n\n{table}",
         machine(),
     );
     write_section("scheduler", &section)?;
