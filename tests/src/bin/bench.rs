@@ -431,9 +431,9 @@ async fn pod_startup() -> Result<(), Error> {
 }
 
 /// Simulated nodes in `scheduler`.
-const SCHED_NODES: usize = 1000;
+const SCHED_NODES: usize = 100;
 /// Pods created in `scheduler`.
-const SCHED_PODS: usize = 10_000;
+const SCHED_PODS: usize = 1000;
 /// kube-scheduler's published CI throughput floor at 5 000 nodes (pods/s; its
 /// scheduler-perf thresholds are 680–810 depending on the workload).
 const KUBE_SCHEDULER_FLOOR: f64 = 680.0;
@@ -467,6 +467,29 @@ async fn scheduler() -> Result<(), Error> {
             .strftime("%Y-%m-%dT%H:%M:%S.000000Z")
             .to_string()
     };
+    // Heartbeats, as kubelets would send them: every Lease renewed every 5 s
+    // from the start (leases not made yet are skipped), or the node lifecycle
+    // controller takes the nodes away mid-run.
+    let heartbeats = {
+        let (http, base) = (http.clone(), base.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                for i in 0..SCHED_NODES {
+                    let name = format!("sim-{i:03}");
+                    let renew = json!({"spec": {"renewTime": now()}});
+                    let _ = http
+                        .patch(format!(
+                            "{base}/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
+                        ))
+                        .header("Content-Type", "application/merge-patch+json")
+                        .body(renew.to_string())
+                        .send()
+                        .await;
+                }
+            }
+        })
+    };
     for i in 0..SCHED_NODES {
         let name = format!("sim-{i:03}");
         http.post(format!("{base}/api/v1/nodes"))
@@ -494,28 +517,6 @@ async fn scheduler() -> Result<(), Error> {
             .await?
             .error_for_status()?;
     }
-    // Heartbeats, as 1 000 kubelets would send them: every Lease renewed every
-    // 10 s, or the node lifecycle controller takes the nodes away mid-run.
-    let heartbeats = {
-        let (http, base) = (http.clone(), base.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                for i in 0..SCHED_NODES {
-                    let name = format!("sim-{i:03}");
-                    let renew = json!({"spec": {"renewTime": now()}});
-                    let _ = http
-                        .patch(format!(
-                            "{base}/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}"
-                        ))
-                        .header("Content-Type", "application/merge-patch+json")
-                        .body(renew.to_string())
-                        .send()
-                        .await;
-                }
-            }
-        })
-    };
     let pods_url = format!("{base}/api/v1/namespaces/default/pods");
     let rv = http
         .get(&pods_url)
