@@ -140,14 +140,7 @@ async fn replicasets_keep_their_pods() {
     k.ok(&["scale", "rs", "web", "--replicas=2"]).unwrap();
     until("2 pods", || pods(&k).len() == 2).await;
     let table = k.ok(&["get", "rs", "web", "--no-headers"]).unwrap();
-    let events = k
-        .ok(&[
-            "get",
-            "events",
-            "-o",
-            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
-        ])
-        .unwrap();
+    let events = k.events().unwrap();
     assert!(
         events.contains("SuccessfulCreate: Created pod: web-"),
         "{events}"

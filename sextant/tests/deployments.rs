@@ -186,14 +186,7 @@ async fn deployments_roll_out_and_back() {
     until("the deleted pod replaced", 60, || ready_pods(&k).len() == 4).await;
     let table = k.ok(&["get", "deployment", "web", "--no-headers"]).unwrap();
     assert!(table.split_whitespace().nth(1) == Some("4/4"), "{table}");
-    let events = k
-        .ok(&[
-            "get",
-            "events",
-            "-o",
-            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
-        ])
-        .unwrap();
+    let events = k.events().unwrap();
     assert!(
         events.contains("ScalingReplicaSet: Scaled up replica set web-"),
         "{events}"

@@ -119,14 +119,7 @@ async fn jobs_complete_fail_and_expire() {
     assert_eq!(count["status"]["succeeded"], 3, "{:#}", count["status"]);
     assert!((1..=2).contains(&most_active), "{most_active}");
     assert!(count["status"]["completionTime"].is_string());
-    let events = k
-        .ok(&[
-            "get",
-            "events",
-            "-o",
-            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
-        ])
-        .unwrap();
+    let events = k.events().unwrap();
     assert!(events.contains("Completed: Job completed"), "{events}");
     assert!(
         events.contains("SuccessfulCreate: Created pod: count-"),

@@ -158,14 +158,7 @@ async fn statefulsets_keep_names_order_and_storage() {
         k.ok(&["exec", "web-1", "--", "hostname"]).unwrap().trim(),
         "web-1"
     );
-    let events = k
-        .ok(&[
-            "get",
-            "events",
-            "-o",
-            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
-        ])
-        .unwrap();
+    let events = k.events().unwrap();
     assert!(
         events.contains("SuccessfulCreate: create Pod web-0 in StatefulSet web successful"),
         "{events}"

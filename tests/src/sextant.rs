@@ -231,6 +231,16 @@ impl Kubectl {
             .map_err(io_err(format!("running kubectl {args:?}")))
     }
 
+    /// The namespace's events as `<reason>: <message>` lines.
+    pub fn events(&self) -> Result<String> {
+        self.ok(&[
+            "get",
+            "events",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+        ])
+    }
+
     /// Runs kubectl and returns stdout; a failure is an error carrying stderr.
     pub fn ok(&self, args: &[&str]) -> Result<String> {
         self.ok_with(args, None)
