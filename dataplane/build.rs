@@ -1,5 +1,6 @@
 //! Builds `ebpf/programs` for the BPF target with the `debian-bpf` toolchain and
-//! leaves the object in `OUT_DIR` for `include_bytes_aligned!`.
+//! leaves the object in `OUT_DIR` for `include_bytes_aligned!`; generates the
+//! agent's gRPC API from `proto/`.
 
 use std::process::Command;
 
@@ -8,6 +9,14 @@ use std::process::Command;
 const DEFAULT_TOOLCHAIN: &str = "debian-bpf";
 
 fn main() {
+    if let Err(err) =
+        tonic_prost_build::configure().compile_protos(&["proto/endpoints.proto"], &["proto"])
+    {
+        eprintln!(
+            "error: generating the dataplane gRPC API (needs protoc: `cargo xtask setup`): {err}"
+        );
+        std::process::exit(1);
+    }
     println!("cargo:rerun-if-env-changed=SEXTANT_BPF_TOOLCHAIN");
     // aya-build watches ebpf/programs; the shared map types live beside it. (No
     // build-dependency on the eBPF crate: that made cargo compile kernel code for the

@@ -275,7 +275,7 @@ impl InterfaceCounters {
     }
 }
 
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P>
+pub(crate) fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
@@ -287,7 +287,7 @@ where
         .map_err(|source| Error::Program { name, source })
 }
 
-fn map_mut<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M>
+pub(crate) fn map_mut<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M>
 where
     M: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
 {
@@ -298,7 +298,7 @@ where
     M::try_from(map).map_err(|source| Error::Map { name, source })
 }
 
-fn missing_map(name: &str) -> aya::maps::MapError {
+pub(crate) fn missing_map(name: &str) -> aya::maps::MapError {
     aya::maps::MapError::InvalidName {
         name: name.to_owned(),
     }

@@ -2,8 +2,8 @@
 //! `--container-runtime-endpoint` is given, the agent writes a containerd config
 //! (own root, state, socket and runc root under its data dir; the CRI plugin with
 //! `restrict_oom_score_adj = true` and `sextant.local/pause:v1` as the sandbox
-//! image) and one CNI config (bridge + host-local on the node's pod CIDR — the
-//! single file the dataplane's CNI plugin will replace), starts containerd,
+//! image; CNI configs and plugins under `<data-dir>/cni`, where the dataplane agent
+//! installs `sextant-cni`), starts containerd,
 //! restarts it if it dies, and imports every image archive found in
 //! `<data-dir>/agent/images/` (air-gapped installs; nothing is pulled).
 //!
@@ -43,25 +43,25 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::Internal(format!("{what}: {e}"))
 }
 
+/// The CNI directory of the agent's own containerd: `net.d/` (configs), `bin/` (plugins).
+pub fn cni_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("cni")
+}
+
 /// Starts (or adopts) the agent's containerd under `data_dir` and imports the
 /// agent's images.
-pub async fn start(data_dir: &Path, pod_cidr: &str) -> Result<Managed, Error> {
+pub async fn start(data_dir: &Path) -> Result<Managed, Error> {
     let dir = data_dir.join("containerd");
     for sub in ["root", "state", "runc", "opt"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(io("creating the containerd dirs"))?;
     }
-    let cni = data_dir.join("cni");
+    let cni = cni_dir(data_dir);
     std::fs::create_dir_all(cni.join("net.d")).map_err(io("creating the CNI dirs"))?;
-    std::fs::create_dir_all(cni.join("ipam")).map_err(io("creating the CNI dirs"))?;
+    std::fs::create_dir_all(cni.join("bin")).map_err(io("creating the CNI dirs"))?;
     let socket = dir.join("containerd.sock");
     let config = dir.join("config.toml");
     std::fs::write(&config, config_toml(&dir, &socket, &cni, 0))
         .map_err(io("writing config.toml"))?;
-    std::fs::write(
-        cni.join("net.d/10-sextant.conflist"),
-        cni_conflist(&cni, pod_cidr),
-    )
-    .map_err(io("writing the CNI config"))?;
 
     let supervisor = tokio::spawn(supervise(
         config,
@@ -176,7 +176,8 @@ async fn import_images(socket: &Path, images: &Path) -> Result<(), Error> {
 }
 
 /// The containerd config for root, state, runc root and socket under `dir`, CNI
-/// configs in `<cni>/net.d` (also used by the test harness's containerd). The CRI
+/// configs in `<cni>/net.d` and plugins in `<cni>/bin` (also used by the test
+/// harness's containerd). The CRI
 /// streaming server (exec, attach, port-forward) listens on `127.0.0.1:<stream_port>`,
 /// 0 for any free port: only the kubelet beside it connects.
 pub fn config_toml(dir: &Path, socket: &Path, cni: &Path, stream_port: u16) -> String {
@@ -216,28 +217,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         SystemdCgroup = false
 
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = "{c}/bin"
     conf_dir = "{c}/net.d"
 "#
     )
-}
-
-fn cni_conflist(cni: &Path, pod_cidr: &str) -> String {
-    serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "sextant",
-        "plugins": [{
-            "type": "bridge",
-            "bridge": "sextant0",
-            "isGateway": true,
-            "ipMasq": true,
-            "ipam": {
-                "type": "host-local",
-                "dataDir": cni.join("ipam"),
-                "ranges": [[{"subnet": pod_cidr}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
-            },
-        }],
-    })
-    .to_string()
 }

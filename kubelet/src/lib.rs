@@ -99,6 +99,9 @@ pub async fn run(
     });
     let (api_addr, api) = server::serve(config.kubelet_listen, &tls, rt.clone()).await?;
     tracing::info!(addr = %api_addr, "serving the kubelet API");
+    // Heartbeat first: a Lease left stale by an earlier run would otherwise make
+    // the node lifecycle controller mark the freshly registered node Unknown.
+    node::renew_lease(&client, &config.node_name).await;
     node::register(&client, &config, &facts, &runtime_version).await?;
     let lease = tokio::spawn(node::keep_lease(client.clone(), config.node_name.clone()));
     let status = tokio::spawn(node::keep_status(

@@ -140,18 +140,52 @@ async fn update_status(
     Ok(())
 }
 
-/// Refreshes the Node's status every [`STATUS_INTERVAL`]; errors are logged and retried.
+/// Refreshes the Node's status every [`STATUS_INTERVAL`], and at once (checked
+/// every [`LEASE_RENEW_INTERVAL`]) when the API shows it other than Ready — as when
+/// the node lifecycle controller marked it Unknown from a stale Lease just before
+/// this kubelet's first heartbeat; upstream's kubelet likewise re-posts a status
+/// that differs from its own. Errors are logged and retried.
 pub async fn keep_status(
     client: Client,
     config: Config,
     facts: HostFacts,
     runtime_version: String,
 ) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut last_post = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(STATUS_INTERVAL).await;
-        if let Err(e) = update_status(&client, &config, &facts, &runtime_version).await {
-            tracing::warn!(error = %e, "updating the node status failed");
+        tokio::time::sleep(LEASE_RENEW_INTERVAL).await;
+        let shown_ready = match nodes.get_opt(&config.node_name).await {
+            Ok(node) => node.is_some_and(|n| {
+                n.status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the Node");
+                continue;
+            }
+        };
+        if shown_ready && last_post.elapsed() < STATUS_INTERVAL {
+            continue;
         }
+        if !shown_ready {
+            tracing::info!(node = %config.node_name, "the API shows this node not Ready; posting its status");
+        }
+        match update_status(&client, &config, &facts, &runtime_version).await {
+            Ok(()) => last_post = tokio::time::Instant::now(),
+            Err(e) => tracing::warn!(error = %e, "updating the node status failed"),
+        }
+    }
+}
+
+/// Renews the node's Lease once, creating it when missing; a failure is logged.
+pub async fn renew_lease(client: &Client, node_name: &str) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    if let Err(e) = renew(&leases, node_name).await {
+        tracing::warn!(error = %e, "renewing the node lease failed");
     }
 }
 

@@ -1,6 +1,7 @@
 //! `sextant agent`: joins the cluster once (the token for the node's own client
-//! certificate, kept in the data dir as `agent/kubeconfig`), then runs the kubelet
-//! and serves its metrics.
+//! certificate, kept in the data dir as `agent/kubeconfig`), then runs the
+//! dataplane agent (pod networking through `sextant-cni`) and the kubelet, and
+//! serves their metrics.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -33,9 +34,18 @@ pub(crate) struct AgentArgs {
     /// without it the agent runs its own containerd under its data dir.
     #[arg(long)]
     pub(crate) container_runtime_endpoint: Option<String>,
-    /// The pod CIDR of this node (for the agent's own containerd's CNI config).
-    #[arg(long, default_value = "10.42.0.0/24")]
-    pub(crate) pod_cidr: String,
+    /// The cluster's pod CIDR (the server's --cluster-cidr): pod traffic leaving it
+    /// is masqueraded to the node's address. This node's own range is the
+    /// podCIDR the control plane assigns to its Node.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    pub(crate) cluster_cidr: ipnet::Ipv4Net,
+    /// Where the container runtime reads CNI network configurations; with an
+    /// external --container-runtime-endpoint, Sextant networks pods only when set.
+    #[arg(long)]
+    pub(crate) cni_conf_dir: Option<PathBuf>,
+    /// Where the container runtime finds CNI plugins (`sextant-cni` is linked here).
+    #[arg(long)]
+    pub(crate) cni_bin_dir: Option<PathBuf>,
     /// The cgroup pods' cgroups are made under.
     #[arg(long, default_value = "/sextant")]
     pub(crate) cgroup_root: String,
@@ -81,6 +91,15 @@ pub(crate) enum Error {
     /// The kubelet stopped.
     #[error(transparent)]
     Kubelet(#[from] sextant_kubelet::Error),
+    /// The dataplane agent could not start.
+    #[error("the dataplane: {0}")]
+    Dataplane(#[from] sextant_dataplane::Error),
+    /// The CNI directories are incomplete.
+    #[error("--cni-conf-dir and --cni-bin-dir go together")]
+    CniDirs,
+    /// The path of this executable (linked as `sextant-cni`) is unknown.
+    #[error("locating the sextant executable: {0}")]
+    Executable(std::io::Error),
 }
 
 /// Joins if needed, then runs the kubelet until it stops or a signal arrives.
@@ -100,10 +119,19 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
             (PathBuf::from(path), None)
         }
         None => {
-            let managed =
-                sextant_kubelet::containerd::start(&args.data_dir, &args.pod_cidr).await?;
+            let managed = sextant_kubelet::containerd::start(&args.data_dir).await?;
             (managed.socket.clone(), Some(managed))
         }
+    };
+    // Pod networking: always for our own containerd, else only when asked to.
+    let cni_dirs = match (&args.cni_conf_dir, &args.cni_bin_dir) {
+        (Some(conf), Some(bin)) => Some((conf.clone(), bin.clone())),
+        (None, None) if args.container_runtime_endpoint.is_none() => {
+            let cni = sextant_kubelet::containerd::cni_dir(&args.data_dir);
+            Some((cni.join("net.d"), cni.join("bin")))
+        }
+        (None, None) => None,
+        _ => return Err(Error::CniDirs),
     };
     let dir = args.data_dir.join("agent");
     std::fs::create_dir_all(&dir).map_err(|source| Error::DataDir {
@@ -137,6 +165,23 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
 
     let mut registry = sextant_metrics::Registry::default();
     let metrics = sextant_kubelet::metrics::KubeletMetrics::register(&mut registry);
+    let _dataplane = match cni_dirs {
+        Some((cni_conf_dir, cni_bin_dir)) => {
+            let config = sextant_dataplane::agent::Config {
+                dir: args.data_dir.join("dataplane"),
+                node_name: node_name.clone(),
+                cluster_cidr: args.cluster_cidr,
+                cni_conf_dir,
+                cni_bin_dir,
+                plugin: std::env::current_exe().map_err(Error::Executable)?,
+            };
+            Some(sextant_dataplane::agent::start(client.clone(), config, &mut registry).await?)
+        }
+        None => {
+            tracing::info!("pod networking is left to the runtime's own CNI configuration");
+            None
+        }
+    };
     let server = sextant_metrics::serve(args.metrics_listen, Arc::new(registry)).await?;
     tracing::info!(addr = ?server.local_addr().ok(), "serving agent metrics");
     let serving = tokio::spawn(server.run());

@@ -1,6 +1,7 @@
 //! The one Sextant binary: `sextant server` runs the API server (controllers,
 //! scheduler and `--with-agent` join it as they are built); `sextant agent` runs a
-//! node (the kubelet). Subcommands turn flags into typed configs and call the
+//! node (the kubelet and the dataplane agent); under the name `sextant-cni` it is
+//! the CNI plugin. Subcommands turn flags into typed configs and call the
 //! library crates; `main` only maps errors to exit codes.
 
 mod agent;
@@ -86,8 +87,28 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     Ok((lo, hi))
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Invoked through the `sextant-cni` link the agent installs: be the CNI plugin.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "sextant-cni")
+    {
+        return ExitCode::from(u8::try_from(sextant_dataplane::cni::main()).unwrap_or(1));
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run_cli()),
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_cli() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = sextant_metrics::init_tracing(cli.log_format, cli.log_level.as_deref()) {
         eprintln!("error: {e}");
@@ -139,7 +160,9 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
             node_name: None,
             node_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             container_runtime_endpoint: None,
-            pod_cidr: "10.42.0.0/24".into(),
+            cluster_cidr: args.cluster_cidr,
+            cni_conf_dir: None,
+            cni_bin_dir: None,
             cgroup_root: "/sextant".into(),
             metrics_listen: ([127, 0, 0, 1], 10255).into(),
             kubelet_listen: ([0, 0, 0, 0], 10250).into(),

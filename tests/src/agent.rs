@@ -22,6 +22,8 @@ pub struct SextantAgent {
     process: Option<ChildProcess>,
     binary: PathBuf,
     args: Vec<String>,
+    /// The node's network namespace, when the agent runs inside one.
+    netns: Option<String>,
     /// The Node's name.
     pub node_name: String,
     /// Where `/metrics` is served.
@@ -31,11 +33,34 @@ pub struct SextantAgent {
 
 impl SextantAgent {
     /// Starts `binary agent` against `server` and `containerd`, and waits until its
-    /// Node is Ready.
+    /// Node is Ready. The agent runs in the host's network namespace and leaves pod
+    /// networking to the harness containerd's bridge.
     pub async fn start(
         binary: &Path,
         server: &SextantServer,
         containerd: &Containerd,
+    ) -> Result<Self> {
+        Self::start_inner(binary, server, containerd, None).await
+    }
+
+    /// Starts `binary agent` inside the network namespace of `containerd` (made with
+    /// [`Containerd::start_for_node`]) as a node at `node_ip`, with Sextant's own
+    /// pod networking: it installs `sextant-cni` for that containerd. Its kubelet and
+    /// metrics listen on `node_ip`, which the host reaches through the fabric.
+    pub async fn start_on_node(
+        binary: &Path,
+        server: &SextantServer,
+        containerd: &Containerd,
+        node_ip: std::net::Ipv4Addr,
+    ) -> Result<Self> {
+        Self::start_inner(binary, server, containerd, Some(node_ip)).await
+    }
+
+    async fn start_inner(
+        binary: &Path,
+        server: &SextantServer,
+        containerd: &Containerd,
+        node_ip: Option<std::net::Ipv4Addr>,
     ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("sextant-agent-")
@@ -44,8 +69,9 @@ impl SextantAgent {
         let token = std::fs::read_to_string(server.data_dir().join("node-token"))
             .map_err(io_err("reading the node token"))?;
         let node_name = unique_name("node-");
-        let metrics_addr = format!("127.0.0.1:{}", free_port()?);
-        let args = vec![
+        let ip = node_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+        let metrics_addr = format!("{ip}:{}", free_port()?);
+        let mut args = vec![
             "agent".to_owned(),
             "--server".to_owned(),
             format!("https://{}", server.addr),
@@ -56,7 +82,7 @@ impl SextantAgent {
             "--node-name".to_owned(),
             node_name.clone(),
             "--node-ip".to_owned(),
-            "127.0.0.1".to_owned(),
+            ip.to_string(),
             "--container-runtime-endpoint".to_owned(),
             format!("unix://{}", containerd.socket().display()),
             // Under the harness containerd's cgroup parent, so its cleanup finds them.
@@ -65,12 +91,22 @@ impl SextantAgent {
             "--metrics-listen".to_owned(),
             metrics_addr.clone(),
             "--kubelet-listen".to_owned(),
-            format!("127.0.0.1:{}", free_port()?),
+            format!("{ip}:{}", free_port()?),
         ];
+        if node_ip.is_some() {
+            let (conf, bin) = containerd.cni_dirs();
+            args.extend([
+                "--cni-conf-dir".to_owned(),
+                conf.to_string_lossy().into_owned(),
+                "--cni-bin-dir".to_owned(),
+                bin.to_string_lossy().into_owned(),
+            ]);
+        }
         let mut agent = Self {
             process: None,
             binary: binary.to_owned(),
             args,
+            netns: node_ip.map(|_| containerd.netns().path()),
             node_name,
             metrics_addr,
             dir,
@@ -80,7 +116,15 @@ impl SextantAgent {
     }
 
     async fn spawn(&mut self, server: &SextantServer) -> Result<()> {
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = match &self.netns {
+            // Only the network namespace: the agent needs the host's cgroup and bpf mounts.
+            Some(path) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={path}")).arg("--").arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
         cmd.args(&self.args);
         let log = self.dir.path().join("agent.log");
         self.process = Some(ChildProcess::spawn("sextant agent", cmd, &log)?);

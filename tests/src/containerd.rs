@@ -42,9 +42,23 @@ pub struct Containerd {
     stream_relay: Option<tokio::runtime::Runtime>,
 }
 
+/// The CNI plugins the bridge network of [`Containerd::start`] runs.
+const BRIDGE_PLUGINS: [&str; 4] = ["bridge", "host-local", "loopback", "portmap"];
+
 impl Containerd {
-    /// Starts containerd and waits until its CRI plugin answers `Version`.
+    /// Starts containerd in a namespace of its own with the reference bridge CNI
+    /// network, and waits until its CRI plugin answers `Version`.
     pub async fn start() -> Result<Self> {
+        Self::start_in(Netns::new("sxc")?, true).await
+    }
+
+    /// Starts containerd in `netns`, a node's namespace, with no CNI network: the
+    /// node's `sextant agent` installs `sextant-cni` into [`Containerd::cni_dirs`].
+    pub async fn start_for_node(netns: Netns) -> Result<Self> {
+        Self::start_in(netns, false).await
+    }
+
+    async fn start_in(netns: Netns, bridge: bool) -> Result<Self> {
         for c in [
             "containerd",
             "containerd-shim-runc-v2",
@@ -58,9 +72,16 @@ impl Containerd {
             .prefix("sextant-containerd-")
             .tempdir()
             .map_err(io_err("creating the containerd temp dir"))?;
-        let netns = Netns::new("sxc")?;
         let d = dir.path();
-        for sub in ["root", "state", "runc", "cni/net.d", "cni/ipam", "logs"] {
+        for sub in [
+            "root",
+            "state",
+            "runc",
+            "cni/net.d",
+            "cni/bin",
+            "cni/ipam",
+            "logs",
+        ] {
             std::fs::create_dir_all(d.join(sub)).map_err(io_err(format!("creating {sub}")))?;
         }
         let socket = d.join("containerd.sock");
@@ -72,8 +93,15 @@ impl Containerd {
             sextant_kubelet::containerd::config_toml(d, &socket, &d.join("cni"), stream_port),
         )
         .map_err(io_err("writing config.toml"))?;
-        std::fs::write(d.join("cni/net.d/10-test.conflist"), cni_conflist(d))
-            .map_err(io_err("writing the CNI config"))?;
+        if bridge {
+            for plugin in BRIDGE_PLUGINS {
+                let target = Path::new("/usr/lib/cni").join(plugin);
+                std::os::unix::fs::symlink(&target, d.join("cni/bin").join(plugin))
+                    .map_err(io_err(format!("linking {}", target.display())))?;
+            }
+            std::fs::write(d.join("cni/net.d/10-test.conflist"), cni_conflist(d))
+                .map_err(io_err("writing the CNI config"))?;
+        }
 
         let mut cmd = netns.command("containerd");
         cmd.arg("--config").arg(d.join("config.toml"));
@@ -128,6 +156,12 @@ impl Containerd {
     /// The network namespace containerd (and so every pod's host-side link) lives in.
     pub fn netns(&self) -> &Netns {
         &self.netns
+    }
+
+    /// The CNI configuration and plugin directories containerd reads.
+    pub fn cni_dirs(&self) -> (PathBuf, PathBuf) {
+        let cni = self.dir.path().join("cni");
+        (cni.join("net.d"), cni.join("bin"))
     }
 
     /// The cgroup parent pods must use, so cleanup finds their cgroups.

@@ -114,6 +114,106 @@ pub fn veth_pair(
     Ok(())
 }
 
+/// A bridge `br0` in a namespace of its own that node namespaces (and, when a
+/// test needs to reach nodes from outside the cluster, the host) join by veth.
+/// Addresses are `<subnet>.<n>/24`; the host's is `<subnet>.254`.
+#[derive(Debug)]
+pub struct Fabric {
+    /// The namespace holding the bridge. Deleting it deletes every port, and with
+    /// them the host's end of its veth.
+    pub netns: Netns,
+    subnet: [u8; 3],
+    ports: u8,
+}
+
+impl Fabric {
+    /// A fabric on the /24 whose first three octets are `subnet`.
+    pub fn new(subnet: [u8; 3]) -> Result<Self> {
+        let netns = Netns::new("sxf")?;
+        netns.ip(&["link", "add", "br0", "type", "bridge"])?;
+        netns.ip(&["link", "set", "br0", "up"])?;
+        Ok(Self {
+            netns,
+            subnet,
+            ports: 0,
+        })
+    }
+
+    /// A fabric on a /24 under 10.200.0.0/13 that the host has no route into yet,
+    /// so concurrent runs on one machine do not collide.
+    pub fn new_unused() -> Result<Self> {
+        let pid = std::process::id();
+        for attempt in 0..64u32 {
+            let n = pid.wrapping_add(attempt.wrapping_mul(7919));
+            let subnet = [10, 200 + (n % 8) as u8, ((n / 8) % 256) as u8];
+            let cidr = format!("{}.{}.{}.0/24", subnet[0], subnet[1], subnet[2]);
+            let routes = run(Command::new("ip").args(["-4", "route", "show", "match", &cidr]))?;
+            let used = routes.lines().any(|l| !l.starts_with("default"));
+            if !used {
+                return Self::new(subnet);
+            }
+        }
+        Err(crate::Error::Missing(
+            "no free /24 under 10.200.0.0/13 for a test fabric".into(),
+        ))
+    }
+
+    /// The address of host number `n` on this fabric.
+    pub fn addr(&self, n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(self.subnet[0], self.subnet[1], self.subnet[2], n)
+    }
+
+    /// Plugs `ns` in: its `eth0` gets `<subnet>.<n>/24`.
+    pub fn join(&mut self, ns: &Netns, n: u8) -> Result<Ipv4Addr> {
+        let addr = self.addr(n);
+        let port = format!("p{}", self.ports);
+        self.ports += 1;
+        self.netns.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        self.netns.ip(&["link", "set", &port, "master", "br0"])?;
+        self.netns.ip(&["link", "set", &port, "up"])?;
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(addr)
+    }
+
+    /// Plugs the host in at `<subnet>.254`, so a test reaches nodes as an outside
+    /// client would. The link goes when the fabric's namespace is deleted.
+    pub fn join_host(&mut self) -> Result<Ipv4Addr> {
+        let addr = self.addr(254);
+        let host_side = unique_name("sxh");
+        let port = format!("p{}", self.ports);
+        self.ports += 1;
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            &host_side,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            self.netns.name(),
+        ]))?;
+        self.netns.ip(&["link", "set", &port, "master", "br0"])?;
+        self.netns.ip(&["link", "set", &port, "up"])?;
+        run(Command::new("ip").args(["addr", "add", &format!("{addr}/24"), "dev", &host_side]))?;
+        run(Command::new("ip").args(["link", "set", &host_side, "up"]))?;
+        Ok(addr)
+    }
+}
+
 /// One node of a [`Network`].
 #[derive(Debug)]
 pub struct Node {
@@ -123,43 +223,23 @@ pub struct Node {
     pub addr: Ipv4Addr,
 }
 
-/// Nodes joined by a bridge in a fabric namespace. Addresses are
-/// `<subnet>.<i + 1>/24`; the fabric itself has no address.
+/// Nodes joined by a [`Fabric`]. Addresses are `<subnet>.<i + 1>/24`.
 #[derive(Debug)]
 pub struct Network {
     /// The nodes, in creation order. Declared before `fabric` so they drop first.
     pub nodes: Vec<Node>,
-    /// The namespace that holds the bridge `br0`.
-    pub fabric: Netns,
+    /// The bridge joining them.
+    pub fabric: Fabric,
 }
 
 impl Network {
     /// Creates `count` nodes on the /24 whose first three octets are `subnet`.
     pub fn new(count: u8, subnet: [u8; 3]) -> Result<Self> {
-        let fabric = Netns::new("sxf")?;
-        fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
-        fabric.ip(&["link", "set", "br0", "up"])?;
+        let mut fabric = Fabric::new(subnet)?;
         let mut nodes = Vec::with_capacity(usize::from(count));
         for i in 0..count {
             let netns = Netns::new("sxn")?;
-            let addr = Ipv4Addr::new(subnet[0], subnet[1], subnet[2], i + 1);
-            let port = format!("n{i}");
-            fabric.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                netns.name(),
-            ])?;
-            fabric.ip(&["link", "set", &port, "master", "br0"])?;
-            fabric.ip(&["link", "set", &port, "up"])?;
-            netns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-            netns.ip(&["link", "set", "eth0", "up"])?;
+            let addr = fabric.join(&netns, i + 1)?;
             nodes.push(Node { netns, addr });
         }
         Ok(Self { nodes, fabric })

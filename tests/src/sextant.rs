@@ -30,7 +30,7 @@ pub struct SextantServer {
     process: Option<ChildProcess>,
     binary: PathBuf,
     args: Vec<String>,
-    /// `127.0.0.1:<port>`.
+    /// `<ip>:<port>`, 127.0.0.1 unless started with [`SextantServer::start_on`].
     pub addr: String,
     dir: TempDir,
 }
@@ -48,11 +48,22 @@ impl SextantServer {
         datastore: Datastore<'_>,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::start_on(binary, datastore, std::net::Ipv4Addr::LOCALHOST, extra).await
+    }
+
+    /// Like [`SextantServer::start_with`], listening on `ip` (a host address that
+    /// node namespaces reach, such as a [`crate::netns::Fabric`]'s host address).
+    pub async fn start_on(
+        binary: &Path,
+        datastore: Datastore<'_>,
+        ip: std::net::Ipv4Addr,
+        extra: &[&str],
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("sextant-server-")
             .tempdir()
             .map_err(io_err("temp dir"))?;
-        let addr = format!("127.0.0.1:{}", free_port()?);
+        let addr = format!("{ip}:{}", free_port()?);
         let mut args = vec![
             "server".to_owned(),
             "--data-dir".to_owned(),

@@ -38,6 +38,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "iptables",
         "the iptables baseline of the dataplane benchmarks",
     ),
+    (
+        "nftables",
+        "nft: the agent's masquerade rule for pod traffic leaving the cluster",
+    ),
     ("bpftool", "inspecting loaded programs and maps"),
     ("iputils-ping", "ping in dataplane tests"),
     ("util-linux", "nsenter"),

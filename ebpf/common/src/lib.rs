@@ -8,5 +8,9 @@
 #![no_std]
 
 pub mod counters;
+pub mod endpoints;
+pub mod metrics;
 
 pub use counters::IfaceStats;
+pub use endpoints::Endpoint;
+pub use metrics::{Counter, PacketCount};

@@ -4,6 +4,8 @@
 #![no_main]
 
 mod counters;
+mod packet;
+mod routing;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
@@ -16,6 +18,12 @@ use aya_ebpf::{
 pub fn count_tc(ctx: TcContext) -> i32 {
     counters::count_tc(&ctx);
     TC_ACT_OK
+}
+
+/// TC ingress on the host side of a pod's veth: every packet leaving the pod.
+#[classifier]
+pub fn from_pod(ctx: TcContext) -> i32 {
+    routing::from_pod(&ctx)
 }
 
 /// XDP: counts the packet on its interface, then lets it pass.

@@ -11,6 +11,11 @@
 //! - `POST /fail?probe=liveness|readiness&fail=true|false`: makes a probe fail or pass;
 //! - anything else: echoes the request (method, path, query, headers, body, hostname).
 //!
+//! It also answers UDP on the same address: each datagram comes back prefixed
+//! with the hostname (`<hostname> <payload>`). `--send-udp ADDR` makes it a
+//! one-shot UDP client instead (busybox has none): it sends `--message`, prints
+//! the reply and exits non-zero when none comes within 2 s.
+//!
 //! Every request is logged as one line on stdout, so `kubectl logs -f` has output.
 
 use std::{
@@ -55,6 +60,65 @@ struct Args {
     /// Both probes fail for this many seconds after start (a slow start).
     #[arg(long, env = "DEMO_STARTUP_DELAY_SECONDS", default_value_t = 0)]
     startup_delay_seconds: u64,
+    /// Be a UDP client: send --message to this address, print the reply, exit.
+    #[arg(long)]
+    send_udp: Option<SocketAddr>,
+    /// The datagram --send-udp sends.
+    #[arg(long, default_value = "ping")]
+    message: String,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default()
+}
+
+/// `--send-udp`: one datagram out, one reply printed.
+async fn send_udp(to: SocketAddr, message: &str) -> i32 {
+    let sent = async {
+        let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+        socket.send_to(message.as_bytes(), to).await?;
+        let mut buf = vec![0u8; 2048];
+        let (n, from) = socket.recv_from(&mut buf).await?;
+        Ok::<_, std::io::Error>((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+    };
+    match tokio::time::timeout(Duration::from_secs(2), sent).await {
+        Ok(Ok((reply, from))) => {
+            println!("{reply} (from {from})");
+            0
+        }
+        Ok(Err(e)) => {
+            eprintln!("demo: udp to {to}: {e}");
+            1
+        }
+        Err(_) => {
+            eprintln!("demo: no udp reply from {to} within 2s");
+            1
+        }
+    }
+}
+
+/// Answers every datagram with `<hostname> <payload>`.
+async fn serve_udp(socket: tokio::net::UdpSocket) {
+    let name = hostname();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let reply = format!("{name} {}", String::from_utf8_lossy(&buf[..n]));
+                println!("demo: udp from {from}");
+                if let Err(e) = socket.send_to(reply.as_bytes(), from).await {
+                    eprintln!("demo: udp reply to {from}: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("demo: udp: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,6 +147,9 @@ impl Demo {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if let Some(to) = args.send_udp {
+        std::process::exit(send_udp(to, &args.message).await);
+    }
     let mut registry = Registry::default();
     let requests = Family::<PathLabel, Counter>::default();
     let allocated = Gauge::default();
@@ -132,6 +199,12 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    match tokio::net::UdpSocket::bind(args.listen).await {
+        Ok(udp) => {
+            tokio::spawn(serve_udp(udp));
+        }
+        Err(e) => eprintln!("demo: no udp on {}: {e}", args.listen),
+    }
     println!("demo: listening on {}", args.listen);
     let shutdown = async {
         let mut term =
@@ -298,10 +371,7 @@ async fn echo(
             )
         })
         .collect();
-    let hostname = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_default();
+    let hostname = hostname();
     count(&demo, &method, uri.path(), StatusCode::OK);
     Json(serde_json::json!({
         "method": method.as_str(),

@@ -1,0 +1,163 @@
+//! The node's dataplane agent, as `sextant agent` runs it: loads the pod datapath,
+//! serves the Endpoints API on a unix socket for `sextant-cni`, installs the plugin
+//! and its network configuration for containerd, and keeps node routes and the
+//! masquerade rule in step with the Node objects.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use ipnet::Ipv4Net;
+use tokio::{net::UnixListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::{
+    Error, Result, api::endpoints_server::EndpointsServer, cni, datapath::Datapath,
+    endpoints::EndpointService, routing, veth,
+};
+
+/// Where the agent puts things and whom it serves.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The agent's own directory (socket, address records, endpoint records).
+    pub dir: PathBuf,
+    /// This node's name.
+    pub node_name: String,
+    /// Every pod's addresses come from here; traffic leaving it is masqueraded.
+    pub cluster_cidr: Ipv4Net,
+    /// Where containerd reads CNI network configurations.
+    pub cni_conf_dir: PathBuf,
+    /// Where containerd looks for CNI plugins; `sextant-cni` is linked here.
+    pub cni_bin_dir: PathBuf,
+    /// The executable that acts as `sextant-cni` (the `sextant` binary).
+    pub plugin: PathBuf,
+}
+
+/// The running agent; dropping it stops serving (the datapath stays attached
+/// while the process lives).
+#[derive(Debug)]
+pub struct Running {
+    /// The Endpoints API's socket.
+    pub socket: PathBuf,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// The reference plugins containerd needs beside ours (the loopback interface).
+const SYSTEM_CNI_DIR: &str = "/usr/lib/cni";
+
+/// Starts the agent: returns once the socket answers and the plugin is installed.
+pub async fn start(
+    client: kube::Client,
+    config: Config,
+    registry: &mut sextant_metrics::Registry,
+) -> Result<Running> {
+    std::fs::create_dir_all(&config.dir)
+        .map_err(io(format!("creating {}", config.dir.display())))?;
+    routing::enable_forwarding()?;
+    let datapath = Datapath::load()?;
+    registry.register_collector(Box::new(datapath.counters()));
+    let netlink = veth::connect()?;
+
+    let (cidr_tx, cidr_rx) = watch::channel(None);
+    let mut tasks = vec![tokio::spawn(routing::run_node_routes(
+        client,
+        netlink.clone(),
+        config.node_name.clone(),
+        cidr_tx,
+    ))];
+    tasks.push(tokio::spawn(keep_masquerade(
+        cidr_rx.clone(),
+        config.cluster_cidr,
+    )));
+
+    let service = EndpointService::new(&config.dir, datapath, netlink, cidr_rx)
+        .map_err(io("creating the endpoint records"))?;
+    let restored = service.restore().await.map_err(Error::Endpoints)?;
+    tracing::info!(restored, "restored pod endpoints");
+
+    let socket = config.dir.join("dataplane.sock");
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(format!("removing the stale {}", socket.display()))(e)),
+    }
+    let listener =
+        UnixListener::bind(&socket).map_err(io(format!("binding {}", socket.display())))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("restricting the socket"))?;
+    tasks.push(tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(EndpointsServer::new(service))
+            .serve_with_incoming(UnixListenerStream::new(listener))
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the dataplane socket stopped");
+        }
+    }));
+    install_cni(&config, &socket)?;
+    tracing::info!(socket = %socket.display(), conf_dir = %config.cni_conf_dir.display(), "dataplane agent ready");
+    Ok(Running { socket, tasks })
+}
+
+/// Installs the masquerade rule for this node's podCIDR whenever it is (re)assigned.
+async fn keep_masquerade(mut cidr: watch::Receiver<Option<Ipv4Net>>, cluster: Ipv4Net) {
+    loop {
+        let current = *cidr.borrow_and_update();
+        if let Some(pod_cidr) = current {
+            match routing::install_masquerade(pod_cidr, cluster).await {
+                Ok(()) => {
+                    tracing::info!(%pod_cidr, %cluster, "masquerading pod traffic leaving the cluster")
+                }
+                Err(e) => tracing::error!(error = %e, "installing the masquerade rule"),
+            }
+        }
+        if cidr.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Links `sextant-cni` (and the loopback plugin containerd always runs) into the
+/// CNI bin dir and writes the network configuration, atomically.
+fn install_cni(config: &Config, socket: &Path) -> Result<()> {
+    for dir in [&config.cni_bin_dir, &config.cni_conf_dir] {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    }
+    link(&config.plugin, &config.cni_bin_dir.join("sextant-cni"))?;
+    let loopback = Path::new(SYSTEM_CNI_DIR).join("loopback");
+    if config.cni_bin_dir != Path::new(SYSTEM_CNI_DIR) && loopback.exists() {
+        link(&loopback, &config.cni_bin_dir.join("loopback"))?;
+    }
+    let path = config.cni_conf_dir.join("10-sextant.conflist");
+    let tmp = config.cni_conf_dir.join(".10-sextant.conflist.tmp");
+    std::fs::write(&tmp, cni::conflist(socket).to_string())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(io(format!("writing {}", path.display())))
+}
+
+/// Points `at` to `target`, replacing whatever is there.
+fn link(target: &Path, at: &Path) -> Result<()> {
+    if std::fs::read_link(at).is_ok_and(|t| t == target) {
+        return Ok(());
+    }
+    match std::fs::remove_file(at) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(format!("replacing {}", at.display()))(e)),
+    }
+    std::os::unix::fs::symlink(target, at).map_err(io(format!("linking {}", at.display())))
+}

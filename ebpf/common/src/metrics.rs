@@ -1,0 +1,66 @@
+//! Datapath counters by what happened to a packet (map `SX_METRICS_V1`).
+
+/// Name of the per-CPU array of [`PacketCount`], indexed by a [`Counter`].
+pub const METRICS_MAP: &str = "SX_METRICS_V1";
+
+/// What the datapath did with a packet; the index into `SX_METRICS_V1`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Handed from one pod straight to another pod on the same node
+    /// (`bpf_redirect_peer`), skipping the host's network stack.
+    ForwardedLocalPeer = 0,
+    /// Passed to the host stack: routed to another node, to the host, or outside.
+    ForwardedHostStack = 1,
+    /// Not IPv4 (ARP, IPv6): left to the kernel untouched.
+    PassedNonIpv4 = 2,
+}
+
+impl Counter {
+    /// Every counter, in index order.
+    pub const ALL: [Counter; 3] = [
+        Counter::ForwardedLocalPeer,
+        Counter::ForwardedHostStack,
+        Counter::PassedNonIpv4,
+    ];
+
+    /// Size of the map.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// The counter's label value in `sextant_dataplane_*` metrics.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Counter::ForwardedLocalPeer => "local_peer",
+            Counter::ForwardedHostStack => "host_stack",
+            Counter::PassedNonIpv4 => "non_ipv4",
+        }
+    }
+}
+
+/// Packets and bytes counted under one [`Counter`], per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketCount {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes (`skb->len`).
+    pub bytes: u64,
+}
+
+// SAFETY: `PacketCount` is `repr(C)`, two `u64`s, no padding.
+#[cfg(feature = "user")]
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for PacketCount {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_match_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+        assert_eq!(core::mem::size_of::<PacketCount>(), 16);
+    }
+}
