@@ -1,11 +1,13 @@
 //! The node's dataplane agent, as `sextant agent` runs it: loads the pod datapath,
 //! serves the Endpoints API on a unix socket for `sextant-cni`, installs the plugin
-//! and its network configuration for containerd, and keeps node routes and the
-//! masquerade rule in step with the Node objects.
+//! and its network configuration for containerd, keeps node routes and the
+//! masquerade rule in step with the Node objects, and the service maps in step
+//! with Services and EndpointSlices.
 
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use ipnet::Ipv4Net;
@@ -14,7 +16,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::{
     Error, Result, api::endpoints_server::EndpointsServer, cni, datapath::Datapath,
-    endpoints::EndpointService, routing, veth,
+    endpoints::EndpointService, routing, services, veth,
 };
 
 /// Where the agent puts things and whom it serves.
@@ -70,15 +72,22 @@ pub async fn start(
     routing::enable_forwarding()?;
     let datapath = Datapath::load()?;
     registry.register_collector(Box::new(datapath.counters()));
+    let datapath = Arc::new(Mutex::new(datapath));
+    let service_metrics = services::ServiceMetrics::register(registry);
     let netlink = veth::connect()?;
 
     let (cidr_tx, cidr_rx) = watch::channel(None);
-    let mut tasks = vec![tokio::spawn(routing::run_node_routes(
+    let mut tasks = vec![tokio::spawn(services::run(
+        client.clone(),
+        datapath.clone(),
+        service_metrics,
+    ))];
+    tasks.push(tokio::spawn(routing::run_node_routes(
         client,
         netlink.clone(),
         config.node_name.clone(),
         cidr_tx,
-    ))];
+    )));
     tasks.push(tokio::spawn(keep_masquerade(
         cidr_rx.clone(),
         config.cluster_cidr,

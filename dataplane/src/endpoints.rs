@@ -23,7 +23,7 @@ use crate::{
         AddReply, AddRequest, Attachment, CheckReply, CheckRequest, DelReply, DelRequest,
         endpoints_server::Endpoints,
     },
-    datapath::Datapath,
+    datapath::{Datapath, SharedDatapath},
     ipam::Ipam,
     veth::{self, GATEWAY},
 };
@@ -66,8 +66,17 @@ impl EndpointRecord {
 }
 
 struct State {
-    datapath: Datapath,
+    datapath: SharedDatapath,
     ipam: Option<Ipam>,
+}
+
+impl State {
+    /// The datapath, locked for one call (never held across an await).
+    fn dp(&self) -> std::sync::MutexGuard<'_, Datapath> {
+        self.datapath
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The Endpoints service of the agent's socket.
@@ -96,7 +105,7 @@ impl EndpointService {
     /// addresses from the podCIDR `pod_cidr` carries once the Node has one.
     pub fn new(
         dir: &Path,
-        datapath: Datapath,
+        datapath: SharedDatapath,
         netlink: rtnetlink::Handle,
         pod_cidr: watch::Receiver<Option<Ipv4Net>>,
     ) -> std::io::Result<Self> {
@@ -122,13 +131,9 @@ impl EndpointService {
         for record in self.records()? {
             match veth::find(&self.netlink, &record.host_ifname).await {
                 Ok(Some((index, _))) if index == record.host_ifindex => {
-                    state
-                        .datapath
-                        .attach(&record.host_ifname)
-                        .map_err(|e| e.to_string())?;
-                    state
-                        .datapath
-                        .set_endpoint(record.ip, record.map_value())
+                    let mut dp = state.dp();
+                    dp.attach(&record.host_ifname).map_err(|e| e.to_string())?;
+                    dp.set_endpoint(record.ip, record.map_value())
                         .map_err(|e| e.to_string())?;
                     restored += 1;
                 }
@@ -237,12 +242,13 @@ impl EndpointService {
             host_mac: link.host_mac,
             pod_mac: link.pod_mac,
         };
-        let programmed = state
-            .datapath
-            .attach(&record.host_ifname)
-            .and_then(|()| state.datapath.set_endpoint(ip, record.map_value()))
-            .map_err(|e| e.to_string())
-            .and_then(|()| self.write_record(&record));
+        let programmed = {
+            let mut dp = state.dp();
+            dp.attach(&record.host_ifname)
+                .and_then(|()| dp.set_endpoint(ip, record.map_value()))
+        }
+        .map_err(|e| e.to_string())
+        .and_then(|()| self.write_record(&record));
         if let Err(e) = programmed {
             self.forget(&mut state, &record).await.ok();
             return Err(internal("programming the endpoint")(e));
@@ -263,11 +269,11 @@ impl EndpointService {
 
     /// Detaches, unmaps, deletes the link, frees the address, drops the record.
     async fn forget(&self, state: &mut State, record: &EndpointRecord) -> Result<(), String> {
-        state.datapath.detach(&record.host_ifname);
-        state
-            .datapath
-            .remove_endpoint(record.ip)
-            .map_err(|e| e.to_string())?;
+        {
+            let mut dp = state.dp();
+            dp.detach(&record.host_ifname);
+            dp.remove_endpoint(record.ip).map_err(|e| e.to_string())?;
+        }
         veth::delete(&self.netlink, &record.host_ifname)
             .await
             .map_err(|e| e.to_string())?;
@@ -317,7 +323,7 @@ impl EndpointService {
             None => {
                 // A DEL for an ADD that failed half-way, or a repeated DEL.
                 let host = veth::host_ifname(&a.container_id);
-                state.datapath.detach(&host);
+                state.dp().detach(&host);
                 veth::delete(&self.netlink, &host)
                     .await
                     .map_err(|e| internal("deleting the pod's link")(e.to_string()))?;
@@ -329,7 +335,7 @@ impl EndpointService {
     }
 
     async fn check(&self, a: Attachment) -> Result<CheckReply, Status> {
-        let mut state = self.state.lock().await;
+        let state = self.state.lock().await;
         let record = self.read_record(&a.container_id).ok_or_else(|| {
             Status::not_found(format!("no endpoint for container {}", a.container_id))
         })?;
@@ -342,14 +348,14 @@ impl EndpointService {
                 record.host_ifname
             )));
         }
-        if !state.datapath.is_attached(&record.host_ifname) {
+        if !state.dp().is_attached(&record.host_ifname) {
             return Err(Status::failed_precondition(format!(
                 "from_pod is not attached to {}",
                 record.host_ifname
             )));
         }
         let mapped = state
-            .datapath
+            .dp()
             .endpoints()
             .map_err(|e| Status::internal(e.to_string()))?
             .into_iter()

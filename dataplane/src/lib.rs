@@ -3,6 +3,7 @@
 //!
 //! - [`agent`]: the node agent `sextant agent` runs: the Endpoints API on a unix
 //!   socket for [`cni`] (`sextant-cni`), node routes and masquerade ([`routing`]);
+//! - [`services`]: ClusterIP load balancing from Services and EndpointSlices;
 //! - [`endpoints`]: a pod's address ([`ipam`]), veth pair ([`veth`]) and entry in
 //!   the datapath ([`datapath`]: `from_pod` and its maps);
 //! - [`counters`]: per-interface packet counters (the first programs, kept for the
@@ -17,6 +18,7 @@ pub mod endpoints;
 pub mod ipam;
 pub mod netns;
 pub mod routing;
+pub mod services;
 pub mod veth;
 
 pub use counters::InterfaceCounters;

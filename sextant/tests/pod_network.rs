@@ -17,10 +17,9 @@ use std::{
 
 use serde_json::Value;
 use sextant_tests::{
-    agent::SextantAgent,
-    containerd::Containerd,
-    netns::{Fabric, Netns},
-    sextant::{Datastore, Kubectl, SextantServer},
+    agent::{NetworkCluster, SextantAgent},
+    netns::Netns,
+    sextant::Kubectl,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
@@ -106,29 +105,12 @@ fn host_links(ns: &Netns) -> usize {
 
 #[tokio::test]
 async fn pods_reach_each_other_and_the_outside_on_and_across_nodes() {
-    // Declared first, dropped last: the fabric outlives the nodes plugged into it.
-    let mut fabric = Fabric::new_unused().expect("fabric");
-    let host_ip = fabric.join_host().expect("host on the fabric");
-    let (ns_a, ns_b) = (Netns::new("sxn").unwrap(), Netns::new("sxn").unwrap());
-    let ip_a = fabric.join(&ns_a, 1).unwrap();
-    let ip_b = fabric.join(&ns_b, 2).unwrap();
-    let ctrd_a = Containerd::start_for_node(ns_a)
+    let cluster = NetworkCluster::start(Path::new(BINARY), 2)
         .await
-        .expect("containerd a");
-    let ctrd_b = Containerd::start_for_node(ns_b)
-        .await
-        .expect("containerd b");
-    ctrd_a.import_test_images().await.unwrap();
-    ctrd_b.import_test_images().await.unwrap();
-    let server = SextantServer::start_on(Path::new(BINARY), Datastore::Embedded, host_ip, &[])
-        .await
-        .expect("server");
-    let a = SextantAgent::start_on_node(Path::new(BINARY), &server, &ctrd_a, ip_a)
-        .await
-        .expect("agent a");
-    let b = SextantAgent::start_on_node(Path::new(BINARY), &server, &ctrd_b, ip_b)
-        .await
-        .expect("agent b");
+        .expect("two-node cluster");
+    let (a, b) = (&cluster.agents[0], &cluster.agents[1]);
+    let (ctrd_a, server, host_ip) = (&cluster.containerds[0], &cluster.server, cluster.host_ip);
+    let ip_b = cluster.fabric.addr(2);
     let k = server.kubectl().unwrap();
 
     k.ok_with(
@@ -185,7 +167,7 @@ async fn pods_reach_each_other_and_the_outside_on_and_across_nodes() {
     assert!(routes.contains(&format!("{cidr_b} via {ip_b}")), "{routes}");
 
     // Same node, TCP and UDP, without the host stack.
-    let peer_before = forwarded(&a, "local_peer").await;
+    let peer_before = forwarded(a, "local_peer").await;
     let web = format!("{server_ip}:8080");
     let out = http_get(&k, "client-a", &web, "/same-node");
     assert!(out.contains("\"path\":\"/same-node\""), "{out}");
@@ -195,7 +177,7 @@ async fn pods_reach_each_other_and_the_outside_on_and_across_nodes() {
         &["/demo", "--send-udp", &web, "--message", "same-node"],
     );
     assert!(out.contains("server-a same-node"), "{out}");
-    let peer_after = forwarded(&a, "local_peer").await;
+    let peer_after = forwarded(a, "local_peer").await;
     // At least the TCP handshake, request, replies and the UDP exchange.
     assert!(
         peer_after >= peer_before + 6,
@@ -219,7 +201,7 @@ async fn pods_reach_each_other_and_the_outside_on_and_across_nodes() {
     assert!(out.contains("2 packets received"), "{out}");
 
     // The nodes' own addresses (each agent's metrics endpoint listens there).
-    for (pod, target) in [("client-a", &a), ("client-b", &a), ("client-a", &b)] {
+    for (pod, target) in [("client-a", a), ("client-b", a), ("client-a", b)] {
         let out = http_get(&k, pod, &target.metrics_addr, "/metrics");
         assert!(
             out.contains("kubelet_"),

@@ -11,8 +11,13 @@ use std::{
 use tempfile::TempDir;
 
 use crate::{
-    Error, Result, containerd::Containerd, free_port, io_err, process::ChildProcess,
-    sextant::SextantServer, unique_name,
+    Error, Result,
+    containerd::Containerd,
+    free_port, io_err,
+    netns::{Fabric, Netns},
+    process::ChildProcess,
+    sextant::SextantServer,
+    unique_name,
 };
 
 /// A `sextant agent` owned by a test; killed on drop (its pods stay in the
@@ -228,6 +233,55 @@ impl OneNodeCluster {
             agent,
             server,
             containerd,
+        })
+    }
+}
+
+/// A cluster of network-namespace nodes with Sextant's own pod networking: a
+/// [`Fabric`] the host joins at `.254`, a server listening there, and per node a
+/// namespace on the fabric (`.1`, `.2`, ...) holding its containerd and its agent.
+/// Fields drop in order: agents, server, containerds, then the fabric.
+#[derive(Debug)]
+pub struct NetworkCluster {
+    /// The nodes' agents, in node order.
+    pub agents: Vec<SextantAgent>,
+    /// The server.
+    pub server: SextantServer,
+    /// The nodes' runtimes (each owns its node's namespace).
+    pub containerds: Vec<Containerd>,
+    /// The host's address on the fabric.
+    pub host_ip: std::net::Ipv4Addr,
+    /// The fabric.
+    pub fabric: Fabric,
+}
+
+impl NetworkCluster {
+    /// Starts `nodes` nodes, each Ready with the test images imported.
+    pub async fn start(binary: &Path, nodes: u8) -> Result<Self> {
+        let mut fabric = Fabric::new_unused()?;
+        let host_ip = fabric.join_host()?;
+        let mut containerds = Vec::new();
+        let mut ips = Vec::new();
+        for i in 0..nodes {
+            let ns = Netns::new("sxn")?;
+            ips.push(fabric.join(&ns, i + 1)?);
+            let c = Containerd::start_for_node(ns).await?;
+            c.import_test_images().await?;
+            containerds.push(c);
+        }
+        let server =
+            SextantServer::start_on(binary, crate::sextant::Datastore::Embedded, host_ip, &[])
+                .await?;
+        let mut agents = Vec::new();
+        for (c, ip) in containerds.iter().zip(ips) {
+            agents.push(SextantAgent::start_on_node(binary, &server, c, ip).await?);
+        }
+        Ok(Self {
+            agents,
+            server,
+            containerds,
+            host_ip,
+            fabric,
         })
     }
 }

@@ -14,14 +14,23 @@ pub enum Counter {
     ForwardedHostStack = 1,
     /// Not IPv4 (ARP, IPv6): left to the kernel untouched.
     PassedNonIpv4 = 2,
+    /// A new flow to a service frontend, sent to one of its backends.
+    ServiceNewFlow = 3,
+    /// Dropped: a new flow to a service frontend with no ready backend.
+    DropNoBackend = 4,
+    /// A packet of a tracked service flow rewritten (either direction).
+    ServiceNat = 5,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 3] = [
+    pub const ALL: [Counter; 6] = [
         Counter::ForwardedLocalPeer,
         Counter::ForwardedHostStack,
         Counter::PassedNonIpv4,
+        Counter::ServiceNewFlow,
+        Counter::DropNoBackend,
+        Counter::ServiceNat,
     ];
 
     /// Size of the map.
@@ -33,6 +42,33 @@ impl Counter {
             Counter::ForwardedLocalPeer => "local_peer",
             Counter::ForwardedHostStack => "host_stack",
             Counter::PassedNonIpv4 => "non_ipv4",
+            Counter::ServiceNewFlow => "new_flow",
+            Counter::DropNoBackend => "no_backend",
+            Counter::ServiceNat => "nat",
+        }
+    }
+}
+
+/// Which exported metric a [`Counter`] belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// `sextant_dataplane_forwarded_{packets,bytes}_total{path}`.
+    Forwarded,
+    /// `sextant_dataplane_drops_total{reason}`.
+    Dropped,
+    /// `sextant_dataplane_service_packets_total{event}`.
+    Service,
+}
+
+impl Counter {
+    /// The metric this counter is exported under.
+    pub const fn family(self) -> Family {
+        match self {
+            Counter::ForwardedLocalPeer | Counter::ForwardedHostStack | Counter::PassedNonIpv4 => {
+                Family::Forwarded
+            }
+            Counter::DropNoBackend => Family::Dropped,
+            Counter::ServiceNewFlow | Counter::ServiceNat => Family::Service,
         }
     }
 }

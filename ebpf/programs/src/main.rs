@@ -3,7 +3,11 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
 mod counters;
+mod lb;
+mod metrics;
+mod nat;
 mod packet;
 mod routing;
 
@@ -24,6 +28,13 @@ pub fn count_tc(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
     routing::from_pod(&ctx)
+}
+
+/// TC egress on the host side of a pod's veth: every packet the host stack hands
+/// to the pod.
+#[classifier]
+pub fn to_pod(ctx: TcContext) -> i32 {
+    routing::to_pod(&ctx)
 }
 
 /// XDP: counts the packet on its interface, then lets it pass.

@@ -1,5 +1,7 @@
 //! Offsets of the header fields the programs read and write (untagged Ethernet,
-//! IPv4).
+//! IPv4 without options), and the parsed view of an L4 packet.
+
+use aya_ebpf::programs::TcContext;
 
 /// Destination MAC.
 pub(crate) const ETH_DST: usize = 0;
@@ -11,5 +13,68 @@ pub(crate) const ETH_TYPE: usize = 12;
 pub(crate) const ETH_HLEN: usize = 14;
 /// EtherType of IPv4.
 pub(crate) const ETH_P_IP: u16 = 0x0800;
+/// IPv4 version and header length.
+pub(crate) const IPV4_VIHL: usize = ETH_HLEN;
+/// IPv4 protocol.
+pub(crate) const IPV4_PROTO: usize = ETH_HLEN + 9;
+/// IPv4 header checksum.
+pub(crate) const IPV4_CSUM: usize = ETH_HLEN + 10;
+/// IPv4 source address.
+pub(crate) const IPV4_SRC: usize = ETH_HLEN + 12;
 /// IPv4 destination address.
 pub(crate) const IPV4_DST: usize = ETH_HLEN + 16;
+/// Start of the L4 header when the IPv4 header has no options.
+pub(crate) const L4: usize = ETH_HLEN + 20;
+/// L4 source port (TCP and UDP).
+pub(crate) const L4_SPORT: usize = L4;
+/// L4 destination port (TCP and UDP).
+pub(crate) const L4_DPORT: usize = L4 + 2;
+/// TCP checksum.
+pub(crate) const TCP_CSUM: usize = L4 + 16;
+/// UDP checksum.
+pub(crate) const UDP_CSUM: usize = L4 + 6;
+
+/// A TCP or UDP packet over IPv4 without options, fields in packet byte order.
+#[derive(Clone, Copy)]
+pub(crate) struct L4Packet {
+    pub(crate) saddr: u32,
+    pub(crate) daddr: u32,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) proto: u8,
+}
+
+impl L4Packet {
+    /// Parses an IPv4 frame; `None` for other L4 protocols, IP options or fragments
+    /// of no interest to the load balancer.
+    #[inline(always)]
+    pub(crate) fn parse(ctx: &TcContext) -> Option<Self> {
+        let vihl: u8 = ctx.load(IPV4_VIHL).ok()?;
+        if vihl != 0x45 {
+            return None;
+        }
+        let proto: u8 = ctx.load(IPV4_PROTO).ok()?;
+        if proto != sextant_ebpf_common::lb::PROTO_TCP
+            && proto != sextant_ebpf_common::lb::PROTO_UDP
+        {
+            return None;
+        }
+        Some(Self {
+            saddr: ctx.load(IPV4_SRC).ok()?,
+            daddr: ctx.load(IPV4_DST).ok()?,
+            sport: ctx.load(L4_SPORT).ok()?,
+            dport: ctx.load(L4_DPORT).ok()?,
+            proto,
+        })
+    }
+
+    /// Offset of this packet's L4 checksum.
+    #[inline(always)]
+    pub(crate) fn csum_offset(&self) -> usize {
+        if self.proto == sextant_ebpf_common::lb::PROTO_TCP {
+            TCP_CSUM
+        } else {
+            UDP_CSUM
+        }
+    }
+}

@@ -1,37 +1,71 @@
-//! Pod networking: a packet leaving a pod either goes straight to another pod on
-//! this node (`bpf_redirect_peer`, skipping the host stack) or is handed to the
-//! host stack, which routes it to another node (native routing) or outside
-//! (masqueraded by the agent's nat rule).
+//! Pod networking: a packet leaving a pod is first given to service load balancing
+//! (DNAT to a backend, or reverse NAT of a backend's reply), then either handed
+//! straight to another pod on this node (`bpf_redirect_peer`, skipping the host
+//! stack) or passed to the host stack, which routes it to another node (native
+//! routing) or outside (masqueraded by the agent's nat rule).
 
 use aya_ebpf::{
-    bindings::TC_ACT_OK,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_redirect_peer,
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::HashMap,
     programs::TcContext,
 };
 use sextant_ebpf_common::{
     endpoints::{Endpoint, MAX_ENDPOINTS},
-    metrics::{Counter, PacketCount},
+    lb::{CT_DNAT, CT_REVNAT},
+    metrics::Counter,
 };
 
-use crate::packet::{ETH_DST, ETH_P_IP, ETH_SRC, ETH_TYPE, IPV4_DST};
+use crate::{
+    conntrack,
+    lb::{self, Balanced},
+    metrics::count,
+    nat::{self, End},
+    packet::{ETH_DST, ETH_P_IP, ETH_SRC, ETH_TYPE, IPV4_DST, L4Packet},
+};
 
 /// Pod IPv4 (network byte order) → local endpoint, written by the agent on CNI ADD.
 #[map(name = "SX_ENDPOINTS_V1")]
 static SX_ENDPOINTS_V1: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
-/// Per-CPU packet counters by [`Counter`].
-#[map(name = "SX_METRICS_V1")]
-static SX_METRICS_V1: PerCpuArray<PacketCount> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+/// What service handling decided for a packet.
+enum Verdict {
+    /// Deliver (rewritten or not).
+    Pass,
+    /// Drop.
+    Drop,
+}
 
+/// DNAT of a client's packet or reverse NAT of a backend's reply; balancing a new
+/// flow to a frontend.
 #[inline(always)]
-fn count(ctx: &TcContext, counter: Counter) {
-    if let Some(c) = SX_METRICS_V1.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it while we run.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += u64::from(ctx.len());
+fn services(ctx: &TcContext, pkt: &L4Packet) -> Verdict {
+    if let Some(ct) = conntrack::lookup(pkt) {
+        let end = match ct.action {
+            CT_DNAT => End::Destination,
+            CT_REVNAT => End::Source,
+            _ => return Verdict::Pass,
+        };
+        if nat::rewrite(ctx, pkt, end, ct.addr, ct.port).is_err() {
+            return Verdict::Drop;
+        }
+        count(ctx, Counter::ServiceNat);
+        return Verdict::Pass;
+    }
+    match lb::select(pkt) {
+        Balanced::NotAService => Verdict::Pass,
+        Balanced::NoBackend => {
+            count(ctx, Counter::DropNoBackend);
+            Verdict::Drop
+        }
+        Balanced::Backend(b) => {
+            conntrack::create(pkt, b.ip, b.port);
+            if nat::rewrite(ctx, pkt, End::Destination, b.ip, b.port).is_err() {
+                return Verdict::Drop;
+            }
+            count(ctx, Counter::ServiceNewFlow);
+            Verdict::Pass
         }
     }
 }
@@ -46,6 +80,12 @@ pub(crate) fn from_pod(ctx: &TcContext) -> i32 {
         count(ctx, Counter::PassedNonIpv4);
         return TC_ACT_OK;
     }
+    if let Some(pkt) = L4Packet::parse(ctx)
+        && let Verdict::Drop = services(ctx, &pkt)
+    {
+        return TC_ACT_SHOT;
+    }
+    // Read again: service handling may have rewritten it.
     let Ok(daddr) = ctx.load::<u32>(IPV4_DST) else {
         return TC_ACT_OK;
     };
@@ -64,4 +104,27 @@ pub(crate) fn from_pod(ctx: &TcContext) -> i32 {
     count(ctx, Counter::ForwardedLocalPeer);
     // SAFETY: a helper call with plain integer arguments.
     unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
+}
+
+/// A packet the host stack hands to a pod (from another node, or the host):
+/// replies of service flows balanced on this node to a backend elsewhere get
+/// their VIP back.
+#[inline(always)]
+pub(crate) fn to_pod(ctx: &TcContext) -> i32 {
+    let Ok(ethertype) = ctx.load::<u16>(ETH_TYPE) else {
+        return TC_ACT_OK;
+    };
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return TC_ACT_OK;
+    }
+    if let Some(pkt) = L4Packet::parse(ctx)
+        && let Some(ct) = conntrack::lookup(&pkt)
+        && ct.action == CT_REVNAT
+    {
+        if nat::rewrite(ctx, &pkt, End::Source, ct.addr, ct.port).is_err() {
+            return TC_ACT_SHOT;
+        }
+        count(ctx, Counter::ServiceNat);
+    }
+    TC_ACT_OK
 }

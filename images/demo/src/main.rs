@@ -14,7 +14,9 @@
 //! It also answers UDP on the same address: each datagram comes back prefixed
 //! with the hostname (`<hostname> <payload>`). `--send-udp ADDR` makes it a
 //! one-shot UDP client instead (busybox has none): it sends `--message`, prints
-//! the reply and exits non-zero when none comes within 2 s.
+//! the reply and exits non-zero when none comes within 2 s. `--http-get ADDR
+//! --count N` makes it an HTTP client: N requests, one connection each, and a JSON
+//! tally of the hostnames that answered.
 //!
 //! Every request is logged as one line on stdout, so `kubectl logs -f` has output.
 
@@ -66,6 +68,57 @@ struct Args {
     /// The datagram --send-udp sends.
     #[arg(long, default_value = "ping")]
     message: String,
+    /// Be an HTTP client: GET http://ADDR/ --count times, one connection each, and
+    /// print how many answers came from each hostname, as JSON.
+    #[arg(long)]
+    http_get: Option<String>,
+    /// How many requests --http-get sends.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+}
+
+/// One `GET /` on a new connection; the answering demo's hostname.
+async fn get_hostname(addr: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    conn.write_all(
+        format!("GET / HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| format!("write: {e}"))?;
+    let mut reply = Vec::new();
+    conn.read_to_end(&mut reply)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&reply);
+    let body = text.split("\r\n\r\n").nth(1).ok_or("no body")?;
+    let json: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("body: {e}"))?;
+    json["hostname"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "no hostname in the answer".to_owned())
+}
+
+/// `--http-get`: `{"answers": {hostname: n}, "failed": n, "errors": [first few]}`.
+async fn http_get(addr: &str, count: u32) -> i32 {
+    let mut answers: BTreeMap<String, u32> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for _ in 0..count {
+        match tokio::time::timeout(Duration::from_secs(5), get_hostname(addr)).await {
+            Ok(Ok(h)) => *answers.entry(h).or_default() += 1,
+            Ok(Err(e)) => errors.push(e),
+            Err(_) => errors.push("timed out after 5s".to_owned()),
+        }
+    }
+    let failed = errors.len();
+    errors.truncate(5);
+    println!(
+        "{}",
+        serde_json::json!({"answers": answers, "failed": failed, "errors": errors})
+    );
+    i32::from(failed > 0)
 }
 
 fn hostname() -> String {
@@ -149,6 +202,9 @@ async fn main() {
     let args = Args::parse();
     if let Some(to) = args.send_udp {
         std::process::exit(send_udp(to, &args.message).await);
+    }
+    if let Some(addr) = &args.http_get {
+        std::process::exit(http_get(addr, args.count).await);
     }
     let mut registry = Registry::default();
     let requests = Family::<PathLabel, Counter>::default();

@@ -1,0 +1,367 @@
+//! ClusterIP load balancing, user side: Services and EndpointSlices, watched
+//! through the API, become the frontends and backend slots of
+//! `SX_LB4_SERVICES_V1` / `SX_LB4_BACKENDS_V1` (kernel side: `ebpf/programs/src/lb.rs`).
+//!
+//! Only ready endpoints are backends, so a pod that turns not-ready, or starts
+//! terminating, gets no new flows; conntrack keeps its existing ones on it (they
+//! drain). Changes are applied incrementally: only frontends whose backends
+//! changed are written, backends first and the count last, so the datapath never
+//! reads a slot that is not written yet. The time from noticing a change to the
+//! maps holding it is `sextant_dataplane_service_programming_seconds`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::Instant,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{
+    Api, ResourceExt,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use sextant_ebpf_common::lb::{
+    Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{Result, datapath::SharedDatapath};
+
+/// The label tying an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// A frontend's key for `vip:port/proto`.
+pub fn frontend(vip: Ipv4Addr, port: u16, proto: u8) -> Lb4Key {
+    Lb4Key {
+        vip: u32::from_ne_bytes(vip.octets()),
+        port: port.to_be(),
+        proto,
+        pad: 0,
+    }
+}
+
+/// A backend value for `ip:port`.
+pub fn backend(ip: Ipv4Addr, port: u16) -> Lb4Backend {
+    Lb4Backend {
+        ip: u32::from_ne_bytes(ip.octets()),
+        port: port.to_be(),
+        pad: 0,
+    }
+}
+
+fn proto_of(p: Option<&str>) -> Option<u8> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(PROTO_TCP),
+        "UDP" => Some(PROTO_UDP),
+        // SCTP is not balanced yet.
+        _ => None,
+    }
+}
+
+/// Every frontend the cluster's Services ask for, with its ready backends (sorted,
+/// no duplicates).
+pub fn desired(
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+) -> BTreeMap<Lb4Key, Vec<Lb4Backend>> {
+    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        if let Some(name) = slice.labels().get(SERVICE_NAME_LABEL) {
+            by_service
+                .entry((slice.namespace().unwrap_or_default(), name.clone()))
+                .or_default()
+                .push(slice);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for svc in services {
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
+        // Headless ("None") and unallocated services have no frontend.
+        let Some(vip) = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        else {
+            continue;
+        };
+        let key = (svc.namespace().unwrap_or_default(), svc.name_any());
+        let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+        for port in spec.ports.iter().flatten() {
+            let Some(proto) = proto_of(port.protocol.as_deref()) else {
+                continue;
+            };
+            let Ok(service_port) = u16::try_from(port.port) else {
+                continue;
+            };
+            let mut backends = BTreeSet::new();
+            for slice in slices {
+                // The slice's port for this service port: same name, same protocol.
+                let target = slice.ports.iter().flatten().find(|p| {
+                    p.name.as_deref().unwrap_or("") == port.name.as_deref().unwrap_or("")
+                        && proto_of(p.protocol.as_deref()) == Some(proto)
+                });
+                let Some(target) = target
+                    .and_then(|p| p.port)
+                    .and_then(|p| u16::try_from(p).ok())
+                else {
+                    continue;
+                };
+                for ep in &slice.endpoints {
+                    // Unset means ready, as upstream reads it.
+                    let ready = ep.conditions.as_ref().and_then(|c| c.ready) != Some(false);
+                    if !ready {
+                        continue;
+                    }
+                    for addr in &ep.addresses {
+                        if let Ok(ip) = addr.parse::<Ipv4Addr>() {
+                            backends.insert(backend(ip, target));
+                        }
+                    }
+                }
+            }
+            out.insert(
+                frontend(vip, service_port, proto),
+                backends.into_iter().collect(),
+            );
+        }
+    }
+    out
+}
+
+/// Writes desired frontends into the maps, remembering what it wrote.
+#[derive(Debug)]
+pub struct Programmer {
+    datapath: SharedDatapath,
+    /// Frontend → (id, backends as written).
+    written: BTreeMap<Lb4Key, (u32, Vec<Lb4Backend>)>,
+    free_ids: Vec<u32>,
+    next_id: u32,
+}
+
+impl Programmer {
+    /// A programmer for maps that hold nothing of ours yet.
+    pub fn new(datapath: SharedDatapath) -> Self {
+        Self {
+            datapath,
+            written: BTreeMap::new(),
+            free_ids: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Makes the maps hold exactly `desired`; returns how many frontends changed.
+    pub fn apply(&mut self, desired: &BTreeMap<Lb4Key, Vec<Lb4Backend>>) -> Result<usize> {
+        let mut dp = self
+            .datapath
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut changed = 0;
+        let stale: Vec<Lb4Key> = self
+            .written
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        for key in stale {
+            if let Some((id, old)) = self.written.remove(&key) {
+                dp.remove_service(key)?;
+                for slot in 0..old.len() {
+                    dp.remove_backend(Lb4BackendKey {
+                        id,
+                        slot: slot as u32,
+                    })?;
+                }
+                self.free_ids.push(id);
+                changed += 1;
+            }
+        }
+        for (key, backends) in desired {
+            let (id, old) = match self.written.get(key) {
+                Some((_, old)) if old == backends => continue,
+                Some((id, old)) => (*id, old.clone()),
+                None => {
+                    let id = self.free_ids.pop().unwrap_or_else(|| {
+                        self.next_id += 1;
+                        self.next_id - 1
+                    });
+                    (id, Vec::new())
+                }
+            };
+            // Shrinking: lower the count before freeing slots; growing: fill slots
+            // before raising it. Either way the datapath reads only written slots.
+            let count = backends.len() as u32;
+            if backends.len() < old.len() {
+                dp.set_service(*key, Lb4Service { id, count })?;
+            }
+            for (slot, b) in backends.iter().enumerate() {
+                if old.get(slot) != Some(b) {
+                    dp.set_backend(
+                        Lb4BackendKey {
+                            id,
+                            slot: slot as u32,
+                        },
+                        *b,
+                    )?;
+                }
+            }
+            dp.set_service(*key, Lb4Service { id, count })?;
+            for slot in backends.len()..old.len() {
+                dp.remove_backend(Lb4BackendKey {
+                    id,
+                    slot: slot as u32,
+                })?;
+            }
+            self.written.insert(*key, (id, backends.clone()));
+            changed += 1;
+        }
+        Ok(changed)
+    }
+}
+
+/// `sextant_dataplane_service_programming_seconds`.
+#[derive(Clone, Debug)]
+pub struct ServiceMetrics {
+    programming: Histogram,
+}
+
+impl ServiceMetrics {
+    /// Registers the metrics on `registry`.
+    pub fn register(registry: &mut sextant_metrics::Registry) -> Self {
+        let programming = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "sextant_dataplane_service_programming_seconds",
+            "Time from a Service or EndpointSlice change reaching the agent to the eBPF maps holding it.",
+            programming.clone(),
+        );
+        Self { programming }
+    }
+}
+
+/// Watches Services and EndpointSlices and keeps the maps equal to them.
+pub async fn run(client: kube::Client, datapath: SharedDatapath, metrics: ServiceMetrics) {
+    let (services, svc_writer) = reflector::store::<Service>();
+    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
+    let svc_events = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(svc_writer)
+    .map(|e| e.map(|_| ()).map_err(|e| e.to_string()));
+    let slice_events = watcher(
+        Api::<EndpointSlice>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(slice_writer)
+    .map(|e| e.map(|_| ()).map_err(|e| e.to_string()));
+    let events = futures::stream::select(svc_events, slice_events);
+    futures::pin_mut!(events);
+    let mut programmer = Programmer::new(datapath);
+    while let Some(event) = events.next().await {
+        let noticed = Instant::now();
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "watching Services and EndpointSlices");
+            continue;
+        }
+        let desired = desired(&services.state(), &slices.state());
+        match programmer.apply(&desired) {
+            Ok(0) => {}
+            Ok(changed) => {
+                metrics.programming.observe(noticed.elapsed().as_secs_f64());
+                tracing::debug!(changed, frontends = desired.len(), "programmed services");
+            }
+            Err(e) => tracing::error!(error = %e, "programming services"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn service(name: &str, ip: &str, ports: serde_json::Value) -> Arc<Service> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"clusterIP": ip, "ports": ports},
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn slice(svc: &str, ports: serde_json::Value, eps: serde_json::Value) -> Arc<EndpointSlice> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("{svc}-x"), "namespace": "default",
+                             "labels": {SERVICE_NAME_LABEL: svc}},
+                "addressType": "IPv4",
+                "ports": ports,
+                "endpoints": eps,
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn ready_endpoints_become_backends_per_port_and_protocol() {
+        let svcs = [
+            service(
+                "web",
+                "10.96.0.10",
+                serde_json::json!([
+                    {"name": "http", "port": 80, "protocol": "TCP"},
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                ]),
+            ),
+            service("headless", "None", serde_json::json!([{"port": 80}])),
+        ];
+        let slices = [slice(
+            "web",
+            serde_json::json!([
+                {"name": "http", "port": 8080, "protocol": "TCP"},
+                {"name": "dns", "port": 5353, "protocol": "UDP"},
+            ]),
+            serde_json::json!([
+                {"addresses": ["10.42.0.5"], "conditions": {"ready": true}},
+                {"addresses": ["10.42.0.6"]},
+                {"addresses": ["10.42.0.7"], "conditions": {"ready": false, "terminating": true}},
+            ]),
+        )];
+        let d = desired(&svcs, &slices);
+        assert_eq!(d.len(), 2, "the headless service has no frontend");
+        let http = &d[&frontend(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP)];
+        assert_eq!(
+            http,
+            &vec![
+                backend(Ipv4Addr::new(10, 42, 0, 5), 8080),
+                backend(Ipv4Addr::new(10, 42, 0, 6), 8080)
+            ]
+        );
+        let dns = &d[&frontend(Ipv4Addr::new(10, 96, 0, 10), 53, PROTO_UDP)];
+        assert_eq!(dns[0].port, 5353u16.to_be());
+    }
+
+    #[test]
+    fn a_service_without_endpoints_has_an_empty_frontend() {
+        let svcs = [service(
+            "web",
+            "10.96.0.10",
+            serde_json::json!([{"port": 80}]),
+        )];
+        let d = desired(&svcs, &[]);
+        assert_eq!(d.values().next().unwrap().len(), 0);
+    }
+}

@@ -1,0 +1,137 @@
+//! Service load balancing and connection tracking (maps `SX_LB4_SERVICES_V1`,
+//! `SX_LB4_BACKENDS_V1`, `SX_CT4_V1`). Addresses and ports are kept in packet
+//! byte order, exactly as the programs read them.
+
+/// Name of the map from [`Lb4Key`] (VIP, port, protocol) to [`Lb4Service`].
+pub const SERVICES_MAP: &str = "SX_LB4_SERVICES_V1";
+/// Name of the map from [`Lb4BackendKey`] (service id, slot) to [`Lb4Backend`].
+pub const BACKENDS_MAP: &str = "SX_LB4_BACKENDS_V1";
+/// Name of the LRU map from [`Ct4Key`] (a flow's 5-tuple) to [`Ct4Entry`].
+pub const CT_MAP: &str = "SX_CT4_V1";
+
+/// Service frontends one node can hold (VIP × port × protocol).
+pub const MAX_SERVICES: u32 = 65_536;
+/// Backend slots across all services.
+pub const MAX_BACKENDS: u32 = 262_144;
+/// Tracked flows; the oldest are evicted first when full.
+pub const MAX_FLOWS: u32 = 262_144;
+
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// A service frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb4Key {
+    /// The virtual IP (ClusterIP).
+    pub vip: u32,
+    /// The service port.
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// Zero.
+    pub pad: u8,
+}
+
+/// A frontend's backends: slots `0..count` of `SX_LB4_BACKENDS_V1` under `id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lb4Service {
+    /// The frontend's id, stable while it exists.
+    pub id: u32,
+    /// How many backend slots are filled; 0 drops new flows (no endpoints).
+    pub count: u32,
+}
+
+/// One backend slot of a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb4BackendKey {
+    /// [`Lb4Service::id`].
+    pub id: u32,
+    /// 0-based slot.
+    pub slot: u32,
+}
+
+/// A backend: a pod address and its target port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lb4Backend {
+    /// Pod IPv4.
+    pub ip: u32,
+    /// Target port.
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+
+/// A flow in one direction, as seen in the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ct4Key {
+    /// Source address.
+    pub saddr: u32,
+    /// Destination address.
+    pub daddr: u32,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+}
+
+/// Rewrite the destination to `addr:port` (a client's packet to a VIP).
+pub const CT_DNAT: u8 = 1;
+/// Rewrite the source to `addr:port` (a backend's reply, back to the VIP).
+pub const CT_REVNAT: u8 = 2;
+
+/// What to do with the packets of a tracked flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ct4Entry {
+    /// The address written into the packet.
+    pub addr: u32,
+    /// The port written into the packet.
+    pub port: u16,
+    /// [`CT_DNAT`] or [`CT_REVNAT`].
+    pub action: u8,
+    /// Zero.
+    pub pad: u8,
+}
+
+// SAFETY: every type here is `repr(C)` with explicit padding fields and no
+// implicit padding (pinned by the tests below).
+#[cfg(feature = "user")]
+#[allow(unsafe_code)]
+mod pod {
+    unsafe impl aya::Pod for super::Lb4Key {}
+    unsafe impl aya::Pod for super::Lb4Service {}
+    unsafe impl aya::Pod for super::Lb4BackendKey {}
+    unsafe impl aya::Pod for super::Lb4Backend {}
+    unsafe impl aya::Pod for super::Ct4Key {}
+    unsafe impl aya::Pod for super::Ct4Entry {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Lb4Key>(), 8);
+        assert_eq!(offset_of!(Lb4Key, proto), 6);
+        assert_eq!(size_of::<Lb4Service>(), 8);
+        assert_eq!(size_of::<Lb4BackendKey>(), 8);
+        assert_eq!(size_of::<Lb4Backend>(), 8);
+        assert_eq!(size_of::<Ct4Key>(), 16);
+        assert_eq!(offset_of!(Ct4Key, proto), 12);
+        assert_eq!(size_of::<Ct4Entry>(), 8);
+        assert_eq!(offset_of!(Ct4Entry, action), 6);
+    }
+}

@@ -1,0 +1,57 @@
+//! Connection tracking for service flows (`SX_CT4_V1`, LRU): the first packet of a
+//! flow to a frontend records the backend it was given (for the client's later
+//! packets) and the VIP to show in replies (for the backend's packets back).
+//! Flows keep their backend while they live, so removing a backend from a
+//! service moves no established flow: terminating endpoints drain.
+
+use aya_ebpf::{macros::map, maps::LruHashMap};
+use sextant_ebpf_common::lb::{CT_DNAT, CT_REVNAT, Ct4Entry, Ct4Key, MAX_FLOWS};
+
+use crate::packet::L4Packet;
+
+/// Flow 5-tuple → what to rewrite; the oldest flows go first when full.
+#[map(name = "SX_CT4_V1")]
+static SX_CT4_V1: LruHashMap<Ct4Key, Ct4Entry> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[inline(always)]
+fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> Ct4Key {
+    Ct4Key {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        pad: [0; 3],
+    }
+}
+
+/// The tracked rewrite for `pkt`'s direction, if its flow is tracked.
+#[inline(always)]
+pub(crate) fn lookup(pkt: &L4Packet) -> Option<Ct4Entry> {
+    let k = key(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, pkt.proto);
+    // SAFETY: the value is copied out at once.
+    unsafe { SX_CT4_V1.get(&k) }.copied()
+}
+
+/// Tracks a new flow from `pkt` (client → VIP) to `backend:port` both ways.
+#[inline(always)]
+pub(crate) fn create(pkt: &L4Packet, backend: u32, port: u16) {
+    let forward = key(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, pkt.proto);
+    let dnat = Ct4Entry {
+        addr: backend,
+        port,
+        action: CT_DNAT,
+        pad: 0,
+    };
+    let reply = key(backend, pkt.saddr, port, pkt.sport, pkt.proto);
+    let revnat = Ct4Entry {
+        addr: pkt.daddr,
+        port: pkt.dport,
+        action: CT_REVNAT,
+        pad: 0,
+    };
+    // A full LRU evicts; an insert fails only on kernel errors, and then the
+    // flow is simply balanced again on its next packet.
+    let _ = SX_CT4_V1.insert(&forward, &dnat, 0);
+    let _ = SX_CT4_V1.insert(&reply, &revnat, 0);
+}

@@ -1,0 +1,318 @@
+//! ClusterIP load balancing in the eBPF datapath, on two network-namespace nodes
+//! with real agents, containerd and pods: a Deployment of 3 demo pods behind a
+//! Service; a client pod's requests to the VIP (TCP and UDP) reach every backend,
+//! on its own node and the other; scaling to 1 and back is reflected in the maps;
+//! a pod that turns not-ready gets no new connections; a Service without ready
+//! endpoints drops new flows, counted by reason.
+// Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
+#![allow(clippy::unwrap_used)]
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use serde_json::Value;
+use sextant_tests::{
+    agent::{NetworkCluster, SextantAgent},
+    sextant::Kubectl,
+};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
+
+fn workload(client_node: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: sextant.local/demo:v1
+        readinessProbe:
+          httpGet: {{path: /readyz, port: 8080}}
+          periodSeconds: 1
+          failureThreshold: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports:
+  - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}
+  - {{name: echo, port: 9000, targetPort: 8080, protocol: UDP}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: {client_node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: sextant.local/demo:v1
+    command: [sleep, "3600"]
+"#
+    )
+}
+
+/// `--http-get` from the client pod: answers by hostname, and failures.
+fn requests(k: &Kubectl, to: &str, count: u32) -> (BTreeMap<String, u64>, u64, Value) {
+    let out = k
+        .run(
+            &[
+                "exec",
+                "client",
+                "--",
+                "/demo",
+                "--http-get",
+                to,
+                "--count",
+                &count.to_string(),
+            ],
+            None,
+        )
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let answers = v["answers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(h, n)| (h.clone(), n.as_u64().unwrap()))
+        .collect();
+    (answers, v["failed"].as_u64().unwrap(), v)
+}
+
+fn ready_pods(k: &Kubectl) -> Vec<String> {
+    let list: Value = serde_json::from_str(
+        &k.ok(&["get", "pods", "-l", "app=web", "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["metadata"]["deletionTimestamp"].is_null()
+                && p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+        })
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Ready addresses in the Service's EndpointSlices.
+fn ready_endpoints(k: &Kubectl) -> usize {
+    let list: Value = serde_json::from_str(
+        &k.ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "json",
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["conditions"]["ready"] != false)
+        .count()
+}
+
+async fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out after {within:?} waiting for {what}");
+}
+
+async fn counter(agent: &SextantAgent, metric: &str, label: &str) -> u64 {
+    let text = agent.metrics().await.unwrap();
+    let prefix = format!("{metric}{{{label}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
+    let cluster = NetworkCluster::start(Path::new(BINARY), 2)
+        .await
+        .expect("two-node cluster");
+    let a = &cluster.agents[0];
+    let k = cluster.server.kubectl().unwrap();
+    k.ok_with(&["apply", "-f", "-"], Some(&workload(&a.node_name)))
+        .unwrap();
+    k.ok(&["rollout", "status", "deploy/web", "--timeout=90s"])
+        .unwrap();
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/client",
+        "--timeout=60s",
+    ])
+    .unwrap();
+    until("3 ready endpoints", Duration::from_secs(20), || {
+        ready_endpoints(&k) == 3
+    })
+    .await;
+    let vip = k
+        .ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
+        .unwrap();
+    let web = format!("{vip}:80");
+    let nodes: BTreeMap<String, String> = ready_pods(&k)
+        .into_iter()
+        .map(|p| {
+            let node = k
+                .ok(&["get", "pod", &p, "-o", "jsonpath={.spec.nodeName}"])
+                .unwrap();
+            (p, node)
+        })
+        .collect();
+    eprintln!("backends: {nodes:?}");
+
+    // 300 requests by VIP reach all 3 backends, none fails.
+    let new_before = counter(
+        a,
+        "sextant_dataplane_service_packets_total",
+        "event=\"new_flow\"",
+    )
+    .await;
+    let (answers, failed, raw) = requests(&k, &web, 300);
+    assert_eq!(failed, 0, "{raw}");
+    assert_eq!(answers.len(), 3, "every backend answers: {raw}");
+    assert_eq!(answers.values().sum::<u64>(), 300);
+    let new_after = counter(
+        a,
+        "sextant_dataplane_service_packets_total",
+        "event=\"new_flow\"",
+    )
+    .await;
+    assert!(
+        new_after >= new_before + 300,
+        "new flows balanced in the datapath: {new_before} → {new_after}"
+    );
+
+    // UDP through the VIP's UDP port.
+    let udp = format!("{vip}:9000");
+    let out = k
+        .ok(&[
+            "exec",
+            "client",
+            "--",
+            "/demo",
+            "--send-udp",
+            &udp,
+            "--message",
+            "via-vip",
+        ])
+        .unwrap();
+    assert!(out.contains(" via-vip (from "), "{out}");
+    assert!(
+        out.contains(&format!("(from {udp})")),
+        "replies come from the VIP: {out}"
+    );
+
+    // Scale to 1: only that backend answers; back to 3: all do.
+    k.ok(&["scale", "deploy/web", "--replicas=1"]).unwrap();
+    until("1 ready endpoint", Duration::from_secs(30), || {
+        ready_endpoints(&k) == 1
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let mut answered = BTreeMap::new();
+    while started.elapsed() < Duration::from_secs(2) {
+        answered = requests(&k, &web, 20).0;
+        if answered.len() == 1 {
+            break;
+        }
+    }
+    assert_eq!(
+        answered.len(),
+        1,
+        "scaled to 1 within 2 s of the slice: {answered:?}"
+    );
+    k.ok(&["scale", "deploy/web", "--replicas=3"]).unwrap();
+    until("3 ready endpoints again", Duration::from_secs(60), || {
+        ready_endpoints(&k) == 3
+    })
+    .await;
+    let (answers, failed, raw) = requests(&k, &web, 60);
+    assert_eq!((answers.len(), failed), (3, 0), "{raw}");
+
+    // A backend that turns not-ready gets no new connections.
+    let pods = ready_pods(&k);
+    let sick = &pods[0];
+    let sick_ip = k
+        .ok(&["get", "pod", sick, "-o", "jsonpath={.status.podIP}"])
+        .unwrap();
+    let out = k
+        .ok(&[
+            "exec",
+            "client",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "(printf 'POST /fail?probe=readiness&fail=true HTTP/1.0\\r\\ncontent-length: 0\\r\\n\\r\\n'; sleep 1) | nc -w 5 {sick_ip} 8080"
+            ),
+        ])
+        .unwrap();
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    until(
+        "the sick pod's endpoint not ready",
+        Duration::from_secs(20),
+        || ready_endpoints(&k) == 2,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (answers, failed, raw) = requests(&k, &web, 60);
+    assert_eq!(failed, 0, "{raw}");
+    assert!(
+        !answers.contains_key(sick),
+        "{sick} is not ready yet answered: {raw}"
+    );
+    assert_eq!(answers.len(), 2, "{raw}");
+
+    // No ready endpoint: new flows are dropped and counted.
+    k.ok(&["scale", "deploy/web", "--replicas=0"]).unwrap();
+    until("no endpoints", Duration::from_secs(30), || {
+        ready_endpoints(&k) == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let drops_before = counter(a, "sextant_dataplane_drops_total", "reason=\"no_backend\"").await;
+    let (_, failed, _) = requests(&k, &web, 1);
+    assert_eq!(failed, 1);
+    let drops_after = counter(a, "sextant_dataplane_drops_total", "reason=\"no_backend\"").await;
+    assert!(
+        drops_after > drops_before,
+        "no_backend drops: {drops_before} → {drops_after}"
+    );
+
+    k.ok(&["delete", "pods", "--all", "--wait=true", "--timeout=60s"])
+        .unwrap();
+}
