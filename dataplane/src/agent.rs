@@ -24,6 +24,8 @@ use crate::{
 pub struct Config {
     /// The agent's own directory (socket, address records, endpoint records).
     pub dir: PathBuf,
+    /// The agent's directory in bpffs, where maps and links are pinned.
+    pub pin_dir: PathBuf,
     /// This node's name.
     pub node_name: String,
     /// Every pod's addresses come from here; traffic leaving it is masqueraded.
@@ -70,7 +72,7 @@ pub async fn start(
     std::fs::create_dir_all(&config.dir)
         .map_err(io(format!("creating {}", config.dir.display())))?;
     routing::enable_forwarding()?;
-    let datapath = Datapath::load()?;
+    let datapath = Datapath::load(&config.pin_dir)?;
     registry.register_collector(Box::new(datapath.counters()));
     let datapath = Arc::new(Mutex::new(datapath));
     let service_metrics = services::ServiceMetrics::register(registry);
@@ -120,6 +122,57 @@ pub async fn start(
     install_cni(&config, &socket)?;
     tracing::info!(socket = %socket.display(), conf_dir = %config.cni_conf_dir.display(), "dataplane agent ready");
     Ok(Running { socket, tasks })
+}
+
+/// Removes everything the agent made on this node: the pods' links and their
+/// pinned programs, the pinned maps, Sextant's node routes, the masquerade table,
+/// the CNI configuration and link, and the endpoint and address records. Pods lose
+/// their network: run it after the node is drained.
+pub async fn cleanup(config: &Config) -> Result<()> {
+    let netlink = veth::connect()?;
+    let records = config.dir.join("endpoints");
+    if let Ok(entries) = std::fs::read_dir(&records) {
+        for entry in entries.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            if let Ok(record) = serde_json::from_str::<crate::endpoints::EndpointRecord>(&text) {
+                veth::delete(&netlink, &record.host_ifname).await?;
+                tracing::info!(link = record.host_ifname, "deleted pod link");
+            }
+        }
+    }
+    // Pinned links first (unpinning detaches them), then the maps.
+    for sub in ["links", "maps"] {
+        let dir = config.pin_dir.join(sub);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                std::fs::remove_file(entry.path())
+                    .map_err(io(format!("unpinning {}", entry.path().display())))?;
+            }
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+    let _ = std::fs::remove_dir(&config.pin_dir);
+    routing::reconcile_routes(&netlink, &Default::default()).await?;
+    routing::remove_masquerade().await?;
+    for path in [
+        config.cni_conf_dir.join("10-sextant.conflist"),
+        config.cni_bin_dir.join("sextant-cni"),
+    ] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(format!("removing {}", path.display()))(e)),
+        }
+    }
+    match std::fs::remove_dir_all(&config.dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(format!("removing {}", config.dir.display()))(e)),
+    }
+    tracing::info!(pin_dir = %config.pin_dir.display(), "dataplane removed from this node");
+    Ok(())
 }
 
 /// Installs the masquerade rule for this node's podCIDR whenever it is (re)assigned.

@@ -1,10 +1,18 @@
 //! The pod datapath loaded into the kernel: `from_pod` (ingress) and `to_pod`
 //! (egress) on the host side of every pod's veth, the endpoint map they deliver
 //! by, the service maps, and the packet counters (see [`PacketCounters`]).
+//!
+//! Everything lives on in bpffs under the agent's pin directory: the maps
+//! (`<dir>/maps/<MAP>`, reused by the next load) and the TCX links
+//! (`<dir>/links/<ifname>_<program>`; bpffs refuses dots in names). A killed agent therefore leaves every pod's
+//! programs attached and their maps filled, so traffic keeps flowing; the restarted
+//! agent loads the same maps, keeps the links it finds, and reconciles the maps with
+//! the API. A program already attached by an earlier agent keeps running until its
+//! pod goes (replacing it in place comes with upgrades).
 
 use std::{
-    collections::HashMap,
     net::Ipv4Addr,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
@@ -13,7 +21,8 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
-        tc::{SchedClassifierLinkId, TcAttachOptions},
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
     },
 };
 use prometheus_client::{
@@ -24,7 +33,7 @@ use prometheus_client::{
 use sextant_ebpf_common::{
     counters::DEBUG_GLOBAL,
     endpoints::{ENDPOINTS_MAP, Endpoint},
-    lb::{BACKENDS_MAP, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service, SERVICES_MAP},
+    lb::{BACKENDS_MAP, CT_MAP, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service, SERVICES_MAP},
     metrics::{Counter, Family, METRICS_MAP, PacketCount},
 };
 
@@ -41,6 +50,14 @@ const POD_PROGRAMS: [(&str, TcAttachType); 2] = [
     (FROM_POD, TcAttachType::Ingress),
     (TO_POD, TcAttachType::Egress),
 ];
+/// The maps that outlive the agent.
+const PINNED_MAPS: [&str; 5] = [
+    ENDPOINTS_MAP,
+    SERVICES_MAP,
+    BACKENDS_MAP,
+    CT_MAP,
+    METRICS_MAP,
+];
 
 /// The datapath shared by the endpoint service and the service programmer.
 pub type SharedDatapath = Arc<Mutex<Datapath>>;
@@ -51,25 +68,40 @@ pub type SharedDatapath = Arc<Mutex<Datapath>>;
 /// Dropping it detaches `from_pod` from every interface it was attached to.
 pub struct Datapath {
     ebpf: Ebpf,
-    links: HashMap<String, Vec<(&'static str, SchedClassifierLinkId)>>,
+    pin_dir: PathBuf,
     metrics: Arc<Mutex<PerCpuArray<MapData, PacketCount>>>,
 }
 
 impl std::fmt::Debug for Datapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Datapath")
-            .field("attached", &self.links.keys().collect::<Vec<_>>())
+            .field("pin_dir", &self.pin_dir)
             .finish_non_exhaustive()
     }
 }
 
 impl Datapath {
-    /// Loads the programs into the kernel without attaching them.
-    pub fn load() -> Result<Self> {
+    /// Loads the programs, with their maps pinned under (or reused from)
+    /// `pin_dir`, without attaching them.
+    pub fn load(pin_dir: &Path) -> Result<Self> {
+        for sub in ["maps", "links"] {
+            let dir = pin_dir.join(sub);
+            std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+                what: format!("creating {} (is bpffs mounted?)", dir.display()),
+                source,
+            })?;
+        }
         let debug = 0u32;
-        let mut ebpf = EbpfLoader::new()
-            .override_global(DEBUG_GLOBAL, &debug, true)
-            .load(ebpf::OBJECT)?;
+        let map_paths: Vec<(&str, PathBuf)> = PINNED_MAPS
+            .iter()
+            .map(|m| (*m, pin_dir.join("maps").join(m)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        loader.override_global(DEBUG_GLOBAL, &debug, true);
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(ebpf::OBJECT)?;
         for (name, _) in POD_PROGRAMS {
             program::<SchedClassifier>(&mut ebpf, name)?
                 .load()
@@ -85,58 +117,85 @@ impl Datapath {
         })?;
         Ok(Self {
             ebpf,
-            links: HashMap::new(),
+            pin_dir: pin_dir.to_owned(),
             metrics: Arc::new(Mutex::new(metrics)),
         })
     }
 
+    fn link_pin(&self, host_ifname: &str, program: &str) -> PathBuf {
+        self.pin_dir
+            .join("links")
+            .join(format!("{host_ifname}_{program}"))
+    }
+
     /// Attaches `from_pod` to the ingress and `to_pod` to the egress of
-    /// `host_ifname` (TCX); attaching an attached interface again is a no-op, and a
-    /// failure leaves nothing attached.
+    /// `host_ifname` (TCX) and pins the links; an interface whose links are pinned
+    /// already (by this agent or an earlier one) is left as it is, and a failure
+    /// leaves nothing attached.
     pub fn attach(&mut self, host_ifname: &str) -> Result<()> {
-        if self.links.contains_key(host_ifname) {
+        if self.is_attached(host_ifname) {
             return Ok(());
         }
-        let mut made = Vec::new();
         for (name, hook) in POD_PROGRAMS {
-            let attached = program::<SchedClassifier>(&mut self.ebpf, name)?.attach_with_options(
-                host_ifname,
-                hook,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            );
-            match attached {
-                Ok(link) => made.push((name, link)),
-                Err(source) => {
-                    self.detach_links(made);
-                    return Err(Error::Program { name, source });
-                }
+            if let Err(e) = self.attach_one(host_ifname, name, hook) {
+                self.detach(host_ifname);
+                return Err(e);
             }
         }
-        self.links.insert(host_ifname.to_owned(), made);
         Ok(())
     }
 
-    fn detach_links(&mut self, links: Vec<(&'static str, SchedClassifierLinkId)>) {
-        for (name, link) in links {
-            if let Ok(p) = program::<SchedClassifier>(&mut self.ebpf, name)
-                && let Err(e) = p.detach(link)
-            {
-                tracing::debug!(program = name, error = %e, "detaching (interface gone?)");
+    fn attach_one(
+        &mut self,
+        host_ifname: &str,
+        name: &'static str,
+        hook: TcAttachType,
+    ) -> Result<()> {
+        let pin = self.link_pin(host_ifname, name);
+        let prog = program::<SchedClassifier>(&mut self.ebpf, name)?;
+        let id = prog
+            .attach_with_options(
+                host_ifname,
+                hook,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| Error::Program { name, source })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| Error::Program { name, source })?;
+        let pinned = FdLink::try_from(link)
+            .map_err(|e| Error::Pin(format!("{name} on {host_ifname}: {e}")))?
+            .pin(&pin)
+            .map_err(|e| Error::Pin(format!("{}: {e}", pin.display())))?;
+        // The pin holds the link now; our descriptor is not needed.
+        drop(pinned);
+        Ok(())
+    }
+
+    /// Detaches from `host_ifname` by removing its pinned links; missing pins are
+    /// not an error (the links may have gone with the interface).
+    pub fn detach(&mut self, host_ifname: &str) {
+        for (name, _) in POD_PROGRAMS {
+            let pin = self.link_pin(host_ifname, name);
+            match PinnedLink::from_pin(&pin) {
+                // Unpinned and dropped: the last reference goes, the link detaches.
+                Ok(link) => {
+                    if let Err(e) = link.unpin() {
+                        tracing::warn!(pin = %pin.display(), error = %e, "unpinning a link");
+                    }
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(&pin);
+                }
             }
         }
     }
 
-    /// Detaches from `host_ifname`; not attached is not an error (the links may
-    /// have gone with the interface).
-    pub fn detach(&mut self, host_ifname: &str) {
-        if let Some(links) = self.links.remove(host_ifname) {
-            self.detach_links(links);
-        }
-    }
-
-    /// Whether the pod programs are attached to `host_ifname`.
+    /// Whether the pod programs' links on `host_ifname` are pinned.
     pub fn is_attached(&self, host_ifname: &str) -> bool {
-        self.links.contains_key(host_ifname)
+        POD_PROGRAMS
+            .iter()
+            .all(|(name, _)| self.link_pin(host_ifname, name).exists())
     }
 
     /// Makes `ip` deliverable straight to its pod.
@@ -203,6 +262,20 @@ impl Datapath {
         let mut map: BpfHashMap<&mut MapData, Lb4BackendKey, Lb4Backend> =
             map_mut(&mut self.ebpf, BACKENDS_MAP)?;
         ignore_missing(map.remove(&key), BACKENDS_MAP)
+    }
+
+    /// Every backend slot the map holds.
+    pub fn backends(&mut self) -> Result<Vec<(Lb4BackendKey, Lb4Backend)>> {
+        let map: BpfHashMap<&mut MapData, Lb4BackendKey, Lb4Backend> =
+            map_mut(&mut self.ebpf, BACKENDS_MAP)?;
+        map.iter()
+            .map(|r| {
+                r.map_err(|source| Error::Map {
+                    name: BACKENDS_MAP,
+                    source,
+                })
+            })
+            .collect()
     }
 
     /// Every service frontend the map holds.

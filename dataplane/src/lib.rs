@@ -83,6 +83,9 @@ pub enum Error {
     /// Node routing or masquerade failed.
     #[error(transparent)]
     Routing(#[from] routing::RoutingError),
+    /// Pinning or unpinning in bpffs failed.
+    #[error("pinning: {0}")]
+    Pin(String),
     /// Restoring the recorded endpoints failed.
     #[error("restoring endpoints: {0}")]
     Endpoints(String),

@@ -149,14 +149,32 @@ pub struct Programmer {
 }
 
 impl Programmer {
-    /// A programmer for maps that hold nothing of ours yet.
-    pub fn new(datapath: SharedDatapath) -> Self {
-        Self {
-            datapath,
-            written: BTreeMap::new(),
-            free_ids: Vec::new(),
-            next_id: 0,
+    /// A programmer that takes over what the maps hold already (pinned by an
+    /// earlier agent), so its first [`Programmer::apply`] changes only what the API
+    /// no longer asks for: no frontend disappears while the agent restarts.
+    pub fn adopt(datapath: SharedDatapath) -> Result<Self> {
+        let (services, backends) = {
+            let mut dp = datapath
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (dp.services()?, dp.backends()?)
+        };
+        let slots: BTreeMap<Lb4BackendKey, Lb4Backend> = backends.into_iter().collect();
+        let mut written = BTreeMap::new();
+        let mut next_id = 0;
+        for (key, svc) in services {
+            let list: Vec<Lb4Backend> = (0..svc.count)
+                .map_while(|slot| slots.get(&Lb4BackendKey { id: svc.id, slot }).copied())
+                .collect();
+            next_id = next_id.max(svc.id + 1);
+            written.insert(key, (svc.id, list));
         }
+        Ok(Self {
+            datapath,
+            written,
+            free_ids: Vec::new(),
+            next_id,
+        })
     }
 
     /// Makes the maps hold exactly `desired`; returns how many frontends changed.
@@ -247,33 +265,71 @@ impl ServiceMetrics {
     }
 }
 
-/// Watches Services and EndpointSlices and keeps the maps equal to them.
+/// Watches Services and EndpointSlices and keeps the maps equal to them. Nothing
+/// is written before both caches hold a full list: a half-filled cache would
+/// remove frontends an earlier agent left in the pinned maps.
 pub async fn run(client: kube::Client, datapath: SharedDatapath, metrics: ServiceMetrics) {
     let (services, svc_writer) = reflector::store::<Service>();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
+    // Capacity 1 and try_send: bursts of events coalesce into one pass.
+    let (changed, mut notified) = tokio::sync::mpsc::channel::<()>(1);
     let svc_events = watcher(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
     .reflect(svc_writer)
-    .map(|e| e.map(|_| ()).map_err(|e| e.to_string()));
+    .map(|e| e.map(|_| ()).map_err(|e| e.to_string()))
+    .boxed();
     let slice_events = watcher(
         Api::<EndpointSlice>::all(client),
         watcher::Config::default(),
     )
     .default_backoff()
     .reflect(slice_writer)
-    .map(|e| e.map(|_| ()).map_err(|e| e.to_string()));
-    let events = futures::stream::select(svc_events, slice_events);
-    futures::pin_mut!(events);
-    let mut programmer = Programmer::new(datapath);
-    while let Some(event) = events.next().await {
-        let noticed = Instant::now();
-        if let Err(e) = event {
-            tracing::warn!(error = %e, "watching Services and EndpointSlices");
-            continue;
+    .map(|e| e.map(|_| ()).map_err(|e| e.to_string()))
+    .boxed();
+    let drivers: Vec<tokio::task::JoinHandle<()>> = [svc_events, slice_events]
+        .into_iter()
+        .map(|mut events| {
+            let changed = changed.clone();
+            tokio::spawn(async move {
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(()) => {
+                            let _ = changed.try_send(());
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "watching Services and EndpointSlices")
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Aborts the watchers when this task is aborted.
+    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            for t in &self.0 {
+                t.abort();
+            }
         }
+    }
+    let _drivers = AbortOnDrop(drivers);
+    drop(changed);
+    if services.wait_until_ready().await.is_err() || slices.wait_until_ready().await.is_err() {
+        return;
+    }
+    let mut programmer = match Programmer::adopt(datapath) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the service maps; services are not programmed");
+            return;
+        }
+    };
+    let mut noticed = Instant::now();
+    loop {
         let desired = desired(&services.state(), &slices.state());
         match programmer.apply(&desired) {
             Ok(0) => {}
@@ -283,6 +339,10 @@ pub async fn run(client: kube::Client, datapath: SharedDatapath, metrics: Servic
             }
             Err(e) => tracing::error!(error = %e, "programming services"),
         }
+        if notified.recv().await.is_none() {
+            return;
+        }
+        noticed = Instant::now();
     }
 }
 

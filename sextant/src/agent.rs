@@ -46,6 +46,14 @@ pub(crate) struct AgentArgs {
     /// Where the container runtime finds CNI plugins (`sextant-cni` is linked here).
     #[arg(long)]
     pub(crate) cni_bin_dir: Option<PathBuf>,
+    /// The agent's directory in bpffs for pinned maps and links (default
+    /// /sys/fs/bpf/sextant/<node name>).
+    #[arg(long)]
+    pub(crate) bpf_dir: Option<PathBuf>,
+    /// Remove every program, pin, route, link and file the dataplane made on this
+    /// node, then exit (uninstall; drain the node first).
+    #[arg(long)]
+    pub(crate) cleanup: bool,
     /// The cgroup pods' cgroups are made under.
     #[arg(long, default_value = "/sextant")]
     pub(crate) cgroup_root: String,
@@ -110,6 +118,31 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
             .map(|h| h.to_string_lossy().to_lowercase())
             .unwrap_or_else(|_| "node".into()),
     };
+    let dataplane_config = |cni_conf_dir: PathBuf, cni_bin_dir: PathBuf| {
+        Ok::<_, Error>(sextant_dataplane::agent::Config {
+            dir: args.data_dir.join("dataplane"),
+            pin_dir: args
+                .bpf_dir
+                .clone()
+                .unwrap_or_else(|| Path::new("/sys/fs/bpf/sextant").join(&node_name)),
+            node_name: node_name.clone(),
+            cluster_cidr: args.cluster_cidr,
+            cni_conf_dir,
+            cni_bin_dir,
+            plugin: std::env::current_exe().map_err(Error::Executable)?,
+        })
+    };
+    if args.cleanup {
+        let cni = sextant_kubelet::containerd::cni_dir(&args.data_dir);
+        let config = dataplane_config(
+            args.cni_conf_dir
+                .clone()
+                .unwrap_or_else(|| cni.join("net.d")),
+            args.cni_bin_dir.clone().unwrap_or_else(|| cni.join("bin")),
+        )?;
+        sextant_dataplane::agent::cleanup(&config).await?;
+        return Ok(());
+    }
     // An external runtime, or the agent's own containerd (kept for its lifetime).
     let (socket, _containerd) = match &args.container_runtime_endpoint {
         Some(endpoint) => {
@@ -167,14 +200,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
     let metrics = sextant_kubelet::metrics::KubeletMetrics::register(&mut registry);
     let _dataplane = match cni_dirs {
         Some((cni_conf_dir, cni_bin_dir)) => {
-            let config = sextant_dataplane::agent::Config {
-                dir: args.data_dir.join("dataplane"),
-                node_name: node_name.clone(),
-                cluster_cidr: args.cluster_cidr,
-                cni_conf_dir,
-                cni_bin_dir,
-                plugin: std::env::current_exe().map_err(Error::Executable)?,
-            };
+            let config = dataplane_config(cni_conf_dir, cni_bin_dir)?;
             Some(sextant_dataplane::agent::start(client.clone(), config, &mut registry).await?)
         }
         None => {

@@ -163,6 +163,8 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
             cluster_cidr: args.cluster_cidr,
             cni_conf_dir: None,
             cni_bin_dir: None,
+            bpf_dir: None,
+            cleanup: false,
             cgroup_root: "/sextant".into(),
             metrics_listen: ([127, 0, 0, 1], 10255).into(),
             kubelet_listen: ([0, 0, 0, 0], 10250).into(),

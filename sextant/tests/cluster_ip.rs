@@ -60,6 +60,23 @@ spec:
     )
 }
 
+/// A pod on `node` that sends 400 requests to `to`, 15 ms apart, and prints the tally.
+fn request_loop(node: &str, to: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: loop}}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: sextant.local/demo:v1
+    command: [/demo, --http-get, "{to}", --count, "400", --interval-ms, "15"]
+"#
+    )
+}
+
 /// `--http-get` from the client pod: answers by hostname, and failures.
 fn requests(k: &Kubectl, to: &str, count: u32) -> (BTreeMap<String, u64>, u64, Value) {
     let out = k
@@ -156,15 +173,20 @@ async fn counter(agent: &SextantAgent, metric: &str, label: &str) -> u64 {
 
 #[tokio::test]
 async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
-    let cluster = NetworkCluster::start(Path::new(BINARY), 2)
+    let mut cluster = NetworkCluster::start(Path::new(BINARY), 2)
         .await
         .expect("two-node cluster");
-    let a = &cluster.agents[0];
     let k = cluster.server.kubectl().unwrap();
-    k.ok_with(&["apply", "-f", "-"], Some(&workload(&a.node_name)))
+    let node_a = cluster.agents[0].node_name.clone();
+    k.ok_with(&["apply", "-f", "-"], Some(&workload(&node_a)))
         .unwrap();
-    k.ok(&["rollout", "status", "deploy/web", "--timeout=90s"])
-        .unwrap();
+    if let Err(e) = k.ok(&["rollout", "status", "deploy/web", "--timeout=90s"]) {
+        panic!(
+            "{e}\n{}\nagent a:\n{}",
+            k.ok(&["get", "pods", "-o", "wide"]).unwrap_or_default(),
+            cluster.agents[0].log_tail(20)
+        );
+    }
     k.ok(&[
         "wait",
         "--for=condition=Ready",
@@ -191,6 +213,7 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
         .collect();
     eprintln!("backends: {nodes:?}");
 
+    let a = &cluster.agents[0];
     // 300 requests by VIP reach all 3 backends, none fails.
     let new_before = counter(
         a,
@@ -259,6 +282,47 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
     .await;
     let (answers, failed, raw) = requests(&k, &web, 60);
     assert_eq!((answers.len(), failed), (3, 0), "{raw}");
+
+    // kill -9 of the client node's agent during a request loop: no request fails
+    // (programs and maps are pinned), and the restarted agent keeps the maps.
+    k.ok_with(&["apply", "-f", "-"], Some(&request_loop(&node_a, &web)))
+        .unwrap();
+    until("the request loop to run", Duration::from_secs(30), || {
+        k.ok(&["get", "pod", "loop", "-o", "jsonpath={.status.phase}"])
+            .is_ok_and(|p| p == "Running")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.agents[0]
+        .restart(&cluster.server)
+        .await
+        .expect("agent a back");
+    until(
+        "the request loop to finish",
+        Duration::from_secs(90),
+        || {
+            k.ok(&["get", "pod", "loop", "-o", "jsonpath={.status.phase}"])
+                .is_ok_and(|p| p == "Succeeded" || p == "Failed")
+        },
+    )
+    .await;
+    let log: Value = serde_json::from_str(k.ok(&["logs", "loop"]).unwrap().trim()).unwrap();
+    assert_eq!(
+        log["failed"], 0,
+        "requests failed across the agent's restart: {log}"
+    );
+    assert_eq!(log["answers"].as_object().unwrap().len(), 3, "{log}");
+    let pinned = cluster.agents[0].bpf_dir().join("maps/SX_LB4_SERVICES_V1");
+    let dump = sextant_tests::run(
+        std::process::Command::new("bpftool")
+            .args(["map", "dump", "pinned"])
+            .arg(&pinned)
+            .arg("-j"),
+    )
+    .unwrap();
+    let frontends: Vec<Value> = serde_json::from_str(&dump).unwrap();
+    assert_eq!(frontends.len(), 2, "web's TCP and UDP frontends: {dump}");
+    let a = &cluster.agents[0];
 
     // A backend that turns not-ready gets no new connections.
     let pods = ready_pods(&k);

@@ -105,7 +105,7 @@ fn host_links(ns: &Netns) -> usize {
 
 #[tokio::test]
 async fn pods_reach_each_other_and_the_outside_on_and_across_nodes() {
-    let cluster = NetworkCluster::start(Path::new(BINARY), 2)
+    let mut cluster = NetworkCluster::start(Path::new(BINARY), 2)
         .await
         .expect("two-node cluster");
     let (a, b) = (&cluster.agents[0], &cluster.agents[1]);
@@ -258,4 +258,26 @@ async fn pods_reach_each_other_and_the_outside_on_and_across_nodes() {
     // Pods go while their agents still answer CNI DEL.
     k.ok(&["delete", "pods", "--all", "--wait=true", "--timeout=60s"])
         .unwrap();
+
+    // Uninstall: no program, pin, route, rule or CNI file of Sextant's is left.
+    let ns_a = cluster.containerds[0].netns().name().to_owned();
+    let (conf_dir, bin_dir) = cluster.containerds[0].cni_dirs();
+    let agent_a = &mut cluster.agents[0];
+    let pins = agent_a.bpf_dir();
+    assert!(pins.join("maps/SX_ENDPOINTS_V1").exists());
+    agent_a.uninstall().expect("sextant agent --cleanup");
+    assert!(!pins.exists(), "{} is left", pins.display());
+    let ns = |args: &[&str]| {
+        sextant_tests::run(std::process::Command::new("ip").args(["-n", &ns_a]).args(args)).unwrap()
+    };
+    assert_eq!(ns(&["-4", "route", "show", "proto", "115"]).trim(), "");
+    let tables = sextant_tests::run(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns_a}"))
+            .args(["nft", "list", "tables"]),
+    )
+    .unwrap();
+    assert!(!tables.contains("sextant"), "{tables}");
+    assert!(!conf_dir.join("10-sextant.conflist").exists());
+    assert!(!bin_dir.join("sextant-cni").exists());
 }

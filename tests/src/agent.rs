@@ -101,6 +101,8 @@ impl SextantAgent {
         if node_ip.is_some() {
             let (conf, bin) = containerd.cni_dirs();
             args.extend([
+                "--bpf-dir".to_owned(),
+                bpf_dir(&node_name).to_string_lossy().into_owned(),
                 "--cni-conf-dir".to_owned(),
                 conf.to_string_lossy().into_owned(),
                 "--cni-bin-dir".to_owned(),
@@ -120,8 +122,8 @@ impl SextantAgent {
         Ok(agent)
     }
 
-    async fn spawn(&mut self, server: &SextantServer) -> Result<()> {
-        let mut cmd = match &self.netns {
+    fn command(&self) -> Command {
+        match &self.netns {
             // Only the network namespace: the agent needs the host's cgroup and bpf mounts.
             Some(path) => {
                 let mut c = Command::new("nsenter");
@@ -129,7 +131,20 @@ impl SextantAgent {
                 c
             }
             None => Command::new(&self.binary),
-        };
+        }
+    }
+
+    /// Stops the agent and runs `sextant agent --cleanup` with its flags (in its
+    /// node's namespace): the uninstall path. Returns the command's output.
+    pub fn uninstall(&mut self) -> Result<String> {
+        self.kill();
+        let mut cmd = self.command();
+        cmd.args(&self.args).arg("--cleanup");
+        crate::run(&mut cmd)
+    }
+
+    async fn spawn(&mut self, server: &SextantServer) -> Result<()> {
+        let mut cmd = self.command();
         cmd.args(&self.args);
         let log = self.dir.path().join("agent.log");
         self.process = Some(ChildProcess::spawn("sextant agent", cmd, &log)?);
@@ -172,6 +187,11 @@ impl SextantAgent {
         })
     }
 
+    /// The agent's bpffs pin directory (agents on a node namespace only).
+    pub fn bpf_dir(&self) -> PathBuf {
+        bpf_dir(&self.node_name)
+    }
+
     /// `kill -9` (a crash); the pods keep running.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.process.take() {
@@ -206,6 +226,28 @@ impl SextantAgent {
             source,
         })?;
         r.text().await.map_err(|source| Error::Http { url, source })
+    }
+}
+
+/// Where a test agent pins its maps and links: unique per node, removed on drop.
+fn bpf_dir(node_name: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf").join(format!("sextant-{node_name}"))
+}
+
+impl Drop for SextantAgent {
+    fn drop(&mut self) {
+        self.kill();
+        // Unpinning detaches the pods' programs and frees the maps.
+        let dir = self.bpf_dir();
+        for sub in ["links", "maps"] {
+            if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(dir.join(sub));
+        }
+        let _ = std::fs::remove_dir(&dir);
     }
 }
 

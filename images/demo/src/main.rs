@@ -75,6 +75,9 @@ struct Args {
     /// How many requests --http-get sends.
     #[arg(long, default_value_t = 1)]
     count: u32,
+    /// Pause between --http-get requests, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    interval_ms: u64,
 }
 
 /// One `GET /` on a new connection; the answering demo's hostname.
@@ -102,10 +105,13 @@ async fn get_hostname(addr: &str) -> Result<String, String> {
 }
 
 /// `--http-get`: `{"answers": {hostname: n}, "failed": n, "errors": [first few]}`.
-async fn http_get(addr: &str, count: u32) -> i32 {
+async fn http_get(addr: &str, count: u32, interval: Duration) -> i32 {
     let mut answers: BTreeMap<String, u32> = BTreeMap::new();
     let mut errors = Vec::new();
-    for _ in 0..count {
+    for i in 0..count {
+        if i > 0 && !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
         match tokio::time::timeout(Duration::from_secs(5), get_hostname(addr)).await {
             Ok(Ok(h)) => *answers.entry(h).or_default() += 1,
             Ok(Err(e)) => errors.push(e),
@@ -204,7 +210,8 @@ async fn main() {
         std::process::exit(send_udp(to, &args.message).await);
     }
     if let Some(addr) = &args.http_get {
-        std::process::exit(http_get(addr, args.count).await);
+        let interval = Duration::from_millis(args.interval_ms);
+        std::process::exit(http_get(addr, args.count, interval).await);
     }
     let mut registry = Registry::default();
     let requests = Family::<PathLabel, Counter>::default();
