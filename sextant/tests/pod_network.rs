@@ -268,7 +268,12 @@ async fn pods_reach_each_other_and_the_outside_on_and_across_nodes() {
     agent_a.uninstall().expect("sextant agent --cleanup");
     assert!(!pins.exists(), "{} is left", pins.display());
     let ns = |args: &[&str]| {
-        sextant_tests::run(std::process::Command::new("ip").args(["-n", &ns_a]).args(args)).unwrap()
+        sextant_tests::run(
+            std::process::Command::new("ip")
+                .args(["-n", &ns_a])
+                .args(args),
+        )
+        .unwrap()
     };
     assert_eq!(ns(&["-4", "route", "show", "proto", "115"]).trim(), "");
     let tables = sextant_tests::run(
