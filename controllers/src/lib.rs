@@ -16,6 +16,7 @@
 //! They run inside `sextant server` as `system:kube-controller-manager`, while
 //! holding the `kube-system/kube-controller-manager` Lease.
 
+pub mod cluster_dns;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -184,7 +185,13 @@ impl Metrics {
 }
 
 /// Runs every controller, as the leader of `kube-controller-manager`.
-pub async fn run(client: Client, metrics: Metrics, identity: String, ipam: node_ipam::Config) {
+pub async fn run(
+    client: Client,
+    metrics: Metrics,
+    identity: String,
+    ipam: node_ipam::Config,
+    dns_ip: std::net::Ipv4Addr,
+) {
     let c = client.clone();
     leader::run_as_leader(c, "kube-controller-manager", &identity, || {
         let (client, metrics) = (client.clone(), metrics.clone());
@@ -204,6 +211,7 @@ pub async fn run(client: Client, metrics: Metrics, identity: String, ipam: node_
                 endpointslice::run(client.clone(), metrics.clone()),
                 node_lifecycle::run(client.clone(), metrics.clone()),
                 node_ipam::run(client.clone(), metrics.clone(), ipam),
+                cluster_dns::run(client.clone(), metrics.clone(), dns_ip),
                 serviceaccount::run(client.clone(), metrics.clone()),
                 garbage_collector::run(client, metrics),
             );

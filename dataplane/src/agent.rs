@@ -15,7 +15,7 @@ use tokio::{net::UnixListener, sync::watch, task::JoinHandle};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::{
-    Error, Result, api::endpoints_server::EndpointsServer, cni, datapath::Datapath,
+    Error, Result, api::endpoints_server::EndpointsServer, cni, datapath::Datapath, dns,
     endpoints::EndpointService, routing, services, veth,
 };
 
@@ -36,6 +36,10 @@ pub struct Config {
     pub cni_bin_dir: PathBuf,
     /// The executable that acts as `sextant-cni` (the `sextant` binary).
     pub plugin: PathBuf,
+    /// The cluster domain DNS answers for (`cluster.local`).
+    pub cluster_domain: String,
+    /// Where cluster DNS listens (the node IP, port 53).
+    pub dns_listen: std::net::SocketAddr,
 }
 
 /// The running agent; dropping it stops serving (the datapath stays attached
@@ -79,11 +83,22 @@ pub async fn start(
     let netlink = veth::connect()?;
 
     let (cidr_tx, cidr_rx) = watch::channel(None);
-    let mut tasks = vec![tokio::spawn(services::run(
-        client.clone(),
-        datapath.clone(),
-        service_metrics,
-    ))];
+    let caches = services::Caches::start(client.clone());
+    let upstream = std::fs::read_to_string("/etc/resolv.conf")
+        .map(|t| dns::nameservers(&t))
+        .unwrap_or_default();
+    let cluster_dns = dns::ClusterDns::new(
+        caches.services.clone(),
+        caches.slices.clone(),
+        &config.cluster_domain,
+        upstream,
+        registry,
+    )
+    .map_err(Error::Dns)?;
+    let mut tasks = vec![
+        tokio::spawn(dns::serve(cluster_dns, config.dns_listen)),
+        tokio::spawn(services::run(caches, datapath.clone(), service_metrics)),
+    ];
     tasks.push(tokio::spawn(routing::run_node_routes(
         client,
         netlink.clone(),

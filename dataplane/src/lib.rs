@@ -4,6 +4,7 @@
 //! - [`agent`]: the node agent `sextant agent` runs: the Endpoints API on a unix
 //!   socket for [`cni`] (`sextant-cni`), node routes and masquerade ([`routing`]);
 //! - [`services`]: ClusterIP load balancing from Services and EndpointSlices;
+//! - [`dns`]: cluster DNS from the same caches;
 //! - [`endpoints`]: a pod's address ([`ipam`]), veth pair ([`veth`]) and entry in
 //!   the datapath ([`datapath`]: `from_pod` and its maps);
 //! - [`counters`]: per-interface packet counters (the first programs, kept for the
@@ -13,6 +14,7 @@ pub mod agent;
 pub mod cni;
 pub mod counters;
 pub mod datapath;
+pub mod dns;
 pub mod ebpf;
 pub mod endpoints;
 pub mod ipam;
@@ -89,6 +91,9 @@ pub enum Error {
     /// Restoring the recorded endpoints failed.
     #[error("restoring endpoints: {0}")]
     Endpoints(String),
+    /// The cluster DNS configuration is invalid.
+    #[error("cluster DNS: {0}")]
+    Dns(String),
 }
 
 /// Result with the dataplane's [`Error`].

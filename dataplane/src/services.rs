@@ -265,60 +265,89 @@ impl ServiceMetrics {
     }
 }
 
-/// Watches Services and EndpointSlices and keeps the maps equal to them. Nothing
-/// is written before both caches hold a full list: a half-filled cache would
-/// remove frontends an earlier agent left in the pinned maps.
-pub async fn run(client: kube::Client, datapath: SharedDatapath, metrics: ServiceMetrics) {
-    let (services, svc_writer) = reflector::store::<Service>();
-    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
-    // Capacity 1 and try_send: bursts of events coalesce into one pass.
-    let (changed, mut notified) = tokio::sync::mpsc::channel::<()>(1);
-    let svc_events = watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(svc_writer)
-    .map(|e| e.map(|_| ()).map_err(|e| e.to_string()))
-    .boxed();
-    let slice_events = watcher(
-        Api::<EndpointSlice>::all(client),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(slice_writer)
-    .map(|e| e.map(|_| ()).map_err(|e| e.to_string()))
-    .boxed();
-    let drivers: Vec<tokio::task::JoinHandle<()>> = [svc_events, slice_events]
-        .into_iter()
-        .map(|mut events| {
-            let changed = changed.clone();
-            tokio::spawn(async move {
-                while let Some(event) = events.next().await {
-                    match event {
-                        Ok(()) => {
-                            let _ = changed.try_send(());
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "watching Services and EndpointSlices")
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    // Aborts the watchers when this task is aborted.
-    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            for t in &self.0 {
-                t.abort();
-            }
+/// The agent's one watch of Services and EndpointSlices, shared by the service
+/// programmer and cluster DNS: two reflector caches and a coalescing "something
+/// changed" signal.
+pub struct Caches {
+    /// Services, all namespaces.
+    pub services: reflector::Store<Service>,
+    /// EndpointSlices, all namespaces.
+    pub slices: reflector::Store<EndpointSlice>,
+    changed: tokio::sync::mpsc::Receiver<()>,
+    drivers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Caches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Caches")
+    }
+}
+
+impl Drop for Caches {
+    fn drop(&mut self) {
+        for t in &self.drivers {
+            t.abort();
         }
     }
-    let _drivers = AbortOnDrop(drivers);
-    drop(changed);
-    if services.wait_until_ready().await.is_err() || slices.wait_until_ready().await.is_err() {
+}
+
+impl Caches {
+    /// Starts the watches.
+    pub fn start(client: kube::Client) -> Self {
+        let (services, svc_writer) = reflector::store::<Service>();
+        let (slices, slice_writer) = reflector::store::<EndpointSlice>();
+        // Capacity 1 and try_send: bursts of events coalesce into one pass.
+        let (changed, notified) = tokio::sync::mpsc::channel::<()>(1);
+        let svc_events = watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(svc_writer)
+        .map(|e| e.map(|_| ()).map_err(|e| e.to_string()))
+        .boxed();
+        let slice_events = watcher(
+            Api::<EndpointSlice>::all(client),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(slice_writer)
+        .map(|e| e.map(|_| ()).map_err(|e| e.to_string()))
+        .boxed();
+        let drivers = [svc_events, slice_events]
+            .into_iter()
+            .map(|mut events| {
+                let changed = changed.clone();
+                tokio::spawn(async move {
+                    while let Some(event) = events.next().await {
+                        match event {
+                            Ok(()) => {
+                                let _ = changed.try_send(());
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "watching Services and EndpointSlices")
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            services,
+            slices,
+            changed: notified,
+            drivers,
+        }
+    }
+}
+
+/// Keeps the maps equal to the Services and EndpointSlices in `caches`. Nothing is
+/// written before both caches hold a full list: a half-filled cache would remove
+/// frontends an earlier agent left in the pinned maps.
+pub async fn run(mut caches: Caches, datapath: SharedDatapath, metrics: ServiceMetrics) {
+    if caches.services.wait_until_ready().await.is_err()
+        || caches.slices.wait_until_ready().await.is_err()
+    {
         return;
     }
     let mut programmer = match Programmer::adopt(datapath) {
@@ -330,7 +359,7 @@ pub async fn run(client: kube::Client, datapath: SharedDatapath, metrics: Servic
     };
     let mut noticed = Instant::now();
     loop {
-        let desired = desired(&services.state(), &slices.state());
+        let desired = desired(&caches.services.state(), &caches.slices.state());
         match programmer.apply(&desired) {
             Ok(0) => {}
             Ok(changed) => {
@@ -339,7 +368,7 @@ pub async fn run(client: kube::Client, datapath: SharedDatapath, metrics: Servic
             }
             Err(e) => tracing::error!(error = %e, "programming services"),
         }
-        if notified.recv().await.is_none() {
+        if caches.changed.recv().await.is_none() {
             return;
         }
         noticed = Instant::now();

@@ -48,6 +48,10 @@ pub struct Config {
     pub cgroup_root: String,
     /// Where the kubelet API listens (`0.0.0.0:10250`).
     pub kubelet_listen: std::net::SocketAddr,
+    /// The cluster DNS servers pods with `dnsPolicy: ClusterFirst` use.
+    pub cluster_dns: Vec<IpAddr>,
+    /// The cluster domain (`cluster.local`).
+    pub cluster_domain: String,
 }
 
 /// Errors of the kubelet.

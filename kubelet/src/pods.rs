@@ -743,6 +743,11 @@ impl PodWorker {
                 cgroup_parent: format!("{}/pod{}", self.rt.config.cgroup_root, self.uid),
                 ..Default::default()
             }),
+            dns_config: dns_config(
+                pod,
+                &self.rt.config.cluster_dns,
+                &self.rt.config.cluster_domain,
+            ),
             ..Default::default()
         }
     }
@@ -1265,5 +1270,110 @@ impl PodWorker {
             });
         self.netns = Some((sandbox.to_owned(), path.clone()));
         Ok(path)
+    }
+}
+
+/// The pod's resolv.conf, by `dnsPolicy` as upstream's kubelet writes it:
+/// ClusterFirst (the default) → the cluster DNS, the search path
+/// `<ns>.svc.<domain> svc.<domain> <domain>` and `ndots:5`; Default → the node's
+/// own resolv.conf (the runtime copies it when none is given); None → only
+/// `dnsConfig`. `dnsConfig` is merged in for every policy.
+pub(crate) fn dns_config(
+    pod: &Pod,
+    cluster_dns: &[std::net::IpAddr],
+    domain: &str,
+) -> Option<cri::DnsConfig> {
+    let spec = pod.spec.as_ref()?;
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let host_network = spec.host_network == Some(true);
+    let mut config = match policy {
+        "ClusterFirst" if host_network => return None,
+        "ClusterFirst" | "ClusterFirstWithHostNet" if !cluster_dns.is_empty() => cri::DnsConfig {
+            servers: cluster_dns.iter().map(ToString::to_string).collect(),
+            searches: vec![
+                format!("{ns}.svc.{domain}"),
+                format!("svc.{domain}"),
+                domain.to_owned(),
+            ],
+            options: vec!["ndots:5".to_owned()],
+        },
+        "None" => cri::DnsConfig::default(),
+        _ => return None,
+    };
+    if let Some(extra) = spec.dns_config.as_ref() {
+        config
+            .servers
+            .extend(extra.nameservers.clone().unwrap_or_default());
+        config
+            .searches
+            .extend(extra.searches.clone().unwrap_or_default());
+        for o in extra.options.iter().flatten() {
+            let Some(name) = o.name.as_deref() else {
+                continue;
+            };
+            config.options.retain(|x| x.split(':').next() != Some(name));
+            config.options.push(match &o.value {
+                Some(v) => format!("{name}:{v}"),
+                None => name.to_owned(),
+            });
+        }
+    }
+    Some(config)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn cluster_first_points_at_cluster_dns_with_the_search_path() {
+        let dns = ["10.96.0.10".parse().unwrap()];
+        let c = dns_config(
+            &pod(serde_json::json!({"containers": []})),
+            &dns,
+            "cluster.local",
+        )
+        .unwrap();
+        assert_eq!(c.servers, ["10.96.0.10"]);
+        assert_eq!(
+            c.searches,
+            [
+                "shop.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
+        );
+        assert_eq!(c.options, ["ndots:5"]);
+    }
+
+    #[test]
+    fn default_none_and_dns_config() {
+        let dns = ["10.96.0.10".parse().unwrap()];
+        let default = pod(serde_json::json!({"containers": [], "dnsPolicy": "Default"}));
+        assert!(dns_config(&default, &dns, "cluster.local").is_none());
+        let none = pod(serde_json::json!({"containers": [], "dnsPolicy": "None",
+            "dnsConfig": {"nameservers": ["1.1.1.1"], "options": [{"name": "ndots", "value": "2"}]}}));
+        let c = dns_config(&none, &dns, "cluster.local").unwrap();
+        assert_eq!(
+            (c.servers, c.options),
+            (vec!["1.1.1.1".to_owned()], vec!["ndots:2".to_owned()])
+        );
+        let tuned = pod(serde_json::json!({"containers": [],
+            "dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}}));
+        assert_eq!(
+            dns_config(&tuned, &dns, "cluster.local").unwrap().options,
+            ["ndots:1"]
+        );
     }
 }

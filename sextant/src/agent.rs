@@ -63,6 +63,16 @@ pub(crate) struct AgentArgs {
     /// Where the kubelet API (HTTPS, for the API server's log proxy) listens.
     #[arg(long, default_value = "0.0.0.0:10250")]
     pub(crate) kubelet_listen: SocketAddr,
+    /// The cluster DNS address pods use (the `kube-dns` Service: the tenth address
+    /// of the server's --service-cluster-ip-range).
+    #[arg(long, value_delimiter = ',', default_value = "10.96.0.10")]
+    pub(crate) cluster_dns: Vec<IpAddr>,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub(crate) cluster_domain: String,
+    /// Where this node's agent answers cluster DNS (default: the node IP, port 53).
+    #[arg(long)]
+    pub(crate) dns_listen: Option<SocketAddr>,
 }
 
 /// Errors of the agent.
@@ -130,6 +140,10 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
             cni_conf_dir,
             cni_bin_dir,
             plugin: std::env::current_exe().map_err(Error::Executable)?,
+            cluster_domain: args.cluster_domain.clone(),
+            dns_listen: args
+                .dns_listen
+                .unwrap_or_else(|| SocketAddr::new(args.node_ip, 53)),
         })
     };
     if args.cleanup {
@@ -230,6 +244,8 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
         data_dir: args.data_dir,
         cgroup_root: args.cgroup_root,
         kubelet_listen: args.kubelet_listen,
+        cluster_dns: args.cluster_dns.clone(),
+        cluster_domain: args.cluster_domain.clone(),
     };
     let result = tokio::select! {
         r = sextant_kubelet::run(client, config, tls, metrics) => r.map_err(Error::from),

@@ -40,7 +40,7 @@ enum Command {
     /// Run the control plane: the Kubernetes API server on the chosen datastore.
     Server(ServerArgs),
     /// Run a node: join the cluster, register the Node, run its pods through CRI.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -116,7 +116,7 @@ async fn run_cli() -> ExitCode {
     }
     let result = match cli.command {
         Command::Server(args) => run_server(args).await,
-        Command::Agent(args) => agent::run(args).await.map_err(|e| e.to_string()),
+        Command::Agent(args) => agent::run(*args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,7 +150,13 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let scheduler = tokio::spawn(run_scheduler(data_dir.clone(), scheduler_metrics));
-    let controllers = tokio::spawn(run_controllers(data_dir.clone(), controller_metrics, ipam));
+    let dns_ip = sextant_controllers::cluster_dns::service_ip(args.service_cluster_ip_range);
+    let controllers = tokio::spawn(run_controllers(
+        data_dir.clone(),
+        controller_metrics,
+        ipam,
+        dns_ip,
+    ));
     let node = if args.with_agent {
         let token = std::fs::read_to_string(&running.node_token).unwrap_or_default();
         let agent = agent::AgentArgs {
@@ -168,6 +174,9 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
             cgroup_root: "/sextant".into(),
             metrics_listen: ([127, 0, 0, 1], 10255).into(),
             kubelet_listen: ([0, 0, 0, 0], 10250).into(),
+            cluster_dns: vec![dns_ip.into()],
+            cluster_domain: "cluster.local".into(),
+            dns_listen: None,
         };
         Some(tokio::spawn(async move {
             if let Err(e) = agent::run(agent).await {
@@ -213,10 +222,13 @@ async fn run_controllers(
     data_dir: PathBuf,
     metrics: sextant_controllers::Metrics,
     ipam: sextant_controllers::node_ipam::Config,
+    dns_ip: std::net::Ipv4Addr,
 ) {
     let path = data_dir.join("components").join("controllers.kubeconfig");
     match agent::client(&path).await {
-        Ok(client) => sextant_controllers::run(client, metrics, component_identity(), ipam).await,
+        Ok(client) => {
+            sextant_controllers::run(client, metrics, component_identity(), ipam, dns_ip).await
+        }
         Err(e) => tracing::error!(error = %e, "the controllers cannot start"),
     }
 }

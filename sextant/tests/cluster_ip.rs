@@ -17,6 +17,18 @@ use sextant_tests::{
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
 
+/// A headless Service over the same pods.
+const HEADLESS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web-headless}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports:
+  - {name: http, port: 8080}
+"#;
+
 fn workload(client_node: &str) -> String {
     format!(
         r#"apiVersion: apps/v1
@@ -236,6 +248,63 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
         "new flows balanced in the datapath: {new_before} → {new_after}"
     );
 
+    // By name, through the node agents' cluster DNS (kube-dns): the full name, and
+    // the short ones through the pod's search path.
+    for name in [
+        "web.default.svc.cluster.local:80",
+        "web.default:80",
+        "web:80",
+    ] {
+        let (answers, failed, raw) = requests(&k, name, 30);
+        assert_eq!((answers.len(), failed), (3, 0), "{name}: {raw}");
+    }
+    // A headless Service resolves to every ready pod.
+    k.ok_with(&["apply", "-f", "-"], Some(HEADLESS)).unwrap();
+    let mut pod_ips: Vec<String> = ready_pods(&k)
+        .iter()
+        .map(|p| {
+            k.ok(&["get", "pod", p, "-o", "jsonpath={.status.podIP}"])
+                .unwrap()
+        })
+        .collect();
+    pod_ips.sort();
+    let mut resolved = Vec::new();
+    for _ in 0..20 {
+        let out = k.run(
+            &[
+                "exec",
+                "client",
+                "--",
+                "/demo",
+                "--resolve",
+                "web-headless.default.svc.cluster.local",
+            ],
+            None,
+        );
+        if let Ok(o) = out
+            && let Ok(ips) = serde_json::from_slice::<Vec<String>>(&o.stdout)
+        {
+            resolved = ips;
+            if resolved == pod_ips {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(resolved, pod_ips, "the headless Service's A records");
+    let dns_ip = k
+        .ok(&[
+            "get",
+            "svc",
+            "-n",
+            "kube-system",
+            "kube-dns",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .unwrap();
+    assert_eq!(dns_ip, "10.96.0.10");
+
     // UDP through the VIP's UDP port.
     let udp = format!("{vip}:9000");
     let out = k
@@ -321,7 +390,11 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
     )
     .unwrap();
     let frontends: Vec<Value> = serde_json::from_str(&dump).unwrap();
-    assert_eq!(frontends.len(), 2, "web's TCP and UDP frontends: {dump}");
+    assert_eq!(
+        frontends.len(),
+        4,
+        "web's TCP and UDP frontends and kube-dns's: {dump}"
+    );
     let a = &cluster.agents[0];
 
     // A backend that turns not-ready gets no new connections.

@@ -42,7 +42,7 @@ enum Command {
     /// Set up the machine, build everything, and start what exists of the cluster.
     Up,
     /// Run a benchmark (release build) and record it in docs/benchmarks.md: `api`,
-    /// `pod-startup`, `scheduler`.
+    /// `dataplane`, `pod-startup`, `scheduler`.
     Bench {
         /// Which benchmark.
         name: String,

@@ -16,7 +16,8 @@
 //! one-shot UDP client instead (busybox has none): it sends `--message`, prints
 //! the reply and exits non-zero when none comes within 2 s. `--http-get ADDR
 //! --count N` makes it an HTTP client: N requests, one connection each, and a JSON
-//! tally of the hostnames that answered.
+//! tally of the hostnames that answered. `--resolve NAME` prints the addresses a
+//! name resolves to through the pod's resolv.conf.
 //!
 //! Every request is logged as one line on stdout, so `kubectl logs -f` has output.
 
@@ -78,6 +79,30 @@ struct Args {
     /// Pause between --http-get requests, in milliseconds.
     #[arg(long, default_value_t = 0)]
     interval_ms: u64,
+    /// Be a resolver client: print the IPv4 addresses NAME resolves to (through
+    /// the pod's resolv.conf, search path included) as a sorted JSON list.
+    #[arg(long)]
+    resolve: Option<String>,
+}
+
+/// `--resolve`: the addresses of `name`, or exit 1 with the error.
+async fn resolve(name: &str) -> i32 {
+    match tokio::net::lookup_host(format!("{name}:0")).await {
+        Ok(addrs) => {
+            let mut ips: Vec<String> = addrs
+                .filter(|a| a.is_ipv4())
+                .map(|a| a.ip().to_string())
+                .collect();
+            ips.sort();
+            ips.dedup();
+            println!("{}", serde_json::json!(ips));
+            0
+        }
+        Err(e) => {
+            eprintln!("demo: resolving {name}: {e}");
+            1
+        }
+    }
 }
 
 /// One `GET /` on a new connection; the answering demo's hostname.
@@ -208,6 +233,9 @@ async fn main() {
     let args = Args::parse();
     if let Some(to) = args.send_udp {
         std::process::exit(send_udp(to, &args.message).await);
+    }
+    if let Some(name) = &args.resolve {
+        std::process::exit(resolve(name).await);
     }
     if let Some(addr) = &args.http_get {
         let interval = Duration::from_millis(args.interval_ms);

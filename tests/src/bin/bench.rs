@@ -10,6 +10,10 @@
 //! containerd, images present), create-to-Ready latency beside upstream's pod
 //! startup SLO (p99 ≤ 5 s).
 //!
+//! `dataplane`: ClusterIP new connections/s and p99 through eBPF beside
+//! kube-proxy-style iptables at 1, 1 000 and 10 000 services, and the time to
+//! program 10 000 services (see `bench/dataplane.rs`).
+//!
 //! `scheduler`: 1 000 pods created by 16 clients at once against 100 simulated
 //! nodes; pods/s bound and create-to-bound latency, beside the scheduling share
 //! of upstream's pod startup SLO (kube-scheduler itself cannot run here).
@@ -28,6 +32,9 @@ use sextant_tests::{
 };
 use tokio::sync::Mutex;
 
+#[path = "bench/dataplane.rs"]
+mod dataplane;
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
@@ -37,9 +44,11 @@ async fn main() {
         "api" => api().await,
         "pod-startup" => pod_startup().await,
         "scheduler" => scheduler().await,
-        other => {
-            Err(format!("unknown benchmark {other:?}; known: api, pod-startup, scheduler").into())
-        }
+        "dataplane" => dataplane::dataplane().await,
+        other => Err(format!(
+            "unknown benchmark {other:?}; known: api, dataplane, pod-startup, scheduler"
+        )
+        .into()),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

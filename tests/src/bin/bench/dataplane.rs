@@ -1,0 +1,332 @@
+//! `cargo xtask bench dataplane`: ClusterIP through the eBPF datapath beside
+//! kube-proxy-style iptables rules, on one network-namespace node with a client
+//! pod and a backend pod, both made by the dataplane's own veth code.
+//!
+//! (a) new connections per second (connect, one request, close) and their p99 to
+//! the *last* of 1, 1 000 and 10 000 services (iptables walks KUBE-SERVICES in
+//! order; the eBPF lookup is a hash); (b) the time to program 10 000 services:
+//! map updates vs one `iptables-restore`.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use sextant_dataplane::{
+    datapath::Datapath,
+    services::{backend, frontend},
+    veth::{self, PodLink},
+};
+use sextant_ebpf_common::{
+    endpoints::Endpoint,
+    lb::{Lb4BackendKey, Lb4Service, PROTO_TCP},
+};
+use sextant_tests::netns::Netns;
+
+use crate::{Error, machine, write_section};
+
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
+const BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 3);
+const BACKEND_PORT: u16 = 8080;
+const SIZES: [u32; 3] = [1, 1_000, 10_000];
+const CLIENTS: usize = 4;
+const DURATION: Duration = Duration::from_secs(3);
+
+/// The i-th service's VIP, in 10.97.0.0/16.
+fn vip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 1)) + i)
+}
+
+/// A node namespace with a client pod and a backend pod plugged in.
+struct Topology {
+    node: Netns,
+    client: Netns,
+    backend: Netns,
+    links: [PodLink; 2],
+    stop: Arc<AtomicBool>,
+}
+
+fn in_ns<R: Send>(ns: &Netns, f: impl FnOnce() -> R + Send) -> Result<R, Error> {
+    Ok(ns.run_in(f)?)
+}
+
+impl Topology {
+    fn new() -> Result<Self, Error> {
+        let (node, client, backend) = (
+            Netns::new("sxbn")?,
+            Netns::new("sxbc")?,
+            Netns::new("sxbb")?,
+        );
+        let (client_path, backend_path) = (client.path(), backend.path());
+        let links = in_ns(&node, move || -> Result<[PodLink; 2], Error> {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let h = veth::connect()?;
+                let c = veth::create(&h, "benchclient0", &client_path, "eth0", CLIENT_IP).await?;
+                let b = veth::create(&h, "benchbackend", &backend_path, "eth0", BACKEND_IP).await?;
+                Ok::<_, Error>([c, b])
+            })
+        })??;
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = in_ns(&backend, || TcpListener::bind(("0.0.0.0", BACKEND_PORT)))??;
+        listener.set_nonblocking(true)?;
+        let s = stop.clone();
+        std::thread::spawn(move || serve(listener, &s));
+        Ok(Self {
+            node,
+            client,
+            backend,
+            links,
+            stop,
+        })
+    }
+
+    /// `CLIENTS` threads in the client namespace open connections to `to` for
+    /// `DURATION`: (connections/s, p99 ms).
+    fn load(&self, to: SocketAddr) -> Result<(f64, f64), Error> {
+        let path = self.client.path();
+        let started = Instant::now();
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || -> Result<Vec<Duration>, String> {
+                    sextant_tests::netns::run_in_path(&path, || {
+                        let mut lat = Vec::new();
+                        let until = Instant::now() + DURATION;
+                        while Instant::now() < until {
+                            let t = Instant::now();
+                            one_request(to).map_err(|e| format!("request to {to}: {e}"))?;
+                            lat.push(t.elapsed());
+                        }
+                        Ok(lat)
+                    })
+                    .map_err(|e| e.to_string())?
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().map_err(|_| "client thread panicked")??);
+        }
+        let elapsed = started.elapsed();
+        all.sort();
+        Ok((
+            all.len() as f64 / elapsed.as_secs_f64(),
+            crate::pct(&all, 0.99),
+        ))
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = (&self.node, &self.backend);
+    }
+}
+
+fn one_request(to: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut buf = [0u8; 128];
+    let mut n = 0;
+    loop {
+        match s.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+        if n == buf.len() {
+            break;
+        }
+    }
+    if n == 0 {
+        return Err(std::io::Error::other("empty answer"));
+    }
+    Ok(())
+}
+
+/// The backend: answers every connection with a short HTTP response.
+fn serve(listener: TcpListener, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                std::thread::spawn(move || {
+                    let _ = conn.set_nonblocking(false);
+                    let mut buf = [0u8; 256];
+                    let _ = conn.read(&mut buf);
+                    let _ = conn.write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_micros(200)),
+        }
+    }
+}
+
+/// Loads the datapath in the node, attaches it to both pods and maps them.
+fn ebpf(t: &Topology, pin_dir: &Path) -> Result<Datapath, Error> {
+    let links = t.links.clone();
+    let pin_dir = pin_dir.to_owned();
+    in_ns(&t.node, move || -> Result<Datapath, Error> {
+        let mut dp = Datapath::load(&pin_dir)?;
+        for (link, ip) in links.iter().zip([CLIENT_IP, BACKEND_IP]) {
+            dp.attach(&link.host_ifname)?;
+            dp.set_endpoint(
+                ip,
+                Endpoint {
+                    ifindex: link.host_ifindex,
+                    flags: 0,
+                    pod_mac: link.pod_mac,
+                    host_mac: link.host_mac,
+                },
+            )?;
+        }
+        Ok(dp)
+    })?
+}
+
+/// Writes services `0..n` (each one backend) into the maps; returns the time.
+fn program_ebpf(dp: &mut Datapath, from: u32, n: u32) -> Result<Duration, Error> {
+    let started = Instant::now();
+    for i in from..n {
+        dp.set_backend(
+            Lb4BackendKey { id: i, slot: 0 },
+            backend(BACKEND_IP, BACKEND_PORT),
+        )?;
+        dp.set_service(
+            frontend(vip(i), 80, PROTO_TCP),
+            Lb4Service { id: i, count: 1 },
+        )?;
+    }
+    Ok(started.elapsed())
+}
+
+/// kube-proxy's iptables layout for `n` services with one endpoint each.
+fn iptables_rules(n: u32) -> String {
+    let mut out = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n");
+    for i in 0..n {
+        out.push_str(&format!(
+            ":KUBE-SVC-{i:06} - [0:0]\n:KUBE-SEP-{i:06} - [0:0]\n"
+        ));
+    }
+    out.push_str(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+    );
+    for i in 0..n {
+        let v = vip(i);
+        out.push_str(&format!(
+            "-A KUBE-SERVICES -d {v}/32 -p tcp -m comment --comment \"default/svc-{i}:http cluster IP\" -m tcp --dport 80 -j KUBE-SVC-{i:06}\n\
+             -A KUBE-SVC-{i:06} -m comment --comment \"default/svc-{i}:http -> {BACKEND_IP}:{BACKEND_PORT}\" -m statistic --mode random --probability 1.00000000000 -j KUBE-SEP-{i:06}\n\
+             -A KUBE-SEP-{i:06} -p tcp -m comment --comment \"default/svc-{i}:http\" -m tcp -j DNAT --to-destination {BACKEND_IP}:{BACKEND_PORT}\n"
+        ));
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// Loads `rules` into the node's nat table with one `iptables-restore`.
+fn iptables_restore(node: &Netns, rules: &str) -> Result<Duration, Error> {
+    let started = Instant::now();
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", node.path()))
+        .args(["iptables-restore", "--noflush"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("iptables-restore stdin")?
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(format!("iptables-restore: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(started.elapsed())
+}
+
+fn pin_dir() -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/sextant-bench-{}", std::process::id()))
+}
+
+fn remove_pins(dir: &Path) {
+    for sub in ["links", "maps"] {
+        if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir.join(sub));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+pub(crate) async fn dataplane() -> Result<(), Error> {
+    sextant_tests::require_command("iptables-restore")?;
+    let mut rows = Vec::new();
+    let mut programming = (Duration::ZERO, Duration::ZERO);
+    for n in SIZES {
+        let target = SocketAddr::from((vip(n - 1), 80));
+        // eBPF.
+        let t = Topology::new()?;
+        let pins = pin_dir();
+        let result = (|| -> Result<((f64, f64), Duration), Error> {
+            let mut dp = ebpf(&t, &pins)?;
+            let took = program_ebpf(&mut dp, 0, n)?;
+            let r = t.load(target)?;
+            drop(dp);
+            Ok((r, took))
+        })();
+        drop(t);
+        remove_pins(&pins);
+        let (e, e_prog) = result?;
+        // iptables.
+        let t = Topology::new()?;
+        let i_prog = iptables_restore(&t.node, &iptables_rules(n))?;
+        let i = t.load(target)?;
+        drop(t);
+        if n == 10_000 {
+            programming = (e_prog, i_prog);
+        }
+        eprintln!(
+            "{n} services: eBPF {:.0} conn/s p99 {:.2} ms; iptables {:.0} conn/s p99 {:.2} ms",
+            e.0, e.1, i.0, i.1
+        );
+        rows.push((n, e, i));
+    }
+    let mut table = String::from(
+        "| services | eBPF conn/s | eBPF p99 | iptables conn/s | iptables p99 | eBPF / iptables |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (n, e, i) in &rows {
+        table.push_str(&format!(
+            "| {n} | {:.0} | {:.2} ms | {:.0} | {:.2} ms | {:.2}× |\n",
+            e.0,
+            e.1,
+            i.0,
+            i.1,
+            e.0 / i.0
+        ));
+    }
+    let prog = format!(
+        "| programming 10 000 services | eBPF map updates | iptables-restore | ratio |\n|---|---:|---:|---:|\n| one pass, from empty | {:.0} ms | {:.0} ms | {:.2}× |\n",
+        programming.0.as_secs_f64() * 1000.0,
+        programming.1.as_secs_f64() * 1000.0,
+        programming.1.as_secs_f64() / programming.0.as_secs_f64().max(1e-9)
+    );
+    println!("{table}\n{prog}");
+    let section = format!(
+        "## dataplane\n\n`cargo xtask bench dataplane` on {}. One network-namespace node with a\nclient pod and a backend pod (veth pairs made by the agent's own code, same node),\n{CLIENTS} client threads opening a new TCP connection per request (connect, `GET`,\nanswer, close) for {} s to the ClusterIP of the *last* of N services, each with one\nendpoint. eBPF: `from_pod`/`to_pod` with the service maps filled directly (conntrack,\nDNAT, peer redirect). iptables: the same pods with kube-proxy's nat layout\n(KUBE-SERVICES → KUBE-SVC-* with `statistic` → KUBE-SEP-* DNAT) loaded by one\n`iptables-restore`, forwarding through the host stack. Not yet measured: keep-alive\nrequests, NodePort (XDP vs TC vs iptables).\n\n{table}\n{prog}",
+        machine(),
+        DURATION.as_secs()
+    );
+    write_section("dataplane", &section)
+}
