@@ -15,8 +15,13 @@ use tokio::{net::UnixListener, sync::watch, task::JoinHandle};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::{
-    Error, Result, api::endpoints_server::EndpointsServer, cni, datapath::Datapath, dns,
-    endpoints::EndpointService, routing, services, veth,
+    Error, Result,
+    api::{endpoints_server::EndpointsServer, observer_server::ObserverServer},
+    cni,
+    datapath::Datapath,
+    dns,
+    endpoints::EndpointService,
+    flows, routing, services, veth,
 };
 
 /// Where the agent puts things and whom it serves.
@@ -64,6 +69,25 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
+/// A gRPC channel to an agent's socket (for `sextant-cni`, tools and tests).
+pub async fn connect(
+    socket: &Path,
+    timeout: std::time::Duration,
+) -> std::result::Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = socket.to_owned();
+    // The URI is required by tonic but unused: the connector dials the socket.
+    tonic::transport::Endpoint::from_static("http://sextant-agent")
+        .timeout(timeout)
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}
+
 /// The reference plugins containerd needs beside ours (the loopback interface).
 const SYSTEM_CNI_DIR: &str = "/usr/lib/cni";
 
@@ -76,8 +100,11 @@ pub async fn start(
     std::fs::create_dir_all(&config.dir)
         .map_err(io(format!("creating {}", config.dir.display())))?;
     routing::enable_forwarding()?;
-    let datapath = Datapath::load(&config.pin_dir)?;
+    let mut datapath = Datapath::load(&config.pin_dir)?;
     registry.register_collector(Box::new(datapath.counters()));
+    let flow_ring = datapath.take_flows();
+    let flow_counter = flows::register(registry);
+    let hub = flows::FlowHub::new();
     let datapath = Arc::new(Mutex::new(datapath));
     let service_metrics = services::ServiceMetrics::register(registry);
     let netlink = veth::connect()?;
@@ -95,10 +122,22 @@ pub async fn start(
         registry,
     )
     .map_err(Error::Dns)?;
-    let mut tasks = vec![
-        tokio::spawn(dns::serve(cluster_dns, config.dns_listen)),
-        tokio::spawn(services::run(caches, datapath.clone(), service_metrics)),
-    ];
+    let mut tasks = vec![tokio::spawn(dns::serve(cluster_dns, config.dns_listen))];
+    if let Some(ring) = flow_ring {
+        tasks.push(tokio::spawn(flows::run(
+            ring,
+            hub.clone(),
+            flow_counter,
+            config.node_name.clone(),
+            config.dir.join("endpoints"),
+            caches.services.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(services::run(
+        caches,
+        datapath.clone(),
+        service_metrics,
+    )));
     tasks.push(tokio::spawn(routing::run_node_routes(
         client,
         netlink.clone(),
@@ -128,6 +167,7 @@ pub async fn start(
     tasks.push(tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(EndpointsServer::new(service))
+            .add_service(ObserverServer::new(hub))
             .serve_with_incoming(UnixListenerStream::new(listener))
             .await;
         if let Err(e) = served {

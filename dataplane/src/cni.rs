@@ -13,10 +13,9 @@ use std::{
     time::Duration,
 };
 
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::api::{
     AddRequest, Attachment, CheckRequest, DelRequest, endpoints_client::EndpointsClient,
@@ -222,17 +221,7 @@ pub fn run(
 }
 
 async fn connect(socket: &Path) -> Result<EndpointsClient<Channel>, CniError> {
-    let path = socket.to_owned();
-    // The URI is required by tonic but unused: the connector dials the socket.
-    let channel = Endpoint::from_static("http://sextant-agent")
-        .timeout(Duration::from_secs(120))
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
+    let channel = crate::agent::connect(socket, Duration::from_secs(120))
         .await
         .map_err(|e| {
             CniError::new(

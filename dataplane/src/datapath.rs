@@ -4,11 +4,12 @@
 //!
 //! Everything lives on in bpffs under the agent's pin directory: the maps
 //! (`<dir>/maps/<MAP>`, reused by the next load) and the TCX links
-//! (`<dir>/links/<ifname>_<program>`; bpffs refuses dots in names). A killed agent therefore leaves every pod's
-//! programs attached and their maps filled, so traffic keeps flowing; the restarted
-//! agent loads the same maps, keeps the links it finds, and reconciles the maps with
-//! the API. A program already attached by an earlier agent keeps running until its
-//! pod goes (replacing it in place comes with upgrades).
+//! (`<dir>/links/<ifname>_<program>_<pid>`; bpffs refuses dots in names). A
+//! killed agent therefore leaves every pod's programs attached and their maps
+//! filled, so traffic keeps flowing; the restarted agent loads the same maps,
+//! attaches its own programs beside the old links and then removes those (no
+//! gap: the old program answers until its link goes), and reconciles the maps with
+//! the API. The same path upgrades the programs.
 
 use std::{
     net::Ipv4Addr,
@@ -18,7 +19,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -33,6 +34,7 @@ use prometheus_client::{
 use sextant_ebpf_common::{
     counters::DEBUG_GLOBAL,
     endpoints::{ENDPOINTS_MAP, Endpoint},
+    flows::FLOWS_MAP,
     lb::{BACKENDS_MAP, CT_MAP, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service, SERVICES_MAP},
     metrics::{Counter, Family, METRICS_MAP, PacketCount},
 };
@@ -70,6 +72,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     metrics: Arc<Mutex<PerCpuArray<MapData, PacketCount>>>,
+    flows: Option<RingBuf<MapData>>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -115,32 +118,63 @@ impl Datapath {
             name: METRICS_MAP,
             source,
         })?;
+        let flows = ebpf.take_map(FLOWS_MAP).ok_or(Error::Map {
+            name: FLOWS_MAP,
+            source: crate::counters::missing_map(FLOWS_MAP),
+        })?;
+        let flows = RingBuf::try_from(flows).map_err(|source| Error::Map {
+            name: FLOWS_MAP,
+            source,
+        })?;
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_owned(),
             metrics: Arc::new(Mutex::new(metrics)),
+            flows: Some(flows),
         })
     }
 
+    /// The pin of this agent's link of `program` on `host_ifname`:
+    /// `<ifname>_<program>_<pid>`, so a restarted agent's links sit beside the old
+    /// ones until those are removed.
     fn link_pin(&self, host_ifname: &str, program: &str) -> PathBuf {
         self.pin_dir
             .join("links")
-            .join(format!("{host_ifname}_{program}"))
+            .join(format!("{host_ifname}_{program}_{}", std::process::id()))
+    }
+
+    /// Every pinned link on `host_ifname`, of any agent.
+    fn link_pins(&self, host_ifname: &str) -> Vec<PathBuf> {
+        let prefix = format!("{host_ifname}_");
+        std::fs::read_dir(self.pin_dir.join("links"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect()
     }
 
     /// Attaches `from_pod` to the ingress and `to_pod` to the egress of
-    /// `host_ifname` (TCX) and pins the links; an interface whose links are pinned
-    /// already (by this agent or an earlier one) is left as it is, and a failure
-    /// leaves nothing attached.
+    /// `host_ifname` (TCX) and pins the links; a failure leaves nothing of this
+    /// agent's attached. Links an earlier agent left are replaced without a gap:
+    /// TCX runs the old program (first in order) until its link goes, and both use
+    /// the same pinned maps.
     pub fn attach(&mut self, host_ifname: &str) -> Result<()> {
         if self.is_attached(host_ifname) {
             return Ok(());
         }
+        let old = self.link_pins(host_ifname);
         for (name, hook) in POD_PROGRAMS {
             if let Err(e) = self.attach_one(host_ifname, name, hook) {
-                self.detach(host_ifname);
+                for (name, _) in POD_PROGRAMS {
+                    unpin(&self.link_pin(host_ifname, name));
+                }
                 return Err(e);
             }
+        }
+        for pin in old {
+            unpin(&pin);
         }
         Ok(())
     }
@@ -172,26 +206,15 @@ impl Datapath {
         Ok(())
     }
 
-    /// Detaches from `host_ifname` by removing its pinned links; missing pins are
-    /// not an error (the links may have gone with the interface).
+    /// Detaches from `host_ifname` by removing its pinned links (any agent's);
+    /// missing pins are not an error (the links may have gone with the interface).
     pub fn detach(&mut self, host_ifname: &str) {
-        for (name, _) in POD_PROGRAMS {
-            let pin = self.link_pin(host_ifname, name);
-            match PinnedLink::from_pin(&pin) {
-                // Unpinned and dropped: the last reference goes, the link detaches.
-                Ok(link) => {
-                    if let Err(e) = link.unpin() {
-                        tracing::warn!(pin = %pin.display(), error = %e, "unpinning a link");
-                    }
-                }
-                Err(_) => {
-                    let _ = std::fs::remove_file(&pin);
-                }
-            }
+        for pin in self.link_pins(host_ifname) {
+            unpin(&pin);
         }
     }
 
-    /// Whether the pod programs' links on `host_ifname` are pinned.
+    /// Whether this agent's pod programs are attached to `host_ifname`.
     pub fn is_attached(&self, host_ifname: &str) -> bool {
         POD_PROGRAMS
             .iter()
@@ -292,9 +315,28 @@ impl Datapath {
             .collect()
     }
 
+    /// The flow event ring, once (its one reader is the flow reader).
+    pub fn take_flows(&mut self) -> Option<RingBuf<MapData>> {
+        self.flows.take()
+    }
+
     /// The packet counters, summed over CPUs, for `/metrics` and tests.
     pub fn counters(&self) -> PacketCounters {
         PacketCounters(self.metrics.clone())
+    }
+}
+
+/// Unpins a link; with its last reference gone, it detaches.
+fn unpin(pin: &Path) {
+    match PinnedLink::from_pin(pin) {
+        Ok(link) => {
+            if let Err(e) = link.unpin() {
+                tracing::warn!(pin = %pin.display(), error = %e, "unpinning a link");
+            }
+        }
+        Err(_) => {
+            let _ = std::fs::remove_file(pin);
+        }
     }
 }
 

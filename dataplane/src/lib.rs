@@ -17,6 +17,7 @@ pub mod datapath;
 pub mod dns;
 pub mod ebpf;
 pub mod endpoints;
+pub mod flows;
 pub mod ipam;
 pub mod netns;
 pub mod routing;

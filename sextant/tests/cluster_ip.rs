@@ -10,6 +10,7 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use serde_json::Value;
+use sextant_dataplane::api::{Flow, ObserveRequest, observer_client::ObserverClient};
 use sextant_tests::{
     agent::{NetworkCluster, SextantAgent},
     sextant::Kubectl,
@@ -161,6 +162,31 @@ fn ready_endpoints(k: &Kubectl) -> usize {
         .count()
 }
 
+/// Opens an Observe stream on an agent's socket.
+async fn observe(socket: &Path, filter: ObserveRequest) -> tonic::Streaming<Flow> {
+    let channel = sextant_dataplane::agent::connect(socket, Duration::from_secs(60))
+        .await
+        .unwrap();
+    ObserverClient::new(channel)
+        .observe(filter)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Up to `n` flows from `stream`, waiting at most 10 s.
+async fn collect(mut stream: tonic::Streaming<Flow>, n: usize) -> Vec<Flow> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(f))) => out.push(f),
+            _ => break,
+        }
+    }
+    out
+}
+
 async fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     let started = std::time::Instant::now();
     while started.elapsed() < within {
@@ -226,6 +252,16 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
     eprintln!("backends: {nodes:?}");
 
     let a = &cluster.agents[0];
+    // The flows of web's Service, as `sextantctl flows --service web` will show them.
+    let socket = a.data_dir().join("dataplane/dataplane.sock");
+    let web_flows = observe(
+        &socket,
+        ObserveRequest {
+            service: "web".into(),
+            ..Default::default()
+        },
+    )
+    .await;
     // 300 requests by VIP reach all 3 backends, none fails.
     let new_before = counter(
         a,
@@ -246,6 +282,16 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
     assert!(
         new_after >= new_before + 300,
         "new flows balanced in the datapath: {new_before} → {new_after}"
+    );
+    let seen = collect(web_flows, 300).await;
+    assert!(seen.len() >= 300, "flows observed: {}", seen.len());
+    assert!(
+        seen.iter().all(|f| f.verdict == "forwarded"
+            && f.service == "default/web"
+            && f.source_pod == "default/client"
+            && f.service_frontend == web),
+        "{:?}",
+        seen.first()
     );
 
     // By name, through the node agents' cluster DNS (kube-dns): the full name, and
@@ -441,6 +487,14 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let dropped = observe(
+        &a.data_dir().join("dataplane/dataplane.sock"),
+        ObserveRequest {
+            verdict: "dropped".into(),
+            ..Default::default()
+        },
+    )
+    .await;
     let drops_before = counter(a, "sextant_dataplane_drops_total", "reason=\"no_backend\"").await;
     let (_, failed, _) = requests(&k, &web, 1);
     assert_eq!(failed, 1);
@@ -448,6 +502,22 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
     assert!(
         drops_after > drops_before,
         "no_backend drops: {drops_before} → {drops_after}"
+    );
+    let drop = collect(dropped, 1).await;
+    assert_eq!(
+        (
+            drop.first().map(|f| f.drop_reason.as_str()),
+            drop.first().map(|f| f.service.as_str())
+        ),
+        (Some("no_backend"), Some("default/web")),
+        "{drop:?}\n{}",
+        a.metrics()
+            .await
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("flows") || l.contains("drops"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     k.ok(&["delete", "pods", "--all", "--wait=true", "--timeout=60s"])

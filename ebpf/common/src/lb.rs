@@ -90,6 +90,10 @@ pub const CT_DNAT: u8 = 1;
 /// Rewrite the source to `addr:port` (a backend's reply, back to the VIP).
 pub const CT_REVNAT: u8 = 2;
 
+/// [`Ct4Entry::flags`]: the client sent FIN or RST; a later SYN on the same
+/// 5-tuple is a new connection and is balanced afresh (its old backend may be gone).
+pub const CT_CLOSING: u8 = 1;
+
 /// What to do with the packets of a tracked flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,8 +104,8 @@ pub struct Ct4Entry {
     pub port: u16,
     /// [`CT_DNAT`] or [`CT_REVNAT`].
     pub action: u8,
-    /// Zero.
-    pub pad: u8,
+    /// [`CT_CLOSING`].
+    pub flags: u8,
 }
 
 // SAFETY: every type here is `repr(C)` with explicit padding fields and no

@@ -9,6 +9,7 @@
 
 pub mod counters;
 pub mod endpoints;
+pub mod flows;
 pub mod lb;
 pub mod metrics;
 

@@ -5,7 +5,7 @@
 //! service moves no established flow: terminating endpoints drain.
 
 use aya_ebpf::{macros::map, maps::LruHashMap};
-use sextant_ebpf_common::lb::{CT_DNAT, CT_REVNAT, Ct4Entry, Ct4Key, MAX_FLOWS};
+use sextant_ebpf_common::lb::{CT_CLOSING, CT_DNAT, CT_REVNAT, Ct4Entry, Ct4Key, MAX_FLOWS};
 
 use crate::packet::L4Packet;
 
@@ -33,6 +33,16 @@ pub(crate) fn lookup(pkt: &L4Packet) -> Option<Ct4Entry> {
     unsafe { SX_CT4_V1.get(&k) }.copied()
 }
 
+/// Marks `pkt`'s direction of its flow as closing (FIN or RST seen).
+#[inline(always)]
+pub(crate) fn mark_closing(pkt: &L4Packet) {
+    let k = key(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, pkt.proto);
+    if let Some(e) = SX_CT4_V1.get_ptr_mut(&k) {
+        // SAFETY: a byte of a map value; concurrent writers all write the same bit.
+        unsafe { (*e).flags |= CT_CLOSING };
+    }
+}
+
 /// Tracks a new flow from `pkt` (client → VIP) to `backend:port` both ways.
 #[inline(always)]
 pub(crate) fn create(pkt: &L4Packet, backend: u32, port: u16) {
@@ -41,14 +51,14 @@ pub(crate) fn create(pkt: &L4Packet, backend: u32, port: u16) {
         addr: backend,
         port,
         action: CT_DNAT,
-        pad: 0,
+        flags: 0,
     };
     let reply = key(backend, pkt.saddr, port, pkt.sport, pkt.proto);
     let revnat = Ct4Entry {
         addr: pkt.daddr,
         port: pkt.dport,
         action: CT_REVNAT,
-        pad: 0,
+        flags: 0,
     };
     // A full LRU evicts; an insert fails only on kernel errors, and then the
     // flow is simply balanced again on its next packet.

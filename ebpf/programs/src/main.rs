@@ -5,6 +5,7 @@
 
 mod conntrack;
 mod counters;
+mod flows;
 mod lb;
 mod metrics;
 mod nat;

@@ -29,6 +29,16 @@ pub(crate) const L4: usize = ETH_HLEN + 20;
 pub(crate) const L4_SPORT: usize = L4;
 /// L4 destination port (TCP and UDP).
 pub(crate) const L4_DPORT: usize = L4 + 2;
+/// TCP flags.
+pub(crate) const TCP_FLAGS: usize = L4 + 13;
+/// TCP FIN flag.
+pub(crate) const TCP_FIN: u8 = 0x01;
+/// TCP RST flag.
+pub(crate) const TCP_RST: u8 = 0x04;
+/// TCP SYN flag.
+pub(crate) const TCP_SYN: u8 = 0x02;
+/// TCP ACK flag.
+pub(crate) const TCP_ACK: u8 = 0x10;
 /// TCP checksum.
 pub(crate) const TCP_CSUM: usize = L4 + 16;
 /// UDP checksum.

@@ -13,16 +13,20 @@ use aya_ebpf::{
 };
 use sextant_ebpf_common::{
     endpoints::{Endpoint, MAX_ENDPOINTS},
-    lb::{CT_DNAT, CT_REVNAT},
+    flows::{FLAG_SERVICE, REASON_NO_BACKEND, REASON_NONE, VERDICT_DROPPED, VERDICT_FORWARDED},
+    lb::{CT_CLOSING, CT_DNAT, CT_REVNAT, PROTO_TCP},
     metrics::Counter,
 };
 
 use crate::{
-    conntrack,
+    conntrack, flows,
     lb::{self, Balanced},
     metrics::count,
     nat::{self, End},
-    packet::{ETH_DST, ETH_P_IP, ETH_SRC, ETH_TYPE, IPV4_DST, L4Packet},
+    packet::{
+        ETH_DST, ETH_P_IP, ETH_SRC, ETH_TYPE, IPV4_DST, L4Packet, TCP_ACK, TCP_FIN, TCP_FLAGS,
+        TCP_RST, TCP_SYN,
+    },
 };
 
 /// Pod IPv4 (network byte order) → local endpoint, written by the agent on CNI ADD.
@@ -33,6 +37,8 @@ static SX_ENDPOINTS_V1: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_E
 enum Verdict {
     /// Deliver (rewritten or not).
     Pass,
+    /// Not service traffic: deliver as it is.
+    NotService,
     /// Drop.
     Drop,
 }
@@ -41,7 +47,20 @@ enum Verdict {
 /// flow to a frontend.
 #[inline(always)]
 fn services(ctx: &TcContext, pkt: &L4Packet) -> Verdict {
-    if let Some(ct) = conntrack::lookup(pkt) {
+    let tcp_flags = if pkt.proto == PROTO_TCP {
+        ctx.load::<u8>(TCP_FLAGS).unwrap_or(0)
+    } else {
+        0
+    };
+    let new_connection = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if let Some(ct) = conntrack::lookup(pkt)
+        // A SYN on a 5-tuple whose connection closed starts a new one: balance it
+        // afresh rather than reuse a backend that may be gone.
+        && !(new_connection && ct.flags & CT_CLOSING != 0)
+    {
+        if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            conntrack::mark_closing(pkt);
+        }
         let end = match ct.action {
             CT_DNAT => End::Destination,
             CT_REVNAT => End::Source,
@@ -54,12 +73,28 @@ fn services(ctx: &TcContext, pkt: &L4Packet) -> Verdict {
         return Verdict::Pass;
     }
     match lb::select(pkt) {
-        Balanced::NotAService => Verdict::Pass,
+        Balanced::NotAService => Verdict::NotService,
         Balanced::NoBackend => {
             count(ctx, Counter::DropNoBackend);
+            flows::emit(
+                ctx,
+                pkt,
+                VERDICT_DROPPED,
+                REASON_NO_BACKEND,
+                FLAG_SERVICE,
+                (pkt.daddr, pkt.dport),
+            );
             Verdict::Drop
         }
         Balanced::Backend(b) => {
+            flows::emit(
+                ctx,
+                pkt,
+                VERDICT_FORWARDED,
+                REASON_NONE,
+                FLAG_SERVICE,
+                (b.ip, b.port),
+            );
             conntrack::create(pkt, b.ip, b.port);
             if nat::rewrite(ctx, pkt, End::Destination, b.ip, b.port).is_err() {
                 return Verdict::Drop;
@@ -80,10 +115,26 @@ pub(crate) fn from_pod(ctx: &TcContext) -> i32 {
         count(ctx, Counter::PassedNonIpv4);
         return TC_ACT_OK;
     }
-    if let Some(pkt) = L4Packet::parse(ctx)
-        && let Verdict::Drop = services(ctx, &pkt)
-    {
-        return TC_ACT_SHOT;
+    if let Some(pkt) = L4Packet::parse(ctx) {
+        match services(ctx, &pkt) {
+            Verdict::Drop => return TC_ACT_SHOT,
+            Verdict::NotService if pkt.proto == PROTO_TCP => {
+                // A new connection: SYN without ACK.
+                if let Ok(flags) = ctx.load::<u8>(TCP_FLAGS)
+                    && flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+                {
+                    flows::emit(
+                        ctx,
+                        &pkt,
+                        VERDICT_FORWARDED,
+                        REASON_NONE,
+                        0,
+                        (pkt.daddr, pkt.dport),
+                    );
+                }
+            }
+            _ => {}
+        }
     }
     // Read again: service handling may have rewritten it.
     let Ok(daddr) = ctx.load::<u32>(IPV4_DST) else {
