@@ -137,6 +137,7 @@ pub async fn start(
         caches,
         datapath.clone(),
         service_metrics,
+        config.node_name.clone(),
     )));
     tasks.push(tokio::spawn(routing::run_node_routes(
         client,

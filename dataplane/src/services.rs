@@ -60,11 +60,14 @@ fn proto_of(p: Option<&str>) -> Option<u8> {
     }
 }
 
-/// Every frontend the cluster's Services ask for, with its ready backends (sorted,
-/// no duplicates).
+/// Every frontend the cluster's Services ask for, as seen from node `node`, with
+/// its ready backends (sorted, no duplicates). With `internalTrafficPolicy: Local`
+/// only endpoints on `node` are backends (none there: new flows are dropped, as
+/// upstream).
 pub fn desired(
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
+    node: &str,
 ) -> BTreeMap<Lb4Key, Vec<Lb4Backend>> {
     let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
@@ -96,6 +99,7 @@ pub fn desired(
         };
         let key = (svc.namespace().unwrap_or_default(), svc.name_any());
         let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
         for port in spec.ports.iter().flatten() {
             let Some(proto) = proto_of(port.protocol.as_deref()) else {
                 continue;
@@ -119,7 +123,7 @@ pub fn desired(
                 for ep in &slice.endpoints {
                     // Unset means ready, as upstream reads it.
                     let ready = ep.conditions.as_ref().and_then(|c| c.ready) != Some(false);
-                    if !ready {
+                    if !ready || (local_only && ep.node_name.as_deref() != Some(node)) {
                         continue;
                     }
                     for addr in &ep.addresses {
@@ -344,7 +348,12 @@ impl Caches {
 /// Keeps the maps equal to the Services and EndpointSlices in `caches`. Nothing is
 /// written before both caches hold a full list: a half-filled cache would remove
 /// frontends an earlier agent left in the pinned maps.
-pub async fn run(mut caches: Caches, datapath: SharedDatapath, metrics: ServiceMetrics) {
+pub async fn run(
+    mut caches: Caches,
+    datapath: SharedDatapath,
+    metrics: ServiceMetrics,
+    node: String,
+) {
     if caches.services.wait_until_ready().await.is_err()
         || caches.slices.wait_until_ready().await.is_err()
     {
@@ -359,7 +368,7 @@ pub async fn run(mut caches: Caches, datapath: SharedDatapath, metrics: ServiceM
     };
     let mut noticed = Instant::now();
     loop {
-        let desired = desired(&caches.services.state(), &caches.slices.state());
+        let desired = desired(&caches.services.state(), &caches.slices.state(), &node);
         match programmer.apply(&desired) {
             Ok(0) => {}
             Ok(changed) => {
@@ -429,7 +438,7 @@ mod tests {
                 {"addresses": ["10.42.0.7"], "conditions": {"ready": false, "terminating": true}},
             ]),
         )];
-        let d = desired(&svcs, &slices);
+        let d = desired(&svcs, &slices, "n1");
         assert_eq!(d.len(), 2, "the headless service has no frontend");
         let http = &d[&frontend(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP)];
         assert_eq!(
@@ -444,13 +453,37 @@ mod tests {
     }
 
     #[test]
+    fn internal_traffic_policy_local_keeps_this_nodes_endpoints() {
+        let mut svc = (*service("web", "10.96.0.10", serde_json::json!([{"port": 80}]))).clone();
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.internal_traffic_policy = Some("Local".into());
+        }
+        let slices = [slice(
+            "web",
+            serde_json::json!([{"port": 8080}]),
+            serde_json::json!([
+                {"addresses": ["10.42.0.5"], "nodeName": "n1"},
+                {"addresses": ["10.42.1.6"], "nodeName": "n2"},
+            ]),
+        )];
+        let svcs = [Arc::new(svc)];
+        let on_n1 = desired(&svcs, &slices, "n1");
+        assert_eq!(
+            on_n1.values().next().unwrap(),
+            &vec![backend(Ipv4Addr::new(10, 42, 0, 5), 8080)]
+        );
+        let on_n3 = desired(&svcs, &slices, "n3");
+        assert!(on_n3.values().next().unwrap().is_empty());
+    }
+
+    #[test]
     fn a_service_without_endpoints_has_an_empty_frontend() {
         let svcs = [service(
             "web",
             "10.96.0.10",
             serde_json::json!([{"port": 80}]),
         )];
-        let d = desired(&svcs, &[]);
+        let d = desired(&svcs, &[], "n1");
         assert_eq!(d.values().next().unwrap().len(), 0);
     }
 }
