@@ -35,7 +35,10 @@ use sextant_ebpf_common::{
     counters::DEBUG_GLOBAL,
     endpoints::{ENDPOINTS_MAP, Endpoint},
     flows::FLOWS_MAP,
-    lb::{BACKENDS_MAP, CT_MAP, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service, SERVICES_MAP},
+    lb::{
+        AFFINITY_MAP, BACKENDS_MAP, CT_MAP, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service,
+        SERVICES_MAP,
+    },
     metrics::{Counter, Family, METRICS_MAP, PacketCount},
 };
 
@@ -53,12 +56,14 @@ const POD_PROGRAMS: [(&str, TcAttachType); 2] = [
     (TO_POD, TcAttachType::Egress),
 ];
 /// The maps that outlive the agent.
-const PINNED_MAPS: [&str; 5] = [
+const PINNED_MAPS: [&str; 7] = [
     ENDPOINTS_MAP,
     SERVICES_MAP,
+    AFFINITY_MAP,
     BACKENDS_MAP,
     CT_MAP,
     METRICS_MAP,
+    FLOWS_MAP,
 ];
 
 /// The datapath shared by the endpoint service and the service programmer.

@@ -60,6 +60,19 @@ fn proto_of(p: Option<&str>) -> Option<u8> {
     }
 }
 
+/// What a frontend holds: its ready backends (sorted, no duplicates) and its
+/// session affinity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frontend {
+    /// Backends, sorted.
+    pub backends: Vec<Lb4Backend>,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 without affinity.
+    pub affinity_timeout: u32,
+}
+
+/// Upstream's default ClientIP affinity timeout (3 hours).
+const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
+
 /// Every frontend the cluster's Services ask for, as seen from node `node`, with
 /// its ready backends (sorted, no duplicates). With `internalTrafficPolicy: Local`
 /// only endpoints on `node` are backends (none there: new flows are dropped, as
@@ -68,7 +81,7 @@ pub fn desired(
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
     node: &str,
-) -> BTreeMap<Lb4Key, Vec<Lb4Backend>> {
+) -> BTreeMap<Lb4Key, Frontend> {
     let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
         if slice.address_type != "IPv4" {
@@ -100,6 +113,16 @@ pub fn desired(
         let key = (svc.namespace().unwrap_or_default(), svc.name_any());
         let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
         let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref()?.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0)
+                .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+        } else {
+            0
+        };
         for port in spec.ports.iter().flatten() {
             let Some(proto) = proto_of(port.protocol.as_deref()) else {
                 continue;
@@ -135,7 +158,10 @@ pub fn desired(
             }
             out.insert(
                 frontend(vip, service_port, proto),
-                backends.into_iter().collect(),
+                Frontend {
+                    backends: backends.into_iter().collect(),
+                    affinity_timeout,
+                },
             );
         }
     }
@@ -146,8 +172,8 @@ pub fn desired(
 #[derive(Debug)]
 pub struct Programmer {
     datapath: SharedDatapath,
-    /// Frontend → (id, backends as written).
-    written: BTreeMap<Lb4Key, (u32, Vec<Lb4Backend>)>,
+    /// Frontend → (id, what was written).
+    written: BTreeMap<Lb4Key, (u32, Frontend)>,
     free_ids: Vec<u32>,
     next_id: u32,
 }
@@ -171,7 +197,11 @@ impl Programmer {
                 .map_while(|slot| slots.get(&Lb4BackendKey { id: svc.id, slot }).copied())
                 .collect();
             next_id = next_id.max(svc.id + 1);
-            written.insert(key, (svc.id, list));
+            let adopted = Frontend {
+                backends: list,
+                affinity_timeout: svc.affinity_timeout,
+            };
+            written.insert(key, (svc.id, adopted));
         }
         Ok(Self {
             datapath,
@@ -182,7 +212,7 @@ impl Programmer {
     }
 
     /// Makes the maps hold exactly `desired`; returns how many frontends changed.
-    pub fn apply(&mut self, desired: &BTreeMap<Lb4Key, Vec<Lb4Backend>>) -> Result<usize> {
+    pub fn apply(&mut self, desired: &BTreeMap<Lb4Key, Frontend>) -> Result<usize> {
         let mut dp = self
             .datapath
             .lock()
@@ -197,7 +227,7 @@ impl Programmer {
         for key in stale {
             if let Some((id, old)) = self.written.remove(&key) {
                 dp.remove_service(key)?;
-                for slot in 0..old.len() {
+                for slot in 0..old.backends.len() {
                     dp.remove_backend(Lb4BackendKey {
                         id,
                         slot: slot as u32,
@@ -207,10 +237,11 @@ impl Programmer {
                 changed += 1;
             }
         }
-        for (key, backends) in desired {
+        for (key, want) in desired {
+            let backends = &want.backends;
             let (id, old) = match self.written.get(key) {
-                Some((_, old)) if old == backends => continue,
-                Some((id, old)) => (*id, old.clone()),
+                Some((_, old)) if old == want => continue,
+                Some((id, old)) => (*id, old.backends.clone()),
                 None => {
                     let id = self.free_ids.pop().unwrap_or_else(|| {
                         self.next_id += 1;
@@ -221,9 +252,14 @@ impl Programmer {
             };
             // Shrinking: lower the count before freeing slots; growing: fill slots
             // before raising it. Either way the datapath reads only written slots.
-            let count = backends.len() as u32;
+            let service = Lb4Service {
+                id,
+                count: backends.len() as u32,
+                affinity_timeout: want.affinity_timeout,
+                pad: 0,
+            };
             if backends.len() < old.len() {
-                dp.set_service(*key, Lb4Service { id, count })?;
+                dp.set_service(*key, service)?;
             }
             for (slot, b) in backends.iter().enumerate() {
                 if old.get(slot) != Some(b) {
@@ -236,14 +272,14 @@ impl Programmer {
                     )?;
                 }
             }
-            dp.set_service(*key, Lb4Service { id, count })?;
+            dp.set_service(*key, service)?;
             for slot in backends.len()..old.len() {
                 dp.remove_backend(Lb4BackendKey {
                     id,
                     slot: slot as u32,
                 })?;
             }
-            self.written.insert(*key, (id, backends.clone()));
+            self.written.insert(*key, (id, want.clone()));
             changed += 1;
         }
         Ok(changed)
@@ -440,7 +476,7 @@ mod tests {
         )];
         let d = desired(&svcs, &slices, "n1");
         assert_eq!(d.len(), 2, "the headless service has no frontend");
-        let http = &d[&frontend(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP)];
+        let http = &d[&frontend(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP)].backends;
         assert_eq!(
             http,
             &vec![
@@ -448,7 +484,7 @@ mod tests {
                 backend(Ipv4Addr::new(10, 42, 0, 6), 8080)
             ]
         );
-        let dns = &d[&frontend(Ipv4Addr::new(10, 96, 0, 10), 53, PROTO_UDP)];
+        let dns = &d[&frontend(Ipv4Addr::new(10, 96, 0, 10), 53, PROTO_UDP)].backends;
         assert_eq!(dns[0].port, 5353u16.to_be());
     }
 
@@ -469,11 +505,32 @@ mod tests {
         let svcs = [Arc::new(svc)];
         let on_n1 = desired(&svcs, &slices, "n1");
         assert_eq!(
-            on_n1.values().next().unwrap(),
-            &vec![backend(Ipv4Addr::new(10, 42, 0, 5), 8080)]
+            on_n1.values().next().unwrap().backends,
+            vec![backend(Ipv4Addr::new(10, 42, 0, 5), 8080)]
         );
         let on_n3 = desired(&svcs, &slices, "n3");
-        assert!(on_n3.values().next().unwrap().is_empty());
+        assert!(on_n3.values().next().unwrap().backends.is_empty());
+    }
+
+    #[test]
+    fn client_ip_affinity_carries_its_timeout() {
+        let mut svc = (*service("web", "10.96.0.10", serde_json::json!([{"port": 80}]))).clone();
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.session_affinity = Some("ClientIP".into());
+        }
+        let d = desired(&[Arc::new(svc.clone())], &[], "n1");
+        assert_eq!(
+            d.values().next().unwrap().affinity_timeout,
+            10_800,
+            "upstream's default"
+        );
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.session_affinity_config =
+                serde_json::from_value(serde_json::json!({"clientIP": {"timeoutSeconds": 60}}))
+                    .ok();
+        }
+        let d = desired(&[Arc::new(svc)], &[], "n1");
+        assert_eq!(d.values().next().unwrap().affinity_timeout, 60);
     }
 
     #[test]
@@ -484,6 +541,7 @@ mod tests {
             serde_json::json!([{"port": 80}]),
         )];
         let d = desired(&svcs, &[], "n1");
-        assert_eq!(d.values().next().unwrap().len(), 0);
+        assert_eq!(d.values().next().unwrap().backends.len(), 0);
+        assert_eq!(d.values().next().unwrap().affinity_timeout, 0);
     }
 }

@@ -18,6 +18,18 @@ use sextant_tests::{
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
 
+/// A Service over the same pods with ClientIP session affinity.
+const STICKY: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web-sticky}
+spec:
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+"#;
+
 /// A headless Service over the same pods.
 const HEADLESS: &str = r#"
 apiVersion: v1
@@ -351,6 +363,18 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
         .unwrap();
     assert_eq!(dns_ip, "10.96.0.10");
 
+    // ClientIP affinity: every new connection from the client reaches one backend.
+    k.ok_with(&["apply", "-f", "-"], Some(STICKY)).unwrap();
+    let mut sticky = (BTreeMap::new(), 1, Value::Null);
+    for _ in 0..20 {
+        sticky = requests(&k, "web-sticky:80", 30);
+        if sticky.1 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!((sticky.0.len(), sticky.1), (1, 0), "{}", sticky.2);
+
     // UDP through the VIP's UDP port.
     let udp = format!("{vip}:9000");
     let out = k
@@ -427,7 +451,7 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
         "requests failed across the agent's restart: {log}"
     );
     assert_eq!(log["answers"].as_object().unwrap().len(), 3, "{log}");
-    let pinned = cluster.agents[0].bpf_dir().join("maps/SX_LB4_SERVICES_V1");
+    let pinned = cluster.agents[0].bpf_dir().join("maps/SX_LB4_SERVICES_V2");
     let dump = sextant_tests::run(
         std::process::Command::new("bpftool")
             .args(["map", "dump", "pinned"])
@@ -438,8 +462,8 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
     let frontends: Vec<Value> = serde_json::from_str(&dump).unwrap();
     assert_eq!(
         frontends.len(),
-        4,
-        "web's TCP and UDP frontends and kube-dns's: {dump}"
+        5,
+        "web's TCP and UDP frontends, web-sticky's, and kube-dns's two: {dump}"
     );
     let a = &cluster.agents[0];
 

@@ -2,8 +2,16 @@
 //! `SX_LB4_BACKENDS_V1`, `SX_CT4_V1`). Addresses and ports are kept in packet
 //! byte order, exactly as the programs read them.
 
-/// Name of the map from [`Lb4Key`] (VIP, port, protocol) to [`Lb4Service`].
-pub const SERVICES_MAP: &str = "SX_LB4_SERVICES_V1";
+/// Name of the map from [`Lb4Key`] (VIP, port, protocol) to [`Lb4Service`]
+/// (V2: the value gained the affinity timeout).
+pub const SERVICES_MAP: &str = "SX_LB4_SERVICES_V2";
+/// Name of the LRU map from [`Lb4AffinityKey`] (client, frontend) to [`Lb4Affinity`].
+pub const AFFINITY_MAP: &str = "SX_LB4_AFFINITY_V1";
+/// Client-frontend pairs remembered for session affinity.
+pub const MAX_AFFINITY: u32 = 65_536;
+/// How many backend slots the datapath checks to confirm an affine backend is
+/// still one of the frontend's (frontends with more are trusted as they are).
+pub const AFFINITY_CHECK_SLOTS: u32 = 32;
 /// Name of the map from [`Lb4BackendKey`] (service id, slot) to [`Lb4Backend`].
 pub const BACKENDS_MAP: &str = "SX_LB4_BACKENDS_V1";
 /// Name of the LRU map from [`Ct4Key`] (a flow's 5-tuple) to [`Ct4Entry`].
@@ -43,6 +51,30 @@ pub struct Lb4Service {
     pub id: u32,
     /// How many backend slots are filled; 0 drops new flows (no endpoints).
     pub count: u32,
+    /// `sessionAffinity: ClientIP`: seconds a client keeps its backend; 0 = none.
+    pub affinity_timeout: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+/// A client's affinity to a frontend's backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lb4AffinityKey {
+    /// Client address.
+    pub client: u32,
+    /// [`Lb4Service::id`].
+    pub id: u32,
+}
+
+/// The backend a client was given, and when it last opened a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lb4Affinity {
+    /// The backend.
+    pub backend: Lb4Backend,
+    /// `bpf_ktime_get_ns` of the client's last new flow.
+    pub last_seen_ns: u64,
 }
 
 /// One backend slot of a frontend.
@@ -119,6 +151,8 @@ mod pod {
     unsafe impl aya::Pod for super::Lb4Backend {}
     unsafe impl aya::Pod for super::Ct4Key {}
     unsafe impl aya::Pod for super::Ct4Entry {}
+    unsafe impl aya::Pod for super::Lb4AffinityKey {}
+    unsafe impl aya::Pod for super::Lb4Affinity {}
 }
 
 #[cfg(test)]
@@ -130,7 +164,9 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Lb4Key>(), 8);
         assert_eq!(offset_of!(Lb4Key, proto), 6);
-        assert_eq!(size_of::<Lb4Service>(), 8);
+        assert_eq!(size_of::<Lb4Service>(), 16);
+        assert_eq!(size_of::<Lb4AffinityKey>(), 8);
+        assert_eq!(size_of::<Lb4Affinity>(), 16);
         assert_eq!(size_of::<Lb4BackendKey>(), 8);
         assert_eq!(size_of::<Lb4Backend>(), 8);
         assert_eq!(size_of::<Ct4Key>(), 16);

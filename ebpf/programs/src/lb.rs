@@ -1,17 +1,30 @@
-//! Service load balancing (ClusterIP): frontends (`SX_LB4_SERVICES_V1`) and their
+//! Service load balancing (ClusterIP): frontends (`SX_LB4_SERVICES_V2`) and their
 //! backend slots (`SX_LB4_BACKENDS_V1`), written by the agent from Services and
 //! EndpointSlices. A new flow picks a slot at random; conntrack keeps it there.
+//! With `sessionAffinity: ClientIP`, a client's new flows go to the backend it had
+//! while it keeps coming back within the timeout and that backend is still one of
+//! the frontend's (`SX_LB4_AFFINITY_V1`).
 
-use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::HashMap};
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::map,
+    maps::{HashMap, LruHashMap},
+};
 use sextant_ebpf_common::lb::{
-    Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service, MAX_BACKENDS, MAX_SERVICES,
+    AFFINITY_CHECK_SLOTS, Lb4Affinity, Lb4AffinityKey, Lb4Backend, Lb4BackendKey, Lb4Key,
+    Lb4Service, MAX_AFFINITY, MAX_BACKENDS, MAX_SERVICES,
 };
 
 use crate::packet::L4Packet;
 
 /// (VIP, port, protocol) → frontend.
-#[map(name = "SX_LB4_SERVICES_V1")]
-static SX_LB4_SERVICES_V1: HashMap<Lb4Key, Lb4Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+#[map(name = "SX_LB4_SERVICES_V2")]
+static SX_LB4_SERVICES_V2: HashMap<Lb4Key, Lb4Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// (client, frontend id) → its backend, for session affinity.
+#[map(name = "SX_LB4_AFFINITY_V1")]
+static SX_LB4_AFFINITY_V1: LruHashMap<Lb4AffinityKey, Lb4Affinity> =
+    LruHashMap::with_max_entries(MAX_AFFINITY, 0);
 
 /// (frontend id, slot) → backend.
 #[map(name = "SX_LB4_BACKENDS_V1")]
@@ -38,19 +51,74 @@ pub(crate) fn select(pkt: &L4Packet) -> Balanced {
         pad: 0,
     };
     // SAFETY: the value is copied out at once.
-    let Some(svc) = (unsafe { SX_LB4_SERVICES_V1.get(&key) }).copied() else {
+    let Some(svc) = (unsafe { SX_LB4_SERVICES_V2.get(&key) }).copied() else {
         return Balanced::NotAService;
     };
     if svc.count == 0 {
         return Balanced::NoBackend;
     }
     // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let affinity_key = Lb4AffinityKey {
+        client: pkt.saddr,
+        id: svc.id,
+    };
+    if svc.affinity_timeout != 0
+        && let Some(b) = affine_backend(&svc, &affinity_key, now)
+    {
+        remember(&affinity_key, b, now);
+        return Balanced::Backend(b);
+    }
+    // SAFETY: a helper call without arguments.
     let slot = unsafe { bpf_get_prandom_u32() } % svc.count;
     let bkey = Lb4BackendKey { id: svc.id, slot };
     // SAFETY: the value is copied out at once.
     match unsafe { SX_LB4_BACKENDS_V1.get(&bkey) } {
-        Some(b) => Balanced::Backend(*b),
+        Some(b) => {
+            if svc.affinity_timeout != 0 {
+                remember(&affinity_key, *b, now);
+            }
+            Balanced::Backend(*b)
+        }
         // The agent shrinks `count` before freeing slots; a miss is a race with it.
         None => Balanced::NoBackend,
     }
+}
+
+#[inline(always)]
+fn remember(key: &Lb4AffinityKey, backend: Lb4Backend, now: u64) {
+    let value = Lb4Affinity {
+        backend,
+        last_seen_ns: now,
+    };
+    // A full LRU forgets the oldest client; a failed insert only costs affinity.
+    let _ = SX_LB4_AFFINITY_V1.insert(key, &value, 0);
+}
+
+/// The client's backend, if it came back within the timeout and the backend is
+/// still in the frontend's first `AFFINITY_CHECK_SLOTS` slots (or the frontend has
+/// more than that, which is trusted as it is).
+#[inline(always)]
+fn affine_backend(svc: &Lb4Service, key: &Lb4AffinityKey, now: u64) -> Option<Lb4Backend> {
+    // SAFETY: the value is copied out at once.
+    let a = unsafe { SX_LB4_AFFINITY_V1.get(key) }.copied()?;
+    if now.saturating_sub(a.last_seen_ns) > u64::from(svc.affinity_timeout) * 1_000_000_000 {
+        return None;
+    }
+    if svc.count > AFFINITY_CHECK_SLOTS {
+        return Some(a.backend);
+    }
+    for slot in 0..AFFINITY_CHECK_SLOTS {
+        if slot >= svc.count {
+            break;
+        }
+        let bkey = Lb4BackendKey { id: svc.id, slot };
+        // SAFETY: the value is compared at once.
+        if let Some(b) = unsafe { SX_LB4_BACKENDS_V1.get(&bkey) }
+            && *b == a.backend
+        {
+            return Some(a.backend);
+        }
+    }
+    None
 }

@@ -204,7 +204,12 @@ fn program_ebpf(dp: &mut Datapath, from: u32, n: u32) -> Result<Duration, Error>
         )?;
         dp.set_service(
             frontend(vip(i), 80, PROTO_TCP),
-            Lb4Service { id: i, count: 1 },
+            Lb4Service {
+                id: i,
+                count: 1,
+                affinity_timeout: 0,
+                pad: 0,
+            },
         )?;
     }
     Ok(started.elapsed())
