@@ -217,11 +217,7 @@ pub async fn reconcile_routes(
             .gateway(*via)
             .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
             .build();
-        handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
+        crate::veth::replace_route(handle, route)
             .await
             .map_err(nl(format!("routing {net} via {via}")))?;
         tracing::info!(%net, %via, "added node route");

@@ -182,11 +182,7 @@ pub async fn create(
         .output_interface(host_ifindex)
         .scope(RouteScope::Link)
         .build();
-    handle
-        .route()
-        .add(route)
-        .replace()
-        .execute()
+    replace_route(handle, route)
         .await
         .map_err(nl(format!("routing {ip} to {host}")))?;
     handle
@@ -254,25 +250,25 @@ async fn configure_pod_side(
         .output_interface(index)
         .scope(RouteScope::Link)
         .build();
-    handle
-        .route()
-        .add(to_gateway)
-        .replace()
-        .execute()
+    replace_route(&handle, to_gateway)
         .await
         .map_err(nl("the route to the gateway"))?;
     let default = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(GATEWAY)
         .output_interface(index)
         .build();
-    handle
-        .route()
-        .add(default)
-        .replace()
-        .execute()
+    replace_route(&handle, default)
         .await
         .map_err(nl("the default route"))?;
     Ok(())
+}
+
+/// Adds `route`, replacing one to the same destination (`ip route replace`).
+pub async fn replace_route(
+    handle: &Handle,
+    route: netlink_packet_route::route::RouteMessage,
+) -> Result<(), rtnetlink::Error> {
+    handle.route().add(route).replace().execute().await
 }
 
 /// Deletes the host side of a pod's pair (the kernel deletes the other side with

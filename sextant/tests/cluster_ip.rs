@@ -130,15 +130,16 @@ fn requests(k: &Kubectl, to: &str, count: u32) -> (BTreeMap<String, u64>, u64, V
     (answers, v["failed"].as_u64().unwrap(), v)
 }
 
+/// The `items` of `kubectl get <args> -o json`.
+fn items(k: &Kubectl, args: &[&str]) -> Vec<Value> {
+    let mut args = args.to_vec();
+    args.extend(["-o", "json"]);
+    let list: Value = serde_json::from_str(&k.ok(&args).unwrap()).unwrap();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
 fn ready_pods(k: &Kubectl) -> Vec<String> {
-    let list: Value = serde_json::from_str(
-        &k.ok(&["get", "pods", "-l", "app=web", "-o", "json"])
-            .unwrap(),
-    )
-    .unwrap();
-    list["items"]
-        .as_array()
-        .unwrap()
+    items(k, &["get", "pods", "-l", "app=web"])
         .iter()
         .filter(|p| {
             p["metadata"]["deletionTimestamp"].is_null()
@@ -153,25 +154,19 @@ fn ready_pods(k: &Kubectl) -> Vec<String> {
 
 /// Ready addresses in the Service's EndpointSlices.
 fn ready_endpoints(k: &Kubectl) -> usize {
-    let list: Value = serde_json::from_str(
-        &k.ok(&[
+    items(
+        k,
+        &[
             "get",
             "endpointslices",
             "-l",
             "kubernetes.io/service-name=web",
-            "-o",
-            "json",
-        ])
-        .unwrap(),
+        ],
     )
-    .unwrap();
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
-        .filter(|e| e["conditions"]["ready"] != false)
-        .count()
+    .iter()
+    .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+    .filter(|e| e["conditions"]["ready"] != false)
+    .count()
 }
 
 /// Opens an Observe stream on an agent's socket.
