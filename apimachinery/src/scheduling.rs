@@ -59,6 +59,12 @@ fn labels_of(node: &Node) -> &BTreeMap<String, String> {
 
 /// Whether the pod tolerates every NoSchedule and NoExecute taint of the node.
 pub fn tolerates_taints(pod: &Pod, node: &Node) -> bool {
+    tolerates_taints_with_effect(pod, node, &["NoSchedule", "NoExecute"])
+}
+
+/// Whether the pod tolerates every taint of the node with one of `effects`;
+/// NoExecute alone decides whether a pod already bound may keep running.
+pub fn tolerates_taints_with_effect(pod: &Pod, node: &Node, effects: &[&str]) -> bool {
     let tolerations = pod
         .spec
         .as_ref()
@@ -69,7 +75,7 @@ pub fn tolerates_taints(pod: &Pod, node: &Node) -> bool {
         .and_then(|s| s.taints.as_ref())
         .into_iter()
         .flatten()
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .filter(|t| effects.contains(&t.effect.as_str()))
         .all(|t| tolerates(tolerations, t))
 }
 

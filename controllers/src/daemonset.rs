@@ -139,6 +139,19 @@ fn pod_for_node(ds: &DaemonSet, ns: &str, node: &str, hash: &str) -> Pod {
     pod
 }
 
+/// Whether a daemon pod should be placed on the node, and whether one already
+/// there may stay. As upstream, only NoExecute taints remove a running pod: a
+/// lost node is also tainted unreachable:NoSchedule, and its daemon pods stay.
+fn placement(pod: &Pod, node: &Node) -> (bool, bool) {
+    if !filters::affinity_matches(pod, node) {
+        return (false, false);
+    }
+    (
+        filters::tolerates_taints(pod, node),
+        filters::tolerates_taints_with_effect(pod, node, &["NoExecute"]),
+    )
+}
+
 /// The node a daemon pod is bound to, or the one its affinity names.
 fn node_of(p: &Pod) -> Option<String> {
     let spec = p.spec.as_ref()?;
@@ -223,9 +236,12 @@ async fn sync(ds: &DaemonSet, ctx: &Context) -> Result<Action, Error> {
     for node in &nodes {
         let name = node.name_any();
         let candidate = pod_for_node(ds, &ns, &name, &hash);
-        let eligible = filters::affinity_matches(&candidate, node)
-            && filters::tolerates_taints(&candidate, node);
+        let (eligible, may_stay) = placement(&candidate, node);
         let mut here = by_node.remove(&name).unwrap_or_default();
+        if !eligible && may_stay && !here.is_empty() {
+            misscheduled += 1;
+            continue;
+        }
         if !eligible {
             let bound = here
                 .iter()
@@ -373,6 +389,30 @@ mod tests {
                 {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}
             ]),
         );
-        assert!(!filters::tolerates_taints(&pod, &tainted));
+        assert_eq!(
+            placement(&pod, &tainted),
+            (false, true),
+            "stays, not placed"
+        );
+        let lost = node(
+            "n1",
+            json!({"role": "edge"}),
+            json!([
+                {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"},
+                {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}
+            ]),
+        );
+        assert_eq!(
+            placement(&pod, &lost),
+            (false, true),
+            "a lost node keeps its daemon pod"
+        );
+        let evicting = node(
+            "n1",
+            json!({"role": "edge"}),
+            json!([{"key": "dedicated", "effect": "NoExecute"}]),
+        );
+        assert_eq!(placement(&pod, &evicting), (false, false));
+        assert_eq!(placement(&pod, &other), (false, false));
     }
 }

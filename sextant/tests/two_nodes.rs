@@ -247,7 +247,18 @@ async fn two_real_nodes_share_daemons_and_take_over_lost_pods() {
     assert_eq!(ready_status(&k, &b.node_name), "True");
     // The daemon pod on a stays (daemon pods tolerate unreachable nodes).
     let daemons = k
-        .ok(&["get", "pods", "-l", "app=everywhere", "-o", "name"])
+        .ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=everywhere",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+        ])
         .unwrap();
-    assert_eq!(daemons.lines().count(), 2, "{daemons}");
+    let mut on: Vec<&str> = daemons.lines().map(str::trim).collect();
+    on.sort();
+    let mut want = vec![a.node_name.as_str(), b.node_name.as_str()];
+    want.sort();
+    assert_eq!(on, want, "one daemon pod per node, none terminating");
 }
