@@ -17,6 +17,7 @@ fn main() {
         );
         std::process::exit(1);
     }
+    println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-env-changed=SEXTANT_BPF_TOOLCHAIN");
     // aya-build watches ebpf/programs; the shared map types live beside it. (No
     // build-dependency on the eBPF crate: that made cargo compile kernel code for the

@@ -1,8 +1,8 @@
 //! The node's dataplane agent, as `sextant agent` runs it: loads the pod datapath,
 //! serves the Endpoints API on a unix socket for `sextant-cni`, installs the plugin
 //! and its network configuration for containerd, keeps node routes and the
-//! masquerade rule in step with the Node objects, and the service maps in step
-//! with Services and EndpointSlices.
+//! masquerade rule in step with the Node objects, the service maps in step
+//! with Services and EndpointSlices, and the policy maps with NetworkPolicies.
 
 use std::{
     os::unix::fs::PermissionsExt,
@@ -21,7 +21,8 @@ use crate::{
     datapath::Datapath,
     dns,
     endpoints::EndpointService,
-    flows, routing, services, veth,
+    flows, policy, routing, services, veth,
+    watch::changes as watch_changes,
 };
 
 /// Where the agent puts things and whom it serves.
@@ -105,6 +106,7 @@ pub async fn start(
     let flow_ring = datapath.take_flows();
     let flow_counter = flows::register(registry);
     let hub = flows::FlowHub::new();
+    let policy_names = policy::PolicyNames::default();
     let datapath = Arc::new(Mutex::new(datapath));
     let service_metrics = services::ServiceMetrics::register(registry);
     let netlink = veth::connect()?;
@@ -131,6 +133,7 @@ pub async fn start(
             config.node_name.clone(),
             config.dir.join("endpoints"),
             caches.services.clone(),
+            policy_names.clone(),
         )));
     }
     tasks.push(tokio::spawn(services::run(
@@ -140,7 +143,7 @@ pub async fn start(
         config.node_name.clone(),
     )));
     tasks.push(tokio::spawn(routing::run_node_routes(
-        client,
+        client.clone(),
         netlink.clone(),
         config.node_name.clone(),
         cidr_tx,
@@ -150,8 +153,22 @@ pub async fn start(
         config.cluster_cidr,
     )));
 
+    let host = match config.dns_listen.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+        _ => None,
+    };
+    let (endpoint_changes, policy_changes) = watch_changes();
+    tasks.push(tokio::spawn(policy::run(
+        client,
+        datapath.clone(),
+        config.dir.join("endpoints"),
+        host,
+        policy_names,
+        (endpoint_changes.clone(), policy_changes),
+    )));
     let service = EndpointService::new(&config.dir, datapath, netlink, cidr_rx)
-        .map_err(io("creating the endpoint records"))?;
+        .map_err(io("creating the endpoint records"))?
+        .notify(endpoint_changes);
     let restored = service.restore().await.map_err(Error::Endpoints)?;
     tracing::info!(restored, "restored pod endpoints");
 

@@ -19,7 +19,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{
+        HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -40,6 +43,10 @@ use sextant_ebpf_common::{
         SERVICES_MAP,
     },
     metrics::{Counter, Family, METRICS_MAP, PacketCount},
+    policy::{
+        IPCACHE_MAP, IpKey, POLICY_ENDPOINTS_MAP, POLICY_MAP, PolicyEndpoint, PolicyKey,
+        PolicyValue,
+    },
 };
 
 use crate::{
@@ -56,7 +63,7 @@ const POD_PROGRAMS: [(&str, TcAttachType); 2] = [
     (TO_POD, TcAttachType::Egress),
 ];
 /// The maps that outlive the agent.
-const PINNED_MAPS: [&str; 7] = [
+const PINNED_MAPS: [&str; 10] = [
     ENDPOINTS_MAP,
     SERVICES_MAP,
     AFFINITY_MAP,
@@ -64,6 +71,9 @@ const PINNED_MAPS: [&str; 7] = [
     CT_MAP,
     METRICS_MAP,
     FLOWS_MAP,
+    IPCACHE_MAP,
+    POLICY_MAP,
+    POLICY_ENDPOINTS_MAP,
 ];
 
 /// The datapath shared by the endpoint service and the service programmer.
@@ -320,6 +330,116 @@ impl Datapath {
             .collect()
     }
 
+    /// Gives the addresses under `prefix_len`/`addr` the identity `identity`.
+    pub fn set_identity(&mut self, prefix_len: u32, addr: Ipv4Addr, identity: u32) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, IpKey, u32> = map_mut(&mut self.ebpf, IPCACHE_MAP)?;
+        let key = LpmKey::new(prefix_len, ip_key(addr));
+        map.insert(&key, identity, 0).map_err(|source| Error::Map {
+            name: IPCACHE_MAP,
+            source,
+        })
+    }
+
+    /// Forgets a prefix's identity; absent is not an error.
+    pub fn remove_identity(&mut self, prefix_len: u32, addr: Ipv4Addr) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, IpKey, u32> = map_mut(&mut self.ebpf, IPCACHE_MAP)?;
+        let key = LpmKey::new(prefix_len, ip_key(addr));
+        ignore_missing(map.remove(&key), IPCACHE_MAP)
+    }
+
+    /// Every prefix the ipcache holds, with its identity.
+    pub fn identities(&mut self) -> Result<Vec<((u32, Ipv4Addr), u32)>> {
+        let map: LpmTrie<&mut MapData, IpKey, u32> = map_mut(&mut self.ebpf, IPCACHE_MAP)?;
+        let entries = map.iter().map(|r| {
+            r.map(|(k, v)| {
+                (
+                    (k.prefix_len(), Ipv4Addr::from(k.data().addr.to_ne_bytes())),
+                    v,
+                )
+            })
+        });
+        entries
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|source| Error::Map {
+                name: IPCACHE_MAP,
+                source,
+            })
+    }
+
+    /// Writes one allow entry: `key`'s first `prefix_len` bits.
+    pub fn set_policy_rule(
+        &mut self,
+        prefix_len: u32,
+        key: PolicyKey,
+        value: PolicyValue,
+    ) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, PolicyKey, PolicyValue> =
+            map_mut(&mut self.ebpf, POLICY_MAP)?;
+        map.insert(&LpmKey::new(prefix_len, key), value, 0)
+            .map_err(|source| Error::Map {
+                name: POLICY_MAP,
+                source,
+            })
+    }
+
+    /// Removes an allow entry; absent is not an error.
+    pub fn remove_policy_rule(&mut self, prefix_len: u32, key: PolicyKey) -> Result<()> {
+        let mut map: LpmTrie<&mut MapData, PolicyKey, PolicyValue> =
+            map_mut(&mut self.ebpf, POLICY_MAP)?;
+        ignore_missing(map.remove(&LpmKey::new(prefix_len, key)), POLICY_MAP)
+    }
+
+    /// Every allow entry.
+    pub fn policy_rules(&mut self) -> Result<Vec<((u32, PolicyKey), PolicyValue)>> {
+        let map: LpmTrie<&mut MapData, PolicyKey, PolicyValue> =
+            map_mut(&mut self.ebpf, POLICY_MAP)?;
+        let entries = map
+            .iter()
+            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)));
+        entries
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|source| Error::Map {
+                name: POLICY_MAP,
+                source,
+            })
+    }
+
+    /// Sets which directions of the local pod `ip` policies enforce.
+    pub fn set_policy_endpoint(&mut self, ip: Ipv4Addr, ep: PolicyEndpoint) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, PolicyEndpoint> =
+            map_mut(&mut self.ebpf, POLICY_ENDPOINTS_MAP)?;
+        map.insert(u32::from_ne_bytes(ip.octets()), ep, 0)
+            .map_err(|source| Error::Map {
+                name: POLICY_ENDPOINTS_MAP,
+                source,
+            })
+    }
+
+    /// Stops enforcing policy on `ip`; absent is not an error.
+    pub fn remove_policy_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, u32, PolicyEndpoint> =
+            map_mut(&mut self.ebpf, POLICY_ENDPOINTS_MAP)?;
+        ignore_missing(
+            map.remove(&u32::from_ne_bytes(ip.octets())),
+            POLICY_ENDPOINTS_MAP,
+        )
+    }
+
+    /// Every local pod policies are enforced on.
+    pub fn policy_endpoints(&mut self) -> Result<Vec<(Ipv4Addr, PolicyEndpoint)>> {
+        let map: BpfHashMap<&mut MapData, u32, PolicyEndpoint> =
+            map_mut(&mut self.ebpf, POLICY_ENDPOINTS_MAP)?;
+        map.iter()
+            .map(|r| {
+                r.map(|(k, v)| (Ipv4Addr::from(k.to_ne_bytes()), v))
+                    .map_err(|source| Error::Map {
+                        name: POLICY_ENDPOINTS_MAP,
+                        source,
+                    })
+            })
+            .collect()
+    }
+
     /// The flow event ring, once (its one reader is the flow reader).
     pub fn take_flows(&mut self) -> Option<RingBuf<MapData>> {
         self.flows.take()
@@ -328,6 +448,12 @@ impl Datapath {
     /// The packet counters, summed over CPUs, for `/metrics` and tests.
     pub fn counters(&self) -> PacketCounters {
         PacketCounters(self.metrics.clone())
+    }
+}
+
+fn ip_key(addr: Ipv4Addr) -> IpKey {
+    IpKey {
+        addr: u32::from_ne_bytes(addr.octets()),
     }
 }
 

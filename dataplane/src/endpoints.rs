@@ -86,6 +86,7 @@ pub struct EndpointService {
     pod_cidr: watch::Receiver<Option<Ipv4Net>>,
     ipam_dir: PathBuf,
     records_dir: PathBuf,
+    changes: Option<tokio::sync::mpsc::Sender<()>>,
 }
 
 impl std::fmt::Debug for EndpointService {
@@ -120,7 +121,21 @@ impl EndpointService {
             pod_cidr,
             ipam_dir: dir.join("ipam"),
             records_dir,
+            changes: None,
         })
+    }
+
+    /// Pokes `changes` whenever an endpoint is added or removed (network policy
+    /// recomputes then, rather than waiting for the pod's status).
+    pub fn notify(mut self, changes: tokio::sync::mpsc::Sender<()>) -> Self {
+        self.changes = Some(changes);
+        self
+    }
+
+    fn changed(&self) {
+        if let Some(tx) = &self.changes {
+            let _ = tx.try_send(());
+        }
     }
 
     /// Re-attaches and re-fills the map for every recorded endpoint whose link still
@@ -259,6 +274,7 @@ impl EndpointService {
             host_ifname = record.host_ifname,
             "endpoint added"
         );
+        self.changed();
         Ok(AddReply {
             address: format!("{ip}/32"),
             gateway: GATEWAY.to_string(),
@@ -278,6 +294,7 @@ impl EndpointService {
             .await
             .map_err(|e| e.to_string())?;
         self.release(state, &record.container_id)?;
+        self.changed();
         match std::fs::remove_file(self.record_path(&record.container_id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

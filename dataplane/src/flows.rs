@@ -22,7 +22,8 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
 };
 use sextant_ebpf_common::flows::{
-    FLAG_SERVICE, FlowEvent, REASON_NO_BACKEND, VERDICT_DROPPED, VERDICT_FORWARDED,
+    DIRECTION_INGRESS, FLAG_SERVICE, FlowEvent, REASON_NO_BACKEND, REASON_POLICY_DENIED,
+    VERDICT_DROPPED, VERDICT_FORWARDED,
 };
 use tokio::{io::unix::AsyncFd, sync::broadcast};
 use tonic::{Request, Response, Status};
@@ -30,12 +31,13 @@ use tonic::{Request, Response, Status};
 use crate::{
     api::{Flow, ObserveRequest, observer_server::Observer},
     endpoints::EndpointRecord,
+    policy::PolicyNames,
 };
 
 /// Labels of `sextant_dataplane_flows_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FlowLabels {
-    /// `egress` (leaving a pod; the only hook that reports today).
+    /// `egress` (leaving a pod) or `ingress` (entering a pod from the host stack).
     pub direction: &'static str,
     /// `forwarded` or `dropped`.
     pub verdict: &'static str,
@@ -47,6 +49,7 @@ struct Names {
     records_dir: PathBuf,
     pods: Mutex<(HashMap<Ipv4Addr, String>, Option<Instant>)>,
     services: Store<Service>,
+    policies: PolicyNames,
 }
 
 impl Names {
@@ -81,6 +84,18 @@ impl Names {
         cache.0.get(&ip).cloned().unwrap_or_default()
     }
 
+    /// `namespace/name` of the NetworkPolicy with id `id`.
+    fn policy(&self, id: u32) -> String {
+        if id == 0 {
+            return String::new();
+        }
+        let names = self
+            .policies
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"))
+    }
+
     /// `namespace/name` of the Service whose ClusterIP is `vip`.
     fn service(&self, vip: Ipv4Addr) -> String {
         let vip = vip.to_string();
@@ -101,6 +116,14 @@ fn rfc3339_now() -> String {
     jiff::Timestamp::now().to_string()
 }
 
+fn direction(e: &FlowEvent) -> &'static str {
+    if e.direction == DIRECTION_INGRESS {
+        "ingress"
+    } else {
+        "egress"
+    }
+}
+
 /// Turns one kernel event into a [`Flow`].
 fn flow(e: &FlowEvent, names: &Names) -> Flow {
     let (src, dst) = (addr(e.saddr), addr(e.daddr));
@@ -116,6 +139,7 @@ fn flow(e: &FlowEvent, names: &Names) -> Flow {
         .to_owned(),
         drop_reason: match e.reason {
             REASON_NO_BACKEND => "no_backend",
+            REASON_POLICY_DENIED => "policy_denied",
             _ => "",
         }
         .to_owned(),
@@ -139,6 +163,8 @@ fn flow(e: &FlowEvent, names: &Names) -> Flow {
         } else {
             String::new()
         },
+        direction: direction(e).to_owned(),
+        policy: names.policy(e.policy),
     }
 }
 
@@ -196,7 +222,7 @@ pub fn register(registry: &mut sextant_metrics::Registry) -> Family<FlowLabels, 
     let flows = Family::<FlowLabels, Counter>::default();
     registry.register(
         "sextant_dataplane_flows",
-        "Flows the datapath reported: new connections leaving pods and dropped packets.",
+        "Flows the datapath reported: new connections into and out of pods, and dropped packets.",
         flows.clone(),
     );
     flows
@@ -210,12 +236,14 @@ pub async fn run(
     node: String,
     records_dir: PathBuf,
     services: Store<Service>,
+    policies: PolicyNames,
 ) {
     let names = Names {
         node,
         records_dir,
         pods: Mutex::new((HashMap::new(), None)),
         services,
+        policies,
     };
     // `new` is deprecated for types that may close their fd while registered; the
     // ring owns its fd and lives inside the AsyncFd, so that cannot happen here, and
@@ -245,7 +273,7 @@ pub async fn run(
             let f = flow(&event, &names);
             counter
                 .get_or_create(&FlowLabels {
-                    direction: "egress",
+                    direction: direction(&event),
                     verdict: if event.verdict == VERDICT_DROPPED {
                         "dropped"
                     } else {

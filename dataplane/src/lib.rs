@@ -20,9 +20,11 @@ pub mod endpoints;
 pub mod flows;
 pub mod ipam;
 pub mod netns;
+pub mod policy;
 pub mod routing;
 pub mod services;
 pub mod veth;
+pub mod watch;
 
 pub use counters::InterfaceCounters;
 

@@ -16,18 +16,14 @@ use std::{
     time::Instant,
 };
 
-use futures::StreamExt;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kube::{
-    Api, ResourceExt,
-    runtime::{WatchStreamExt, reflector, watcher},
-};
+use kube::{Api, ResourceExt, runtime::reflector};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use sextant_ebpf_common::lb::{
     Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service, PROTO_TCP, PROTO_UDP,
 };
 
-use crate::{Result, datapath::SharedDatapath};
+use crate::{Result, datapath::SharedDatapath, watch};
 
 /// The label tying an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -314,7 +310,7 @@ pub struct Caches {
     /// EndpointSlices, all namespaces.
     pub slices: reflector::Store<EndpointSlice>,
     changed: tokio::sync::mpsc::Receiver<()>,
-    drivers: Vec<tokio::task::JoinHandle<()>>,
+    _drivers: watch::Drivers,
 }
 
 impl std::fmt::Debug for Caches {
@@ -323,60 +319,18 @@ impl std::fmt::Debug for Caches {
     }
 }
 
-impl Drop for Caches {
-    fn drop(&mut self) {
-        for t in &self.drivers {
-            t.abort();
-        }
-    }
-}
-
 impl Caches {
     /// Starts the watches.
     pub fn start(client: kube::Client) -> Self {
-        let (services, svc_writer) = reflector::store::<Service>();
-        let (slices, slice_writer) = reflector::store::<EndpointSlice>();
-        // Capacity 1 and try_send: bursts of events coalesce into one pass.
-        let (changed, notified) = tokio::sync::mpsc::channel::<()>(1);
-        let svc_events = watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(svc_writer)
-        .map(|e| e.map(|_| ()).map_err(|e| e.to_string()))
-        .boxed();
-        let slice_events = watcher(
-            Api::<EndpointSlice>::all(client),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(slice_writer)
-        .map(|e| e.map(|_| ()).map_err(|e| e.to_string()))
-        .boxed();
-        let drivers = [svc_events, slice_events]
-            .into_iter()
-            .map(|mut events| {
-                let changed = changed.clone();
-                tokio::spawn(async move {
-                    while let Some(event) = events.next().await {
-                        match event {
-                            Ok(()) => {
-                                let _ = changed.try_send(());
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "watching Services and EndpointSlices")
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
+        let (changed, notified) = watch::changes();
+        let (services, svc_driver) =
+            watch::cache(Api::<Service>::all(client.clone()), changed.clone());
+        let (slices, slice_driver) = watch::cache(Api::<EndpointSlice>::all(client), changed);
         Self {
             services,
             slices,
             changed: notified,
-            drivers,
+            _drivers: watch::Drivers(vec![svc_driver, slice_driver]),
         }
     }
 }

@@ -10,11 +10,8 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use serde_json::Value;
-use sextant_dataplane::api::{Flow, ObserveRequest, observer_client::ObserverClient};
-use sextant_tests::{
-    agent::{NetworkCluster, SextantAgent},
-    sextant::Kubectl,
-};
+use sextant_dataplane::api::{Flow, ObserveRequest};
+use sextant_tests::{agent::NetworkCluster, sextant::Kubectl};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
 
@@ -169,18 +166,6 @@ fn ready_endpoints(k: &Kubectl) -> usize {
     .count()
 }
 
-/// Opens an Observe stream on an agent's socket.
-async fn observe(socket: &Path, filter: ObserveRequest) -> tonic::Streaming<Flow> {
-    let channel = sextant_dataplane::agent::connect(socket, Duration::from_secs(60))
-        .await
-        .unwrap();
-    ObserverClient::new(channel)
-        .observe(filter)
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 /// Up to `n` flows from `stream`, waiting at most 10 s.
 async fn collect(mut stream: tonic::Streaming<Flow>, n: usize) -> Vec<Flow> {
     let mut out = Vec::new();
@@ -203,17 +188,6 @@ async fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("timed out after {within:?} waiting for {what}");
-}
-
-async fn counter(agent: &SextantAgent, metric: &str, label: &str) -> u64 {
-    let text = agent.metrics().await.unwrap();
-    let prefix = format!("{metric}{{{label}}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -260,32 +234,32 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
 
     let a = &cluster.agents[0];
     // The flows of web's Service, as `sextantctl flows --service web` will show them.
-    let socket = a.data_dir().join("dataplane/dataplane.sock");
-    let web_flows = observe(
-        &socket,
-        ObserveRequest {
+    let web_flows = a
+        .observe(ObserveRequest {
             service: "web".into(),
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await
+        .unwrap();
     // 300 requests by VIP reach all 3 backends, none fails.
-    let new_before = counter(
-        a,
-        "sextant_dataplane_service_packets_total",
-        "event=\"new_flow\"",
-    )
-    .await;
+    let new_before = a
+        .counter(
+            "sextant_dataplane_service_packets_total",
+            "event=\"new_flow\"",
+        )
+        .await
+        .unwrap();
     let (answers, failed, raw) = requests(&k, &web, 300);
     assert_eq!(failed, 0, "{raw}");
     assert_eq!(answers.len(), 3, "every backend answers: {raw}");
     assert_eq!(answers.values().sum::<u64>(), 300);
-    let new_after = counter(
-        a,
-        "sextant_dataplane_service_packets_total",
-        "event=\"new_flow\"",
-    )
-    .await;
+    let new_after = a
+        .counter(
+            "sextant_dataplane_service_packets_total",
+            "event=\"new_flow\"",
+        )
+        .await
+        .unwrap();
     assert!(
         new_after >= new_before + 300,
         "new flows balanced in the datapath: {new_before} → {new_after}"
@@ -506,18 +480,23 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let dropped = observe(
-        &a.data_dir().join("dataplane/dataplane.sock"),
-        ObserveRequest {
+    let dropped = a
+        .observe(ObserveRequest {
             verdict: "dropped".into(),
             ..Default::default()
-        },
-    )
-    .await;
-    let drops_before = counter(a, "sextant_dataplane_drops_total", "reason=\"no_backend\"").await;
+        })
+        .await
+        .unwrap();
+    let drops_before = a
+        .counter("sextant_dataplane_drops_total", "reason=\"no_backend\"")
+        .await
+        .unwrap();
     let (_, failed, _) = requests(&k, &web, 1);
     assert_eq!(failed, 1);
-    let drops_after = counter(a, "sextant_dataplane_drops_total", "reason=\"no_backend\"").await;
+    let drops_after = a
+        .counter("sextant_dataplane_drops_total", "reason=\"no_backend\"")
+        .await
+        .unwrap();
     assert!(
         drops_after > drops_before,
         "no_backend drops: {drops_before} → {drops_after}"

@@ -218,6 +218,35 @@ impl SextantAgent {
             .unwrap_or_default()
     }
 
+    /// Opens an Observe stream (flows) on the agent's socket.
+    pub async fn observe(
+        &self,
+        filter: sextant_dataplane::api::ObserveRequest,
+    ) -> Result<tonic::Streaming<sextant_dataplane::api::Flow>> {
+        let socket = self.data_dir().join("dataplane/dataplane.sock");
+        let failed =
+            |e: String| Error::Failed(format!("observing flows on {}: {e}", socket.display()));
+        let channel = sextant_dataplane::agent::connect(&socket, Duration::from_secs(60))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let stream = sextant_dataplane::api::observer_client::ObserverClient::new(channel)
+            .observe(filter)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(stream.into_inner())
+    }
+
+    /// The value of the counter `metric{labels}` (labels as printed, e.g.
+    /// `reason="no_backend"`) in the agent's `/metrics`.
+    pub async fn counter(&self, metric: &str, labels: &str) -> Result<u64> {
+        let text = self.metrics().await?;
+        let prefix = format!("{metric}{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| Error::Failed(format!("no {prefix}in /metrics")))
+    }
+
     /// The agent's `/metrics` text.
     pub async fn metrics(&self) -> Result<String> {
         let url = format!("http://{}/metrics", self.metrics_addr);

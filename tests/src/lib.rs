@@ -97,6 +97,9 @@ pub enum Error {
     /// A prerequisite file (such as a built image) is missing.
     #[error("{0}")]
     Missing(String),
+    /// A component answered, but not as expected.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Result with the harness [`Error`].

@@ -1,5 +1,5 @@
-//! Flow events (RingBuf `SX_FLOWS_V1`): one per new connection leaving a pod and
-//! per dropped packet, read by the agent for metrics and the Observe stream.
+//! Flow events (RingBuf `SX_FLOWS_V1`): one per new connection into or out of a
+//! pod and per dropped packet, read by the agent for metrics and the Observe stream.
 
 /// Name of the ring buffer of [`FlowEvent`]s.
 pub const FLOWS_MAP: &str = "SX_FLOWS_V1";
@@ -15,6 +15,14 @@ pub const VERDICT_DROPPED: u8 = 2;
 pub const REASON_NONE: u8 = 0;
 /// A service frontend without ready backends.
 pub const REASON_NO_BACKEND: u8 = 1;
+/// No network policy rule allows it; [`FlowEvent::policy`] names a policy that
+/// selects the pod.
+pub const REASON_POLICY_DENIED: u8 = 2;
+
+/// Seen leaving a pod ([`FlowEvent::direction`]).
+pub const DIRECTION_EGRESS: u8 = 0;
+/// Seen entering a pod from the host stack (another node, the host, outside).
+pub const DIRECTION_INGRESS: u8 = 1;
 
 /// The flow was sent to a service frontend; `vip`/`vport` hold it.
 pub const FLAG_SERVICE: u8 = 1;
@@ -43,12 +51,14 @@ pub struct FlowEvent {
     pub vip: u32,
     /// The service frontend's port.
     pub vport: u16,
+    /// [`DIRECTION_EGRESS`] or [`DIRECTION_INGRESS`].
+    pub direction: u8,
     /// Zero.
-    pub pad: u16,
+    pub pad: u8,
     /// Interface the packet came in on.
     pub ifindex: u32,
-    /// Zero.
-    pub pad2: u32,
+    /// Id of the NetworkPolicy that allowed or denied it; 0 when none decided.
+    pub policy: u32,
     /// `bpf_ktime_get_ns` when it was seen.
     pub time_ns: u64,
 }
@@ -71,9 +81,10 @@ impl FlowEvent {
             flags: *b.get(15)?,
             vip: u32_at(16)?,
             vport: u16_at(20)?,
+            direction: *b.get(22)?,
             pad: 0,
             ifindex: u32_at(24)?,
-            pad2: 0,
+            policy: u32_at(28)?,
             time_ns: u64_at(32)?,
         })
     }
@@ -111,9 +122,10 @@ mod tests {
             flags: FLAG_SERVICE,
             vip: 5,
             vport: 6,
+            direction: DIRECTION_INGRESS,
             pad: 0,
             ifindex: 7,
-            pad2: 0,
+            policy: 9,
             time_ns: 8,
         };
         // The bytes as the kernel writes them: the struct's memory, field by field.
@@ -125,7 +137,9 @@ mod tests {
         b[12..16].copy_from_slice(&[6, VERDICT_DROPPED, REASON_NO_BACKEND, FLAG_SERVICE]);
         b[16..20].copy_from_slice(&5u32.to_ne_bytes());
         b[20..22].copy_from_slice(&6u16.to_ne_bytes());
+        b[22] = DIRECTION_INGRESS;
         b[24..28].copy_from_slice(&7u32.to_ne_bytes());
+        b[28..32].copy_from_slice(&9u32.to_ne_bytes());
         b[32..40].copy_from_slice(&8u64.to_ne_bytes());
         assert_eq!(FlowEvent::from_bytes(&b), Some(e));
         assert_eq!(FlowEvent::from_bytes(&b[..39]), None);

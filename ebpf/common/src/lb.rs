@@ -121,6 +121,8 @@ pub struct Ct4Key {
 pub const CT_DNAT: u8 = 1;
 /// Rewrite the source to `addr:port` (a backend's reply, back to the VIP).
 pub const CT_REVNAT: u8 = 2;
+/// No rewrite: a flow tracked so its replies pass network policy (either direction).
+pub const CT_TRACKED: u8 = 3;
 
 /// [`Ct4Entry::flags`]: the client sent FIN or RST; a later SYN on the same
 /// 5-tuple is a new connection and is balanced afresh (its old backend may be gone).
@@ -134,7 +136,7 @@ pub struct Ct4Entry {
     pub addr: u32,
     /// The port written into the packet.
     pub port: u16,
-    /// [`CT_DNAT`] or [`CT_REVNAT`].
+    /// [`CT_DNAT`], [`CT_REVNAT`] or [`CT_TRACKED`].
     pub action: u8,
     /// [`CT_CLOSING`].
     pub flags: u8,

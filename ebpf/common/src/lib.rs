@@ -12,6 +12,7 @@ pub mod endpoints;
 pub mod flows;
 pub mod lb;
 pub mod metrics;
+pub mod policy;
 
 pub use counters::IfaceStats;
 pub use endpoints::Endpoint;

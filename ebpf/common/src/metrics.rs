@@ -1,9 +1,10 @@
-//! Datapath counters by what happened to a packet (map `SX_METRICS_V1`).
+//! Datapath counters by what happened to a packet (map `SX_METRICS_V2`).
 
 /// Name of the per-CPU array of [`PacketCount`], indexed by a [`Counter`].
-pub const METRICS_MAP: &str = "SX_METRICS_V1";
+/// (V2: the policy drop counter was added.)
+pub const METRICS_MAP: &str = "SX_METRICS_V2";
 
-/// What the datapath did with a packet; the index into `SX_METRICS_V1`.
+/// What the datapath did with a packet; the index into `SX_METRICS_V2`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -20,17 +21,20 @@ pub enum Counter {
     DropNoBackend = 4,
     /// A packet of a tracked service flow rewritten (either direction).
     ServiceNat = 5,
+    /// Dropped: a new flow no network policy rule allows.
+    DropPolicyDenied = 6,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 7] = [
         Counter::ForwardedLocalPeer,
         Counter::ForwardedHostStack,
         Counter::PassedNonIpv4,
         Counter::ServiceNewFlow,
         Counter::DropNoBackend,
         Counter::ServiceNat,
+        Counter::DropPolicyDenied,
     ];
 
     /// Size of the map.
@@ -45,6 +49,7 @@ impl Counter {
             Counter::ServiceNewFlow => "new_flow",
             Counter::DropNoBackend => "no_backend",
             Counter::ServiceNat => "nat",
+            Counter::DropPolicyDenied => "policy_denied",
         }
     }
 }
@@ -67,7 +72,7 @@ impl Counter {
             Counter::ForwardedLocalPeer | Counter::ForwardedHostStack | Counter::PassedNonIpv4 => {
                 Family::Forwarded
             }
-            Counter::DropNoBackend => Family::Dropped,
+            Counter::DropNoBackend | Counter::DropPolicyDenied => Family::Dropped,
             Counter::ServiceNewFlow | Counter::ServiceNat => Family::Service,
         }
     }

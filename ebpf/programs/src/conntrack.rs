@@ -1,11 +1,16 @@
-//! Connection tracking for service flows (`SX_CT4_V1`, LRU): the first packet of a
-//! flow to a frontend records the backend it was given (for the client's later
-//! packets) and the VIP to show in replies (for the backend's packets back).
+//! Connection tracking (`SX_CT4_V1`, LRU). The first packet of a flow to a
+//! frontend records the backend it was given (for the client's later packets) and
+//! the VIP to show in replies (for the backend's packets back); every other flow
+//! into or out of a pod is tracked both ways without a rewrite, so its replies
+//! pass network policy.
 //! Flows keep their backend while they live, so removing a backend from a
 //! service moves no established flow: terminating endpoints drain.
 
+use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::{macros::map, maps::LruHashMap};
-use sextant_ebpf_common::lb::{CT_CLOSING, CT_DNAT, CT_REVNAT, Ct4Entry, Ct4Key, MAX_FLOWS};
+use sextant_ebpf_common::lb::{
+    CT_CLOSING, CT_DNAT, CT_REVNAT, CT_TRACKED, Ct4Entry, Ct4Key, MAX_FLOWS,
+};
 
 use crate::packet::L4Packet;
 
@@ -64,4 +69,20 @@ pub(crate) fn create(pkt: &L4Packet, backend: u32, port: u16) {
     // flow is simply balanced again on its next packet.
     let _ = SX_CT4_V1.insert(&forward, &dnat, 0);
     let _ = SX_CT4_V1.insert(&reply, &revnat, 0);
+}
+
+/// Tracks a flow from `pkt` both ways, without a rewrite. An existing entry for
+/// the reply direction (a service flow's reverse NAT) is kept.
+#[inline(always)]
+pub(crate) fn track(pkt: &L4Packet) {
+    let tracked = Ct4Entry {
+        addr: 0,
+        port: 0,
+        action: CT_TRACKED,
+        flags: 0,
+    };
+    let forward = key(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, pkt.proto);
+    let reply = key(pkt.daddr, pkt.saddr, pkt.dport, pkt.sport, pkt.proto);
+    let _ = SX_CT4_V1.insert(&forward, &tracked, 0);
+    let _ = SX_CT4_V1.insert(&reply, &tracked, u64::from(BPF_NOEXIST));
 }

@@ -1,8 +1,11 @@
-//! Flow events into the ring buffer `SX_FLOWS_V1`: a new connection leaving a pod
-//! (a service flow's first packet, or a TCP SYN), and every dropped packet. A full
+//! Flow events into the ring buffer `SX_FLOWS_V1`: a new flow into or out of a pod
+//! (its first packet conntrack did not know), and every dropped packet. A full
 //! ring drops the event, never the packet.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::RingBuf, programs::TcContext};
+pub(crate) use sextant_ebpf_common::flows::{
+    DIRECTION_EGRESS as EGRESS, DIRECTION_INGRESS as INGRESS,
+};
 use sextant_ebpf_common::flows::{FLOWS_BYTES, FlowEvent};
 
 use crate::packet::L4Packet;
@@ -11,16 +14,24 @@ use crate::packet::L4Packet;
 #[map(name = "SX_FLOWS_V1")]
 static SX_FLOWS_V1: RingBuf = RingBuf::with_byte_size(FLOWS_BYTES, 0);
 
+/// What happened to a flow, for its event.
+#[derive(Clone, Copy)]
+pub(crate) struct Outcome {
+    /// `VERDICT_*`.
+    pub(crate) verdict: u8,
+    /// `REASON_*`.
+    pub(crate) reason: u8,
+    /// `FLAG_*`.
+    pub(crate) flags: u8,
+    /// `DIRECTION_*`.
+    pub(crate) direction: u8,
+    /// The deciding NetworkPolicy's id, or 0.
+    pub(crate) policy: u32,
+}
+
 /// Emits one event for `pkt` (as it was before any rewrite); `to` is where it went.
 #[inline(always)]
-pub(crate) fn emit(
-    ctx: &TcContext,
-    pkt: &L4Packet,
-    verdict: u8,
-    reason: u8,
-    flags: u8,
-    to: (u32, u16),
-) {
+pub(crate) fn emit(ctx: &TcContext, pkt: &L4Packet, to: (u32, u16), o: Outcome) {
     // SAFETY: `skb` is the context pointer the kernel handed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let event = FlowEvent {
@@ -29,14 +40,15 @@ pub(crate) fn emit(
         sport: pkt.sport,
         dport: to.1,
         proto: pkt.proto,
-        verdict,
-        reason,
-        flags,
+        verdict: o.verdict,
+        reason: o.reason,
+        flags: o.flags,
         vip: pkt.daddr,
         vport: pkt.dport,
+        direction: o.direction,
         pad: 0,
         ifindex,
-        pad2: 0,
+        policy: o.policy,
         // SAFETY: a helper call without arguments.
         time_ns: unsafe { bpf_ktime_get_ns() },
     };

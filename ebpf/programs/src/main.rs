@@ -10,6 +10,7 @@ mod lb;
 mod metrics;
 mod nat;
 mod packet;
+mod policy;
 mod routing;
 
 use aya_ebpf::{

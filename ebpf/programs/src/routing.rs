@@ -1,8 +1,12 @@
-//! Pod networking: a packet leaving a pod is first given to service load balancing
-//! (DNAT to a backend, or reverse NAT of a backend's reply), then either handed
-//! straight to another pod on this node (`bpf_redirect_peer`, skipping the host
-//! stack) or passed to the host stack, which routes it to another node (native
-//! routing) or outside (masqueraded by the agent's nat rule).
+//! Pod networking: a packet leaving a pod is first matched against conntrack (a
+//! known flow: DNAT to its backend, reverse NAT of a backend's reply, or nothing);
+//! a new flow is given to service load balancing, judged by network policy (the
+//! source's egress rules, a local destination's ingress rules) and tracked. Then
+//! it is handed straight to another pod on this node (`bpf_redirect_peer`,
+//! skipping the host stack) or passed to the host stack, which routes it to
+//! another node (native routing) or outside (masqueraded by the agent's nat rule).
+//! A packet the host stack hands to a pod gets the same conntrack and ingress
+//! policy treatment.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -13,13 +17,18 @@ use aya_ebpf::{
 };
 use sextant_ebpf_common::{
     endpoints::{Endpoint, MAX_ENDPOINTS},
-    flows::{FLAG_SERVICE, REASON_NO_BACKEND, REASON_NONE, VERDICT_DROPPED, VERDICT_FORWARDED},
+    flows::{
+        FLAG_SERVICE, REASON_NO_BACKEND, REASON_NONE, REASON_POLICY_DENIED, VERDICT_DROPPED,
+        VERDICT_FORWARDED,
+    },
     lb::{CT_CLOSING, CT_DNAT, CT_REVNAT, PROTO_TCP},
     metrics::Counter,
+    policy::{DIRECTION_EGRESS, DIRECTION_INGRESS},
 };
 
 use crate::{
-    conntrack, flows,
+    conntrack,
+    flows::{self, Outcome},
     lb::{self, Balanced},
     metrics::count,
     nat::{self, End},
@@ -27,82 +36,144 @@ use crate::{
         ETH_DST, ETH_P_IP, ETH_SRC, ETH_TYPE, IPV4_DST, L4Packet, TCP_ACK, TCP_FIN, TCP_FLAGS,
         TCP_RST, TCP_SYN,
     },
+    policy::{self, Decision},
 };
 
 /// Pod IPv4 (network byte order) → local endpoint, written by the agent on CNI ADD.
 #[map(name = "SX_ENDPOINTS_V1")]
 static SX_ENDPOINTS_V1: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
-/// What service handling decided for a packet.
-enum Verdict {
-    /// Deliver (rewritten or not).
-    Pass,
-    /// Not service traffic: deliver as it is.
-    NotService,
+/// Where a packet stands with conntrack and load balancing.
+enum Flow {
+    /// A tracked flow (rewritten as its entry says): not judged again.
+    Known,
+    /// A flow conntrack does not know, going to `to` (a service's backend, or
+    /// the packet's own destination).
+    New { to: (u32, u16), service: bool },
     /// Drop.
     Drop,
 }
 
-/// DNAT of a client's packet or reverse NAT of a backend's reply; balancing a new
-/// flow to a frontend.
+/// The packet's TCP flags, 0 for UDP.
 #[inline(always)]
-fn services(ctx: &TcContext, pkt: &L4Packet) -> Verdict {
-    let tcp_flags = if pkt.proto == PROTO_TCP {
+fn tcp_flags(ctx: &TcContext, pkt: &L4Packet) -> u8 {
+    if pkt.proto == PROTO_TCP {
         ctx.load::<u8>(TCP_FLAGS).unwrap_or(0)
     } else {
         0
+    }
+}
+
+/// Conntrack first: a known flow is rewritten as tracked. A SYN on a 5-tuple
+/// whose connection closed starts a new flow (balanced and judged afresh: its old
+/// backend may be gone, the policy may have changed).
+#[inline(always)]
+fn known(ctx: &TcContext, pkt: &L4Packet) -> Option<Flow> {
+    let flags = tcp_flags(ctx, pkt);
+    let ct = conntrack::lookup(pkt)?;
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN && ct.flags & CT_CLOSING != 0 {
+        return None;
+    }
+    if flags & (TCP_FIN | TCP_RST) != 0 {
+        conntrack::mark_closing(pkt);
+    }
+    let end = match ct.action {
+        CT_DNAT => End::Destination,
+        CT_REVNAT => End::Source,
+        _ => return Some(Flow::Known),
     };
-    let new_connection = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if let Some(ct) = conntrack::lookup(pkt)
-        // A SYN on a 5-tuple whose connection closed starts a new one: balance it
-        // afresh rather than reuse a backend that may be gone.
-        && !(new_connection && ct.flags & CT_CLOSING != 0)
-    {
-        if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            conntrack::mark_closing(pkt);
-        }
-        let end = match ct.action {
-            CT_DNAT => End::Destination,
-            CT_REVNAT => End::Source,
-            _ => return Verdict::Pass,
-        };
-        if nat::rewrite(ctx, pkt, end, ct.addr, ct.port).is_err() {
-            return Verdict::Drop;
-        }
-        count(ctx, Counter::ServiceNat);
-        return Verdict::Pass;
+    if nat::rewrite(ctx, pkt, end, ct.addr, ct.port).is_err() {
+        return Some(Flow::Drop);
+    }
+    count(ctx, Counter::ServiceNat);
+    Some(Flow::Known)
+}
+
+/// A packet leaving a pod: known flow, or a new one (balanced if to a frontend).
+#[inline(always)]
+fn classify(ctx: &TcContext, pkt: &L4Packet) -> Flow {
+    if let Some(flow) = known(ctx, pkt) {
+        return flow;
     }
     match lb::select(pkt) {
-        Balanced::NotAService => Verdict::NotService,
+        Balanced::NotAService => Flow::New {
+            to: (pkt.daddr, pkt.dport),
+            service: false,
+        },
         Balanced::NoBackend => {
             count(ctx, Counter::DropNoBackend);
-            flows::emit(
-                ctx,
-                pkt,
-                VERDICT_DROPPED,
-                REASON_NO_BACKEND,
-                FLAG_SERVICE,
-                (pkt.daddr, pkt.dport),
-            );
-            Verdict::Drop
+            let o = Outcome {
+                verdict: VERDICT_DROPPED,
+                reason: REASON_NO_BACKEND,
+                flags: FLAG_SERVICE,
+                direction: flows::EGRESS,
+                policy: 0,
+            };
+            flows::emit(ctx, pkt, (pkt.daddr, pkt.dport), o);
+            Flow::Drop
         }
-        Balanced::Backend(b) => {
-            flows::emit(
-                ctx,
-                pkt,
-                VERDICT_FORWARDED,
-                REASON_NONE,
-                FLAG_SERVICE,
-                (b.ip, b.port),
-            );
-            conntrack::create(pkt, b.ip, b.port);
-            if nat::rewrite(ctx, pkt, End::Destination, b.ip, b.port).is_err() {
-                return Verdict::Drop;
-            }
-            count(ctx, Counter::ServiceNewFlow);
-            Verdict::Pass
-        }
+        Balanced::Backend(b) => Flow::New {
+            to: (b.ip, b.port),
+            service: true,
+        },
     }
+}
+
+/// Drops a new flow no policy allows, with its event and counter.
+#[inline(always)]
+fn deny(ctx: &TcContext, pkt: &L4Packet, to: (u32, u16), flags: u8, direction: u8, policy: u32) {
+    count(ctx, Counter::DropPolicyDenied);
+    let o = Outcome {
+        verdict: VERDICT_DROPPED,
+        reason: REASON_POLICY_DENIED,
+        flags,
+        direction,
+        policy,
+    };
+    flows::emit(ctx, pkt, to, o);
+}
+
+/// A new flow leaving a pod for `to`: the source's egress rules, then (for a pod
+/// on this node, which the packet reaches without passing `to_pod`) the
+/// destination's ingress rules. Allowed: tracked (and DNATed to a backend).
+#[inline(always)]
+fn admit(ctx: &TcContext, pkt: &L4Packet, to: (u32, u16), service: bool) -> bool {
+    let flags = if service { FLAG_SERVICE } else { 0 };
+    let mut decided = 0;
+    match policy::check(pkt.saddr, DIRECTION_EGRESS, to.0, pkt.proto, to.1) {
+        Decision::Denied(p) => {
+            deny(ctx, pkt, to, flags, flows::EGRESS, p);
+            return false;
+        }
+        Decision::Allowed(p) => decided = p,
+        Decision::NotEnforced => {}
+    }
+    match policy::check(to.0, DIRECTION_INGRESS, pkt.saddr, pkt.proto, to.1) {
+        Decision::Denied(p) => {
+            deny(ctx, pkt, to, flags, flows::EGRESS, p);
+            return false;
+        }
+        Decision::Allowed(p) if p != 0 => decided = p,
+        _ => {}
+    }
+    let o = Outcome {
+        verdict: VERDICT_FORWARDED,
+        reason: REASON_NONE,
+        flags,
+        direction: flows::EGRESS,
+        policy: decided,
+    };
+    flows::emit(ctx, pkt, to, o);
+    if service {
+        conntrack::create(pkt, to.0, to.1);
+        if nat::rewrite(ctx, pkt, End::Destination, to.0, to.1).is_err() {
+            return false;
+        }
+        count(ctx, Counter::ServiceNewFlow);
+    } else {
+        conntrack::track(pkt);
+    }
+    true
 }
 
 /// Delivers a packet that left a pod: to a local pod by redirect, else to the stack.
@@ -116,24 +187,14 @@ pub(crate) fn from_pod(ctx: &TcContext) -> i32 {
         return TC_ACT_OK;
     }
     if let Some(pkt) = L4Packet::parse(ctx) {
-        match services(ctx, &pkt) {
-            Verdict::Drop => return TC_ACT_SHOT,
-            Verdict::NotService if pkt.proto == PROTO_TCP => {
-                // A new connection: SYN without ACK.
-                if let Ok(flags) = ctx.load::<u8>(TCP_FLAGS)
-                    && flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-                {
-                    flows::emit(
-                        ctx,
-                        &pkt,
-                        VERDICT_FORWARDED,
-                        REASON_NONE,
-                        0,
-                        (pkt.daddr, pkt.dport),
-                    );
+        match classify(ctx, &pkt) {
+            Flow::Drop => return TC_ACT_SHOT,
+            Flow::New { to, service } => {
+                if !admit(ctx, &pkt, to, service) {
+                    return TC_ACT_SHOT;
                 }
             }
-            _ => {}
+            Flow::Known => {}
         }
     }
     // Read again: service handling may have rewritten it.
@@ -157,9 +218,10 @@ pub(crate) fn from_pod(ctx: &TcContext) -> i32 {
     unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
 }
 
-/// A packet the host stack hands to a pod (from another node, or the host):
-/// replies of service flows balanced on this node to a backend elsewhere get
-/// their VIP back.
+/// A packet the host stack hands to a pod (from another node, the host, or
+/// outside): known flows pass (replies of service flows balanced here to a
+/// backend elsewhere get their VIP back); a new flow is judged by the pod's
+/// ingress rules and tracked.
 #[inline(always)]
 pub(crate) fn to_pod(ctx: &TcContext) -> i32 {
     let Ok(ethertype) = ctx.load::<u16>(ETH_TYPE) else {
@@ -168,14 +230,37 @@ pub(crate) fn to_pod(ctx: &TcContext) -> i32 {
     if u16::from_be(ethertype) != ETH_P_IP {
         return TC_ACT_OK;
     }
-    if let Some(pkt) = L4Packet::parse(ctx)
-        && let Some(ct) = conntrack::lookup(&pkt)
-        && ct.action == CT_REVNAT
-    {
-        if nat::rewrite(ctx, &pkt, End::Source, ct.addr, ct.port).is_err() {
+    let Some(pkt) = L4Packet::parse(ctx) else {
+        return TC_ACT_OK;
+    };
+    match known(ctx, &pkt) {
+        Some(Flow::Drop) => return TC_ACT_SHOT,
+        Some(_) => return TC_ACT_OK,
+        None => {}
+    }
+    let to = (pkt.daddr, pkt.dport);
+    let policy = match policy::check(
+        pkt.daddr,
+        DIRECTION_INGRESS,
+        pkt.saddr,
+        pkt.proto,
+        pkt.dport,
+    ) {
+        Decision::Denied(p) => {
+            deny(ctx, &pkt, to, 0, flows::INGRESS, p);
             return TC_ACT_SHOT;
         }
-        count(ctx, Counter::ServiceNat);
-    }
+        Decision::Allowed(p) => p,
+        Decision::NotEnforced => 0,
+    };
+    let o = Outcome {
+        verdict: VERDICT_FORWARDED,
+        reason: REASON_NONE,
+        flags: 0,
+        direction: flows::INGRESS,
+        policy,
+    };
+    flows::emit(ctx, &pkt, to, o);
+    conntrack::track(&pkt);
     TC_ACT_OK
 }

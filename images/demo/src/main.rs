@@ -15,7 +15,8 @@
 //! with the hostname (`<hostname> <payload>`). `--send-udp ADDR` makes it a
 //! one-shot UDP client instead (busybox has none): it sends `--message`, prints
 //! the reply and exits non-zero when none comes within 2 s. `--http-get ADDR
-//! --count N` makes it an HTTP client: N requests, one connection each, and a JSON
+//! --count N [--timeout-ms T]` makes it an HTTP client: N requests, one connection
+//! each (T ms at most, 5000 by default), and a JSON
 //! tally of the hostnames that answered. `--resolve NAME` prints the addresses a
 //! name resolves to through the pod's resolv.conf.
 //!
@@ -79,6 +80,9 @@ struct Args {
     /// Pause between --http-get requests, in milliseconds.
     #[arg(long, default_value_t = 0)]
     interval_ms: u64,
+    /// How long one --http-get request may take, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
     /// Be a resolver client: print the IPv4 addresses NAME resolves to (through
     /// the pod's resolv.conf, search path included) as a sorted JSON list.
     #[arg(long)]
@@ -130,17 +134,17 @@ async fn get_hostname(addr: &str) -> Result<String, String> {
 }
 
 /// `--http-get`: `{"answers": {hostname: n}, "failed": n, "errors": [first few]}`.
-async fn http_get(addr: &str, count: u32, interval: Duration) -> i32 {
+async fn http_get(addr: &str, count: u32, interval: Duration, timeout: Duration) -> i32 {
     let mut answers: BTreeMap<String, u32> = BTreeMap::new();
     let mut errors = Vec::new();
     for i in 0..count {
         if i > 0 && !interval.is_zero() {
             tokio::time::sleep(interval).await;
         }
-        match tokio::time::timeout(Duration::from_secs(5), get_hostname(addr)).await {
+        match tokio::time::timeout(timeout, get_hostname(addr)).await {
             Ok(Ok(h)) => *answers.entry(h).or_default() += 1,
             Ok(Err(e)) => errors.push(e),
-            Err(_) => errors.push("timed out after 5s".to_owned()),
+            Err(_) => errors.push(format!("timed out after {timeout:?}")),
         }
     }
     let failed = errors.len();
@@ -239,7 +243,15 @@ async fn main() {
     }
     if let Some(addr) = &args.http_get {
         let interval = Duration::from_millis(args.interval_ms);
-        std::process::exit(http_get(addr, args.count, interval).await);
+        std::process::exit(
+            http_get(
+                addr,
+                args.count,
+                interval,
+                Duration::from_millis(args.timeout_ms),
+            )
+            .await,
+        );
     }
     let mut registry = Registry::default();
     let requests = Family::<PathLabel, Counter>::default();
