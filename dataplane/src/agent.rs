@@ -102,6 +102,26 @@ pub async fn start(
         .map_err(io(format!("creating {}", config.dir.display())))?;
     routing::enable_forwarding()?;
     let mut datapath = Datapath::load(&config.pin_dir)?;
+    // The node's address: cluster DNS listens on it, NodePorts answer on it.
+    let host = match config.dns_listen.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+        _ => None,
+    };
+    // NodePort and external IPs: the programs on the interface with the node's
+    // address (not on loopback: a one-node cluster on 127.0.0.1 has no outside).
+    match host
+        .filter(|ip| !ip.is_loopback())
+        .map(|ip| (ip, routing::interface_with(ip)))
+    {
+        Some((_, Some(uplink))) => {
+            datapath.attach_uplink(&uplink)?;
+            tracing::info!(uplink, "NodePort programs attached");
+        }
+        Some((ip, None)) => {
+            tracing::warn!(%ip, "no interface holds the node address; no NodePorts")
+        }
+        None => {}
+    }
     registry.register_collector(Box::new(datapath.counters()));
     let flow_ring = datapath.take_flows();
     let flow_counter = flows::register(registry);
@@ -141,6 +161,7 @@ pub async fn start(
         datapath.clone(),
         service_metrics,
         config.node_name.clone(),
+        host,
     )));
     tasks.push(tokio::spawn(routing::run_node_routes(
         client.clone(),
@@ -153,10 +174,6 @@ pub async fn start(
         config.cluster_cidr,
     )));
 
-    let host = match config.dns_listen.ip() {
-        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
-        _ => None,
-    };
     let (endpoint_changes, policy_changes) = watch_changes();
     tasks.push(tokio::spawn(policy::run(
         client,

@@ -55,12 +55,17 @@ use crate::{
     ebpf,
 };
 
-const FROM_POD: &str = "from_pod";
-const TO_POD: &str = "to_pod";
-/// The programs on a pod's host-side link, with their hook.
-const POD_PROGRAMS: [(&str, TcAttachType); 2] = [
-    (FROM_POD, TcAttachType::Ingress),
-    (TO_POD, TcAttachType::Egress),
+/// The programs on a link, with their hooks.
+type Programs = [(&'static str, TcAttachType); 2];
+/// The programs on a pod's host-side link.
+const POD_PROGRAMS: Programs = [
+    ("from_pod", TcAttachType::Ingress),
+    ("to_pod", TcAttachType::Egress),
+];
+/// The programs on the node's uplink (NodePort, external IPs).
+const UPLINK_PROGRAMS: Programs = [
+    ("from_uplink", TcAttachType::Ingress),
+    ("to_uplink", TcAttachType::Egress),
 ];
 /// The maps that outlive the agent.
 const PINNED_MAPS: [&str; 10] = [
@@ -120,7 +125,7 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(ebpf::OBJECT)?;
-        for (name, _) in POD_PROGRAMS {
+        for (name, _) in POD_PROGRAMS.into_iter().chain(UPLINK_PROGRAMS) {
             program::<SchedClassifier>(&mut ebpf, name)?
                 .load()
                 .map_err(|source| Error::Program { name, source })?;
@@ -176,14 +181,24 @@ impl Datapath {
     /// TCX runs the old program (first in order) until its link goes, and both use
     /// the same pinned maps.
     pub fn attach(&mut self, host_ifname: &str) -> Result<()> {
-        if self.is_attached(host_ifname) {
+        self.attach_programs(host_ifname, POD_PROGRAMS)
+    }
+
+    /// Attaches `from_uplink` to the ingress and `to_uplink` to the egress of the
+    /// node's uplink `ifname`, as [`Datapath::attach`] does for pods.
+    pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
+        self.attach_programs(ifname, UPLINK_PROGRAMS)
+    }
+
+    fn attach_programs(&mut self, ifname: &str, programs: Programs) -> Result<()> {
+        if self.is_attached_with(ifname, programs) {
             return Ok(());
         }
-        let old = self.link_pins(host_ifname);
-        for (name, hook) in POD_PROGRAMS {
-            if let Err(e) = self.attach_one(host_ifname, name, hook) {
-                for (name, _) in POD_PROGRAMS {
-                    unpin(&self.link_pin(host_ifname, name));
+        let old = self.link_pins(ifname);
+        for (name, hook) in programs {
+            if let Err(e) = self.attach_one(ifname, name, hook) {
+                for (name, _) in programs {
+                    unpin(&self.link_pin(ifname, name));
                 }
                 return Err(e);
             }
@@ -231,9 +246,13 @@ impl Datapath {
 
     /// Whether this agent's pod programs are attached to `host_ifname`.
     pub fn is_attached(&self, host_ifname: &str) -> bool {
-        POD_PROGRAMS
+        self.is_attached_with(host_ifname, POD_PROGRAMS)
+    }
+
+    fn is_attached_with(&self, ifname: &str, programs: Programs) -> bool {
+        programs
             .iter()
-            .all(|(name, _)| self.link_pin(host_ifname, name).exists())
+            .all(|(name, _)| self.link_pin(ifname, name).exists())
     }
 
     /// Makes `ip` deliverable straight to its pod.

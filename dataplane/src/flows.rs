@@ -96,13 +96,29 @@ impl Names {
         names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"))
     }
 
-    /// `namespace/name` of the Service whose ClusterIP is `vip`.
-    fn service(&self, vip: Ipv4Addr) -> String {
+    /// `namespace/name` of the Service with the frontend `vip:port`: its
+    /// ClusterIP or an external IP, else (the node's address) its nodePort.
+    fn service(&self, vip: Ipv4Addr, port: u16) -> String {
         let vip = vip.to_string();
-        self.services
-            .state()
-            .iter()
-            .find(|s| s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some(vip.as_str()))
+        let services = self.services.state();
+        let by_ip = services.iter().find(|s| {
+            s.spec.as_ref().is_some_and(|spec| {
+                spec.cluster_ip.as_deref() == Some(vip.as_str())
+                    || spec.external_ips.iter().flatten().any(|ip| *ip == vip)
+            })
+        });
+        let by_node_port = || {
+            services.iter().find(|s| {
+                s.spec.as_ref().is_some_and(|spec| {
+                    spec.ports
+                        .iter()
+                        .flatten()
+                        .any(|p| p.node_port == Some(i32::from(port)))
+                })
+            })
+        };
+        by_ip
+            .or_else(by_node_port)
             .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
             .unwrap_or_default()
     }
@@ -154,7 +170,7 @@ fn flow(e: &FlowEvent, names: &Names) -> Flow {
         source_pod: names.pod(src),
         destination_pod: names.pod(dst),
         service: if service {
-            names.service(addr(e.vip))
+            names.service(addr(e.vip), u16::from_be(e.vport))
         } else {
             String::new()
         },

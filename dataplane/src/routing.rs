@@ -15,6 +15,7 @@ use kube::{
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::RouteMessageBuilder;
+use sextant_ebpf_common::lb::MASQUERADE_MARK;
 use tokio::{io::AsyncWriteExt, sync::watch};
 
 /// The route protocol number marking Sextant's routes (`ip route show proto 115`),
@@ -59,7 +60,9 @@ pub fn enable_forwarding() -> Result<(), RoutingError> {
     })
 }
 
-/// The nftables script for masquerading `pod_cidr` traffic that leaves `cluster_cidr`.
+/// The nftables script for masquerading `pod_cidr` traffic that leaves
+/// `cluster_cidr`, and NodePort traffic the uplink program sends to another
+/// node's backend (marked [`MASQUERADE_MARK`]).
 pub fn masquerade_script(pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> String {
     // `add` then `delete` makes the script idempotent on nft versions without
     // `destroy`; the table is rebuilt atomically in one transaction.
@@ -70,6 +73,7 @@ pub fn masquerade_script(pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> String {
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {pod_cidr} ip daddr != {cluster_cidr} masquerade\n\
+         \t\tmeta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} masquerade\n\
          \t}}\n\
          }}\n"
     )
@@ -116,6 +120,19 @@ pub async fn remove_masquerade() -> Result<(), RoutingError> {
         "add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n"
     ))
     .await
+}
+
+/// The interface holding `ip`: the node's uplink, where NodePort traffic arrives.
+pub fn interface_with(ip: Ipv4Addr) -> Option<String> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .find(|a| {
+            a.address
+                .as_ref()
+                .and_then(|s| s.as_sockaddr_in())
+                .is_some_and(|s| s.ip() == ip)
+        })
+        .map(|a| a.interface_name)
 }
 
 /// Each other node's podCIDR and the address to reach it through.
@@ -313,6 +330,10 @@ mod tests {
         );
         assert!(
             s.contains("ip saddr 10.42.1.0/24 ip daddr != 10.42.0.0/16 masquerade"),
+            "{s}"
+        );
+        assert!(
+            s.contains("meta mark & 0x530000 == 0x530000 masquerade"),
             "{s}"
         );
         assert!(s.starts_with("add table ip sextant\ndelete table ip sextant\n"));

@@ -69,14 +69,17 @@ pub struct Frontend {
 /// Upstream's default ClientIP affinity timeout (3 hours).
 const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 
-/// Every frontend the cluster's Services ask for, as seen from node `node`, with
-/// its ready backends (sorted, no duplicates). With `internalTrafficPolicy: Local`
-/// only endpoints on `node` are backends (none there: new flows are dropped, as
-/// upstream).
+/// Every frontend the cluster's Services ask for, as seen from node `node` with
+/// address `node_ip`, with its ready backends (sorted, no duplicates): each
+/// ClusterIP, `node_ip` on each nodePort (NodePort and LoadBalancer Services)
+/// and each external IP. With `internalTrafficPolicy: Local` (ClusterIP) or
+/// `externalTrafficPolicy: Local` (nodePorts, external IPs) only endpoints on
+/// `node` are backends (none there: new flows are dropped, as upstream).
 pub fn desired(
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
     node: &str,
+    node_ip: Option<Ipv4Addr>,
 ) -> BTreeMap<Lb4Key, Frontend> {
     let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
@@ -108,7 +111,15 @@ pub fn desired(
         };
         let key = (svc.namespace().unwrap_or_default(), svc.name_any());
         let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
-        let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+        let external_ips: Vec<Ipv4Addr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
         let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
             spec.session_affinity_config
                 .as_ref()
@@ -126,7 +137,8 @@ pub fn desired(
             let Ok(service_port) = u16::try_from(port.port) else {
                 continue;
             };
-            let mut backends = BTreeSet::new();
+            // Every ready backend, and those on this node.
+            let (mut backends, mut local) = (BTreeSet::new(), BTreeSet::new());
             for slice in slices {
                 // The slice's port for this service port: same name, same protocol.
                 let target = slice.ports.iter().flatten().find(|p| {
@@ -142,23 +154,37 @@ pub fn desired(
                 for ep in &slice.endpoints {
                     // Unset means ready, as upstream reads it.
                     let ready = ep.conditions.as_ref().and_then(|c| c.ready) != Some(false);
-                    if !ready || (local_only && ep.node_name.as_deref() != Some(node)) {
+                    if !ready {
                         continue;
                     }
+                    let here = ep.node_name.as_deref() == Some(node);
                     for addr in &ep.addresses {
                         if let Ok(ip) = addr.parse::<Ipv4Addr>() {
                             backends.insert(backend(ip, target));
+                            if here {
+                                local.insert(backend(ip, target));
+                            }
                         }
                     }
                 }
             }
-            out.insert(
-                frontend(vip, service_port, proto),
-                Frontend {
-                    backends: backends.into_iter().collect(),
-                    affinity_timeout,
-                },
-            );
+            let pick = |local_only: bool| Frontend {
+                backends: if local_only { &local } else { &backends }
+                    .iter()
+                    .copied()
+                    .collect(),
+                affinity_timeout,
+            };
+            out.insert(frontend(vip, service_port, proto), pick(internal_local));
+            // Traffic from outside the cluster: the node's own address on the
+            // nodePort, and each external IP on the service port.
+            let node_port = port.node_port.and_then(|p| u16::try_from(p).ok());
+            if let (true, Some(ip), Some(np)) = (node_ports, node_ip, node_port) {
+                out.insert(frontend(ip, np, proto), pick(external_local));
+            }
+            for ip in &external_ips {
+                out.insert(frontend(*ip, service_port, proto), pick(external_local));
+            }
         }
     }
     out
@@ -343,6 +369,7 @@ pub async fn run(
     datapath: SharedDatapath,
     metrics: ServiceMetrics,
     node: String,
+    node_ip: Option<Ipv4Addr>,
 ) {
     if caches.services.wait_until_ready().await.is_err()
         || caches.slices.wait_until_ready().await.is_err()
@@ -358,7 +385,12 @@ pub async fn run(
     };
     let mut noticed = Instant::now();
     loop {
-        let desired = desired(&caches.services.state(), &caches.slices.state(), &node);
+        let desired = desired(
+            &caches.services.state(),
+            &caches.slices.state(),
+            &node,
+            node_ip,
+        );
         match programmer.apply(&desired) {
             Ok(0) => {}
             Ok(changed) => {
@@ -428,7 +460,7 @@ mod tests {
                 {"addresses": ["10.42.0.7"], "conditions": {"ready": false, "terminating": true}},
             ]),
         )];
-        let d = desired(&svcs, &slices, "n1");
+        let d = desired(&svcs, &slices, "n1", None);
         assert_eq!(d.len(), 2, "the headless service has no frontend");
         let http = &d[&frontend(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP)].backends;
         assert_eq!(
@@ -457,12 +489,12 @@ mod tests {
             ]),
         )];
         let svcs = [Arc::new(svc)];
-        let on_n1 = desired(&svcs, &slices, "n1");
+        let on_n1 = desired(&svcs, &slices, "n1", None);
         assert_eq!(
             on_n1.values().next().unwrap().backends,
             vec![backend(Ipv4Addr::new(10, 42, 0, 5), 8080)]
         );
-        let on_n3 = desired(&svcs, &slices, "n3");
+        let on_n3 = desired(&svcs, &slices, "n3", None);
         assert!(on_n3.values().next().unwrap().backends.is_empty());
     }
 
@@ -472,7 +504,7 @@ mod tests {
         if let Some(spec) = svc.spec.as_mut() {
             spec.session_affinity = Some("ClientIP".into());
         }
-        let d = desired(&[Arc::new(svc.clone())], &[], "n1");
+        let d = desired(&[Arc::new(svc.clone())], &[], "n1", None);
         assert_eq!(
             d.values().next().unwrap().affinity_timeout,
             10_800,
@@ -483,8 +515,53 @@ mod tests {
                 serde_json::from_value(serde_json::json!({"clientIP": {"timeoutSeconds": 60}}))
                     .ok();
         }
-        let d = desired(&[Arc::new(svc)], &[], "n1");
+        let d = desired(&[Arc::new(svc)], &[], "n1", None);
         assert_eq!(d.values().next().unwrap().affinity_timeout, 60);
+    }
+
+    #[test]
+    fn node_ports_and_external_ips_follow_external_traffic_policy() {
+        let mut svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.10",
+                     "externalIPs": ["203.0.113.7"],
+                     "ports": [{"port": 80, "nodePort": 30080}]},
+        }))
+        .unwrap();
+        let slices = [slice(
+            "web",
+            serde_json::json!([{"port": 8080}]),
+            serde_json::json!([
+                {"addresses": ["10.42.0.5"], "nodeName": "n1"},
+                {"addresses": ["10.42.1.6"], "nodeName": "n2"},
+            ]),
+        )];
+        let node_ip = Ipv4Addr::new(192, 168, 0, 1);
+        let both = vec![
+            backend(Ipv4Addr::new(10, 42, 0, 5), 8080),
+            backend(Ipv4Addr::new(10, 42, 1, 6), 8080),
+        ];
+        let d = desired(&[Arc::new(svc.clone())], &slices, "n1", Some(node_ip));
+        assert_eq!(d.len(), 3, "ClusterIP, nodePort, external IP");
+        assert_eq!(d[&frontend(node_ip, 30080, PROTO_TCP)].backends, both);
+        assert_eq!(
+            d[&frontend(Ipv4Addr::new(203, 0, 113, 7), 80, PROTO_TCP)].backends,
+            both
+        );
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.external_traffic_policy = Some("Local".into());
+        }
+        let d = desired(&[Arc::new(svc)], &slices, "n1", Some(node_ip));
+        assert_eq!(
+            d[&frontend(node_ip, 30080, PROTO_TCP)].backends,
+            vec![backend(Ipv4Addr::new(10, 42, 0, 5), 8080)],
+            "only this node's endpoint"
+        );
+        assert_eq!(
+            d[&frontend(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP)].backends,
+            both,
+            "the ClusterIP keeps every endpoint"
+        );
     }
 
     #[test]
@@ -494,7 +571,7 @@ mod tests {
             "10.96.0.10",
             serde_json::json!([{"port": 80}]),
         )];
-        let d = desired(&svcs, &[], "n1");
+        let d = desired(&svcs, &[], "n1", None);
         assert_eq!(d.values().next().unwrap().backends.len(), 0);
         assert_eq!(d.values().next().unwrap().affinity_timeout, 0);
     }

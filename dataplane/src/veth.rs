@@ -171,6 +171,11 @@ pub async fn create(
     })
     .await??;
 
+    // A reply of a NodePort flow leaves the pod with the node's own address as
+    // its source (the datapath's reverse NAT); the kernel drops such packets as
+    // martians unless the interface accepts local sources.
+    let accept_local = format!("/proc/sys/net/ipv4/conf/{host}/accept_local");
+    std::fs::write(&accept_local, "1").map_err(io(format!("writing {accept_local}")))?;
     handle
         .link()
         .set(LinkUnspec::new_with_index(host_ifindex).up().build())

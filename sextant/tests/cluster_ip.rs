@@ -3,7 +3,9 @@
 //! Service; a client pod's requests to the VIP (TCP and UDP) reach every backend,
 //! on its own node and the other; scaling to 1 and back is reflected in the maps;
 //! a pod that turns not-ready gets no new connections; a Service without ready
-//! endpoints drops new flows, counted by reason.
+//! endpoints drops new flows, counted by reason; a NodePort answers on every
+//! node's address from outside, and with externalTrafficPolicy Local from that
+//! node's pods only.
 // Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
 #![allow(clippy::unwrap_used)]
 
@@ -26,6 +28,44 @@ spec:
   ports:
   - {name: http, port: 80, targetPort: 8080}
 "#;
+
+/// A NodePort Service over the same pods.
+const NODE_PORT: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web-np}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+"#;
+
+/// `count` requests from the test process (outside every pod and node
+/// namespace) to `to`, one connection each: answers by hostname.
+async fn from_outside(to: &str, count: u32) -> BTreeMap<String, u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut answers = BTreeMap::new();
+    for _ in 0..count {
+        let get = async {
+            let mut conn = tokio::net::TcpStream::connect(to).await.ok()?;
+            let req = format!("GET / HTTP/1.1\r\nhost: {to}\r\nconnection: close\r\n\r\n");
+            conn.write_all(req.as_bytes()).await.ok()?;
+            let mut reply = Vec::new();
+            conn.read_to_end(&mut reply).await.ok()?;
+            let text = String::from_utf8_lossy(&reply).into_owned();
+            let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()?;
+            body["hostname"].as_str().map(str::to_owned)
+        };
+        let host = tokio::time::timeout(Duration::from_secs(5), get)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "(failed)".into());
+        *answers.entry(host).or_default() += 1;
+    }
+    answers
+}
 
 /// A headless Service over the same pods.
 const HEADLESS: &str = r#"
@@ -275,6 +315,65 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
         seen.first()
     );
 
+    // NodePort: from outside the cluster's namespaces (the host), every node's
+    // address answers, from backends on that node and on the other.
+    k.ok_with(&["apply", "-f", "-"], Some(NODE_PORT)).unwrap();
+    let node_port = k
+        .ok(&[
+            "get",
+            "svc",
+            "web-np",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ])
+        .unwrap();
+    let node_ips: Vec<String> = cluster
+        .agents
+        .iter()
+        .map(|agent| {
+            k.ok(&[
+                "get",
+                "node",
+                &agent.node_name,
+                "-o",
+                r#"jsonpath={.status.addresses[?(@.type=="InternalIP")].address}"#,
+            ])
+            .unwrap()
+        })
+        .collect();
+    for ip in &node_ips {
+        let to = format!("{ip}:{node_port}");
+        let answers = from_outside(&to, 30).await;
+        assert_eq!(answers.len(), 3, "{to}: every backend answers: {answers:?}");
+    }
+    // externalTrafficPolicy Local: a node answers from its own pods only.
+    k.ok(&[
+        "patch",
+        "svc",
+        "web-np",
+        "-p",
+        r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
+    ])
+    .unwrap();
+    let on_a: Vec<&String> = nodes
+        .iter()
+        .filter(|(_, n)| **n == node_a)
+        .map(|(p, _)| p)
+        .collect();
+    let to = format!("{}:{node_port}", node_ips[0]);
+    let mut answers = BTreeMap::new();
+    for _ in 0..20 {
+        answers = from_outside(&to, 20).await;
+        if answers.keys().all(|h| on_a.contains(&h)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !answers.is_empty() && answers.keys().all(|h| on_a.contains(&h)),
+        "only node a's pods {on_a:?}: {answers:?}"
+    );
+
     // By name, through the node agents' cluster DNS (kube-dns): the full name, and
     // the short ones through the pod's search path.
     for name in [
@@ -431,8 +530,8 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
     let frontends: Vec<Value> = serde_json::from_str(&dump).unwrap();
     assert_eq!(
         frontends.len(),
-        5,
-        "web's TCP and UDP frontends, web-sticky's, and kube-dns's two: {dump}"
+        7,
+        "web's TCP and UDP frontends, web-sticky's, web-np's ClusterIP and nodePort, and kube-dns's two: {dump}"
     );
     let a = &cluster.agents[0];
 

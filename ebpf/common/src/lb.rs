@@ -24,6 +24,12 @@ pub const MAX_BACKENDS: u32 = 262_144;
 /// Tracked flows; the oldest are evicted first when full.
 pub const MAX_FLOWS: u32 = 262_144;
 
+/// `skb->mark` bit the uplink program sets on NodePort and external-IP flows it
+/// sends to a backend on another node: the agent's nftables rule masquerades
+/// them to the node's address, so the backend's replies come back through this
+/// node for reverse NAT (kube-proxy's `KUBE-MARK-MASQ` does the same).
+pub const MASQUERADE_MARK: u32 = 0x0053_0000;
+
 /// IP protocol number of TCP.
 pub const PROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.

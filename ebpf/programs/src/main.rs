@@ -9,6 +9,7 @@ mod flows;
 mod lb;
 mod metrics;
 mod nat;
+mod nodeport;
 mod packet;
 mod policy;
 mod routing;
@@ -37,6 +38,18 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
     routing::to_pod(&ctx)
+}
+
+/// TC ingress on the node's uplink: NodePort and external-IP flows from outside.
+#[classifier]
+pub fn from_uplink(ctx: TcContext) -> i32 {
+    nodeport::from_uplink(&ctx)
+}
+
+/// TC egress on the node's uplink: replies of NodePort flows served elsewhere.
+#[classifier]
+pub fn to_uplink(ctx: TcContext) -> i32 {
+    nodeport::to_uplink(&ctx)
 }
 
 /// XDP: counts the packet on its interface, then lets it pass.

@@ -43,6 +43,13 @@ use crate::{
 #[map(name = "SX_ENDPOINTS_V1")]
 static SX_ENDPOINTS_V1: HashMap<u32, Endpoint> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
+/// Whether `ip` (packet byte order) is a pod on this node.
+#[inline(always)]
+pub(crate) fn is_local_endpoint(ip: u32) -> bool {
+    // SAFETY: only the presence of the value is read.
+    unsafe { SX_ENDPOINTS_V1.get(&ip) }.is_some()
+}
+
 /// Where a packet stands with conntrack and load balancing.
 enum Flow {
     /// A tracked flow (rewritten as its entry says): not judged again.

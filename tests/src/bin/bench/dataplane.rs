@@ -5,7 +5,8 @@
 //! (a) new connections per second (connect, one request, close) and their p99 to
 //! the *last* of 1, 1 000 and 10 000 services (iptables walks KUBE-SERVICES in
 //! order; the eBPF lookup is a hash); (b) the time to program 10 000 services:
-//! map updates vs one `iptables-restore`.
+//! map updates vs one `iptables-restore`; (c) NodePort packets/s from an outside
+//! namespace: the uplink TC program vs an iptables DNAT rule.
 
 use std::{
     io::{Read, Write},
@@ -26,7 +27,7 @@ use sextant_dataplane::{
 };
 use sextant_ebpf_common::{
     endpoints::Endpoint,
-    lb::{Lb4BackendKey, Lb4Service, PROTO_TCP},
+    lb::{Lb4BackendKey, Lb4Service, PROTO_TCP, PROTO_UDP},
 };
 use sextant_tests::netns::Netns;
 
@@ -259,6 +260,143 @@ fn iptables_restore(node: &Netns, rules: &str) -> Result<Duration, Error> {
     Ok(started.elapsed())
 }
 
+/// The node's uplink address in the NodePort topology, and the outside sender's.
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
+const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 2);
+const NODE_PORT: u16 = 30080;
+const SINK_PORT: u16 = 9000;
+
+/// The NodePort topology: [`Topology`] plus an "outside" namespace on the node's
+/// uplink (a veth pair), sending UDP to `NODE_IP:NODE_PORT`.
+struct Outside {
+    ns: Netns,
+}
+
+impl Outside {
+    fn new(t: &Topology) -> Result<Self, Error> {
+        let ns = Netns::new("sxbo")?;
+        t.node.ip(&[
+            "link",
+            "add",
+            "benchup0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        t.node
+            .ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "benchup0"])?;
+        t.node.ip(&["link", "set", "benchup0", "up"])?;
+        ns.ip(&["addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        // A UDP sink in the backend pod; packets are counted on its interface.
+        let sink = in_ns(&t.backend, || {
+            std::net::UdpSocket::bind(("0.0.0.0", SINK_PORT))
+        })??;
+        sink.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let stop = t.stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                let _ = sink.recv(&mut buf);
+            }
+        });
+        Ok(Self { ns })
+    }
+
+    /// Packets the backend's interface received.
+    fn delivered(t: &Topology) -> Result<u64, Error> {
+        let json = t.backend.ip(&["-j", "-s", "link", "show", "eth0"])?;
+        let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+        v[0]["stats64"]["rx"]["packets"]
+            .as_u64()
+            .ok_or_else(|| format!("no rx packets in {json}").into())
+    }
+
+    /// `CLIENTS` threads send 64-byte datagrams to the NodePort for `DURATION`,
+    /// each from its own port (its own flow): packets/s delivered to the backend.
+    fn load(&self, t: &Topology) -> Result<f64, Error> {
+        let before = Self::delivered(t)?;
+        let started = Instant::now();
+        let to = SocketAddr::from((NODE_IP, NODE_PORT));
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let path = self.ns.path();
+                std::thread::spawn(move || -> Result<(), String> {
+                    sextant_tests::netns::run_in_path(&path, || {
+                        let socket =
+                            std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+                        socket.connect(to).map_err(|e| e.to_string())?;
+                        let payload = [0u8; 64];
+                        let until = Instant::now() + DURATION;
+                        while Instant::now() < until {
+                            for _ in 0..64 {
+                                // A full queue or an ICMP error is a lost packet, not a failure.
+                                let _ = socket.send(&payload);
+                            }
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| e.to_string())?
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| "sender thread panicked")??;
+        }
+        let elapsed = started.elapsed();
+        // Let the last packets land.
+        std::thread::sleep(Duration::from_millis(200));
+        let after = Self::delivered(t)?;
+        Ok((after - before) as f64 / elapsed.as_secs_f64())
+    }
+}
+
+/// NodePort packets/s: the uplink TC program vs an iptables DNAT rule.
+fn node_port() -> Result<(f64, f64), Error> {
+    let t = Topology::new()?;
+    let outside = Outside::new(&t)?;
+    let pins = pin_dir();
+    let tc = (|| -> Result<f64, Error> {
+        let mut dp = ebpf(&t, &pins)?;
+        in_ns(&t.node, || dp.attach_uplink("benchup0"))??;
+        dp.set_backend(
+            Lb4BackendKey { id: 0, slot: 0 },
+            backend(BACKEND_IP, SINK_PORT),
+        )?;
+        dp.set_service(
+            frontend(NODE_IP, NODE_PORT, PROTO_UDP),
+            Lb4Service {
+                id: 0,
+                count: 1,
+                affinity_timeout: 0,
+                pad: 0,
+            },
+        )?;
+        let r = outside.load(&t);
+        drop(dp);
+        r
+    })();
+    remove_pins(&pins);
+    let tc = tc?;
+    drop(outside);
+    drop(t);
+    let t = Topology::new()?;
+    let outside = Outside::new(&t)?;
+    let rules = format!(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-NODEPORTS - [0:0]\n\
+         -A PREROUTING -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
+         -A KUBE-NODEPORTS -p udp -m udp --dport {NODE_PORT} -j DNAT --to-destination {BACKEND_IP}:{SINK_PORT}\n\
+         COMMIT\n"
+    );
+    iptables_restore(&t.node, &rules)?;
+    let ipt = outside.load(&t)?;
+    Ok((tc, ipt))
+}
+
 fn pin_dir() -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/sextant-bench-{}", std::process::id()))
 }
@@ -327,10 +465,17 @@ pub(crate) async fn dataplane() -> Result<(), Error> {
         programming.1.as_secs_f64() * 1000.0,
         programming.1.as_secs_f64() / programming.0.as_secs_f64().max(1e-9)
     );
-    println!("{table}\n{prog}");
+    let (tc, ipt) = node_port()?;
+    eprintln!("NodePort: TC {tc:.0} pkt/s; iptables {ipt:.0} pkt/s");
+    let np = format!(
+        "| NodePort, UDP 64 B, {CLIENTS} flows | TC (`from_uplink`) | iptables DNAT | TC / iptables |\n|---|---:|---:|---:|\n| packets/s delivered to the backend | {tc:.0} | {ipt:.0} | {:.2}× |\n",
+        tc / ipt.max(1.0)
+    );
+    println!("{table}\n{prog}\n{np}");
     let section = format!(
-        "## dataplane\n\n`cargo xtask bench dataplane` on {}. One network-namespace node with a\nclient pod and a backend pod (veth pairs made by the agent's own code, same node),\n{CLIENTS} client threads opening a new TCP connection per request (connect, `GET`,\nanswer, close) for {} s to the ClusterIP of the *last* of N services, each with one\nendpoint. eBPF: `from_pod`/`to_pod` with the service maps filled directly (conntrack,\nDNAT, peer redirect). iptables: the same pods with kube-proxy's nat layout\n(KUBE-SERVICES → KUBE-SVC-* with `statistic` → KUBE-SEP-* DNAT) loaded by one\n`iptables-restore`, forwarding through the host stack. Client, backend and kernel\nshare the machine's cores, so the flat eBPF rate is close to what the sockets\nthemselves cost here: what the table shows is iptables falling as its chain grows\nwhile the eBPF lookup does not. Not yet measured: keep-alive requests, NodePort\n(XDP vs TC vs iptables).\n\n{table}\n{prog}",
+        "## dataplane\n\n`cargo xtask bench dataplane` on {}. One network-namespace node with a\nclient pod and a backend pod (veth pairs made by the agent's own code, same node),\n{CLIENTS} client threads opening a new TCP connection per request (connect, `GET`,\nanswer, close) for {} s to the ClusterIP of the *last* of N services, each with one\nendpoint. eBPF: `from_pod`/`to_pod` with the service maps filled directly (conntrack,\nDNAT, peer redirect). iptables: the same pods with kube-proxy's nat layout\n(KUBE-SERVICES → KUBE-SVC-* with `statistic` → KUBE-SEP-* DNAT) loaded by one\n`iptables-restore`, forwarding through the host stack. Client, backend and kernel\nshare the machine's cores, so the flat eBPF rate is close to what the sockets\nthemselves cost here: what the table shows is iptables falling as its chain grows\nwhile the eBPF lookup does not.\n\nNodePort: an \"outside\" namespace on the node's uplink (a veth pair) sends 64-byte\nUDP datagrams from {CLIENTS} sockets for {} s to the node's address on a nodePort\nwhose one backend is the pod; counted is what reaches the pod's interface. TC: the\nuplink program balancing and DNATing (the host stack then routes to the pod);\niptables: kube-proxy's KUBE-NODEPORTS DNAT. XDP NodePort is not built yet, so it\nhas no column. Not yet measured: keep-alive requests.\n\n{table}\n{prog}\n{np}",
         machine(),
+        DURATION.as_secs(),
         DURATION.as_secs()
     );
     write_section("dataplane", &section)

@@ -1,0 +1,126 @@
+//! NodePort and external IPs, on the node's uplink (TC). A new flow from outside
+//! to one of this node's frontends (the node's address on a nodePort, or an
+//! external IP on the service port) is balanced as a ClusterIP flow is: a
+//! backend picked, conntrack entries both ways, DNAT. Then the host stack routes
+//! it: to a local backend's veth (its `from_pod` reverse-NATs the replies), or to
+//! another node, marked so the agent's nftables rule masquerades it to this
+//! node's address; the backend's replies come back here, the kernel undoes the
+//! masquerade, and `to_uplink` gives them the frontend's address back on the way
+//! out.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use sextant_ebpf_common::{
+    flows::{FLAG_SERVICE, REASON_NO_BACKEND, REASON_NONE, VERDICT_DROPPED, VERDICT_FORWARDED},
+    lb::{CT_CLOSING, CT_DNAT, CT_REVNAT, MASQUERADE_MARK, PROTO_TCP},
+    metrics::Counter,
+};
+
+use crate::{
+    conntrack,
+    flows::{self, Outcome},
+    lb::{self, Balanced},
+    metrics::count,
+    nat::{self, End},
+    packet::{ETH_P_IP, ETH_TYPE, L4Packet, TCP_ACK, TCP_FIN, TCP_FLAGS, TCP_RST, TCP_SYN},
+    routing::is_local_endpoint,
+};
+
+/// DNATs to `backend`, marking the packet for masquerade when the backend is on
+/// another node.
+#[inline(always)]
+fn to_backend(ctx: &TcContext, pkt: &L4Packet, backend: (u32, u16)) -> bool {
+    if nat::rewrite(ctx, pkt, End::Destination, backend.0, backend.1).is_err() {
+        return false;
+    }
+    if !is_local_endpoint(backend.0) {
+        ctx.set_mark(MASQUERADE_MARK);
+    }
+    true
+}
+
+/// TC ingress on the uplink: every packet reaching the node from its network.
+#[inline(always)]
+pub(crate) fn from_uplink(ctx: &TcContext) -> i32 {
+    let Ok(ethertype) = ctx.load::<u16>(ETH_TYPE) else {
+        return TC_ACT_OK;
+    };
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return TC_ACT_OK;
+    }
+    let Some(pkt) = L4Packet::parse(ctx) else {
+        return TC_ACT_OK;
+    };
+    let flags = if pkt.proto == PROTO_TCP {
+        ctx.load::<u8>(TCP_FLAGS).unwrap_or(0)
+    } else {
+        0
+    };
+    if let Some(ct) = conntrack::lookup(&pkt)
+        && !(flags & (TCP_SYN | TCP_ACK) == TCP_SYN && ct.flags & CT_CLOSING != 0)
+    {
+        // Only this program's own flows are rewritten here; other entries belong
+        // to pods' flows, handled on their veths.
+        if ct.action != CT_DNAT {
+            return TC_ACT_OK;
+        }
+        if flags & (TCP_FIN | TCP_RST) != 0 {
+            conntrack::mark_closing(&pkt);
+        }
+        if !to_backend(ctx, &pkt, (ct.addr, ct.port)) {
+            return TC_ACT_SHOT;
+        }
+        count(ctx, Counter::ServiceNat);
+        return TC_ACT_OK;
+    }
+    let mut o = Outcome {
+        verdict: VERDICT_FORWARDED,
+        reason: REASON_NONE,
+        flags: FLAG_SERVICE,
+        direction: flows::INGRESS,
+        policy: 0,
+    };
+    match lb::select(&pkt) {
+        Balanced::NotAService => TC_ACT_OK,
+        Balanced::NoBackend => {
+            count(ctx, Counter::DropNoBackend);
+            o.verdict = VERDICT_DROPPED;
+            o.reason = REASON_NO_BACKEND;
+            flows::emit(ctx, &pkt, (pkt.daddr, pkt.dport), o);
+            TC_ACT_SHOT
+        }
+        Balanced::Backend(b) => {
+            flows::emit(ctx, &pkt, (b.ip, b.port), o);
+            conntrack::create(&pkt, b.ip, b.port);
+            if !to_backend(ctx, &pkt, (b.ip, b.port)) {
+                return TC_ACT_SHOT;
+            }
+            count(ctx, Counter::ServiceNewFlow);
+            TC_ACT_OK
+        }
+    }
+}
+
+/// TC egress on the uplink: replies of NodePort flows served by another node's
+/// backend (the kernel has undone the masquerade) get the frontend's address.
+#[inline(always)]
+pub(crate) fn to_uplink(ctx: &TcContext) -> i32 {
+    let Ok(ethertype) = ctx.load::<u16>(ETH_TYPE) else {
+        return TC_ACT_OK;
+    };
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return TC_ACT_OK;
+    }
+    if let Some(pkt) = L4Packet::parse(ctx)
+        && let Some(ct) = conntrack::lookup(&pkt)
+        && ct.action == CT_REVNAT
+    {
+        if nat::rewrite(ctx, &pkt, End::Source, ct.addr, ct.port).is_err() {
+            return TC_ACT_SHOT;
+        }
+        count(ctx, Counter::ServiceNat);
+    }
+    TC_ACT_OK
+}
