@@ -21,7 +21,7 @@ use crate::{
     datapath::Datapath,
     dns,
     endpoints::EndpointService,
-    flows, policy, routing, services, veth,
+    flows, policy, pressure, routing, services, veth,
     watch::changes as watch_changes,
 };
 
@@ -127,8 +127,10 @@ pub async fn start(
     let flow_counter = flows::register(registry);
     let hub = flows::FlowHub::new();
     let policy_names = policy::PolicyNames::default();
+    let service_metrics = services::ServiceMetrics::register(registry, datapath.traffic());
+    let map_gauges = pressure::MapGauges::register(registry);
     let datapath = Arc::new(Mutex::new(datapath));
-    let service_metrics = services::ServiceMetrics::register(registry);
+
     let netlink = veth::connect()?;
 
     let (cidr_tx, cidr_rx) = watch::channel(None);
@@ -144,7 +146,10 @@ pub async fn start(
         registry,
     )
     .map_err(Error::Dns)?;
-    let mut tasks = vec![tokio::spawn(dns::serve(cluster_dns, config.dns_listen))];
+    let mut tasks = vec![
+        tokio::spawn(dns::serve(cluster_dns, config.dns_listen)),
+        tokio::spawn(pressure::run(config.pin_dir.clone(), map_gauges)),
+    ];
     if let Some(ring) = flow_ring {
         tasks.push(tokio::spawn(flows::run(
             ring,

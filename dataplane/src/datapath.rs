@@ -40,7 +40,7 @@ use sextant_ebpf_common::{
     flows::FLOWS_MAP,
     lb::{
         AFFINITY_MAP, BACKENDS_MAP, CT_MAP, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service,
-        SERVICES_MAP,
+        SERVICES_MAP, TRAFFIC_MAP,
     },
     metrics::{Counter, Family, METRICS_MAP, PacketCount},
     policy::{
@@ -68,7 +68,8 @@ const UPLINK_PROGRAMS: Programs = [
     ("to_uplink", TcAttachType::Egress),
 ];
 /// The maps that outlive the agent.
-const PINNED_MAPS: [&str; 10] = [
+const PINNED_MAPS: [&str; 11] = [
+    TRAFFIC_MAP,
     ENDPOINTS_MAP,
     SERVICES_MAP,
     AFFINITY_MAP,
@@ -92,6 +93,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     metrics: Arc<Mutex<PerCpuArray<MapData, PacketCount>>>,
+    traffic: Arc<Mutex<PerCpuArray<MapData, PacketCount>>>,
     flows: Option<RingBuf<MapData>>,
 }
 
@@ -138,6 +140,14 @@ impl Datapath {
             name: METRICS_MAP,
             source,
         })?;
+        let traffic = ebpf.take_map(TRAFFIC_MAP).ok_or(Error::Map {
+            name: TRAFFIC_MAP,
+            source: crate::counters::missing_map(TRAFFIC_MAP),
+        })?;
+        let traffic = PerCpuArray::try_from(traffic).map_err(|source| Error::Map {
+            name: TRAFFIC_MAP,
+            source,
+        })?;
         let flows = ebpf.take_map(FLOWS_MAP).ok_or(Error::Map {
             name: FLOWS_MAP,
             source: crate::counters::missing_map(FLOWS_MAP),
@@ -150,6 +160,7 @@ impl Datapath {
             ebpf,
             pin_dir: pin_dir.to_owned(),
             metrics: Arc::new(Mutex::new(metrics)),
+            traffic: Arc::new(Mutex::new(traffic)),
             flows: Some(flows),
         })
     }
@@ -468,6 +479,11 @@ impl Datapath {
     pub fn counters(&self) -> PacketCounters {
         PacketCounters(self.metrics.clone())
     }
+
+    /// The per-frontend traffic counters.
+    pub fn traffic(&self) -> TrafficCounters {
+        TrafficCounters(self.traffic.clone())
+    }
 }
 
 fn ip_key(addr: Ipv4Addr) -> IpKey {
@@ -528,6 +544,51 @@ impl PacketCounters {
                 packets: a.packets + v.packets,
                 bytes: a.bytes + v.bytes,
             }))
+    }
+}
+
+/// Packets and bytes of each service frontend's flows (`SX_LB4_TRAFFIC_V1`).
+#[derive(Clone)]
+pub struct TrafficCounters(Arc<Mutex<PerCpuArray<MapData, PacketCount>>>);
+
+impl std::fmt::Debug for TrafficCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TrafficCounters")
+    }
+}
+
+impl TrafficCounters {
+    /// Frontend `id`'s count, summed over CPUs.
+    pub fn get(&self, id: u32) -> Result<PacketCount> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let values = map.get(&id, 0).map_err(|source| Error::Map {
+            name: TRAFFIC_MAP,
+            source,
+        })?;
+        Ok(values
+            .iter()
+            .fold(PacketCount::default(), |a, v| PacketCount {
+                packets: a.packets + v.packets,
+                bytes: a.bytes + v.bytes,
+            }))
+    }
+
+    /// Zeroes frontend `id`'s count: an id handed to a new frontend starts at 0.
+    pub fn reset(&self, id: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::PossibleCpus(e))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![PacketCount::default(); cpus])
+            .map_err(Error::PossibleCpus)?;
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.set(id, zeros, 0).map_err(|source| Error::Map {
+            name: TRAFFIC_MAP,
+            source,
+        })
     }
 }
 

@@ -21,6 +21,7 @@ pub mod flows;
 pub mod ipam;
 pub mod netns;
 pub mod policy;
+pub mod pressure;
 pub mod routing;
 pub mod services;
 pub mod veth;

@@ -18,12 +18,24 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{Api, ResourceExt, runtime::reflector};
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use sextant_ebpf_common::lb::{
-    Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service, PROTO_TCP, PROTO_UDP,
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{
+        counter::ConstCounter,
+        histogram::{Histogram, exponential_buckets},
+    },
+};
+use sextant_ebpf_common::{
+    lb::{Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service, PROTO_TCP, PROTO_UDP},
+    metrics::PacketCount,
 };
 
-use crate::{Result, datapath::SharedDatapath, watch};
+use crate::{
+    Result,
+    datapath::{SharedDatapath, TrafficCounters},
+    watch,
+};
 
 /// The label tying an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -81,6 +93,19 @@ pub fn desired(
     node: &str,
     node_ip: Option<Ipv4Addr>,
 ) -> BTreeMap<Lb4Key, Frontend> {
+    desired_named(services, slices, node, node_ip)
+        .into_iter()
+        .map(|(k, (_, f))| (k, f))
+        .collect()
+}
+
+/// [`desired`], each frontend with its Service's `(namespace, name)`.
+pub fn desired_named(
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    node: &str,
+    node_ip: Option<Ipv4Addr>,
+) -> BTreeMap<Lb4Key, ((String, String), Frontend)> {
     let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
         if slice.address_type != "IPv4" {
@@ -168,12 +193,15 @@ pub fn desired(
                     }
                 }
             }
-            let pick = |local_only: bool| Frontend {
-                backends: if local_only { &local } else { &backends }
-                    .iter()
-                    .copied()
-                    .collect(),
-                affinity_timeout,
+            let pick = |local_only: bool| {
+                let f = Frontend {
+                    backends: if local_only { &local } else { &backends }
+                        .iter()
+                        .copied()
+                        .collect(),
+                    affinity_timeout,
+                };
+                (key.clone(), f)
             };
             out.insert(frontend(vip, service_port, proto), pick(internal_local));
             // Traffic from outside the cluster: the node's own address on the
@@ -233,6 +261,11 @@ impl Programmer {
         })
     }
 
+    /// Each written frontend's id.
+    pub fn ids(&self) -> impl Iterator<Item = (&Lb4Key, u32)> {
+        self.written.iter().map(|(k, (id, _))| (k, *id))
+    }
+
     /// Makes the maps hold exactly `desired`; returns how many frontends changed.
     pub fn apply(&mut self, desired: &BTreeMap<Lb4Key, Frontend>) -> Result<usize> {
         let mut dp = self
@@ -269,6 +302,8 @@ impl Programmer {
                         self.next_id += 1;
                         self.next_id - 1
                     });
+                    // A reused id's traffic belonged to another frontend.
+                    dp.traffic().reset(id)?;
                     (id, Vec::new())
                 }
             };
@@ -308,23 +343,97 @@ impl Programmer {
     }
 }
 
-/// `sextant_dataplane_service_programming_seconds`.
+/// `sextant_dataplane_service_programming_seconds`, and each frontend's traffic
+/// (`sextant_dataplane_service_frontend_{packets,bytes}_total`).
 #[derive(Clone, Debug)]
 pub struct ServiceMetrics {
     programming: Histogram,
+    frontends: FrontendNames,
 }
 
+/// Frontend id → (namespace, service, `ip:port/proto`).
+type FrontendNames = Arc<std::sync::RwLock<BTreeMap<u32, (String, String, String)>>>;
+
 impl ServiceMetrics {
-    /// Registers the metrics on `registry`.
-    pub fn register(registry: &mut sextant_metrics::Registry) -> Self {
+    /// Registers the metrics on `registry`; traffic is read from `traffic`.
+    pub fn register(registry: &mut sextant_metrics::Registry, traffic: TrafficCounters) -> Self {
         let programming = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register(
             "sextant_dataplane_service_programming_seconds",
             "Time from a Service or EndpointSlice change reaching the agent to the eBPF maps holding it.",
             programming.clone(),
         );
-        Self { programming }
+        let frontends = FrontendNames::default();
+        registry.register_collector(Box::new(FrontendTraffic {
+            traffic,
+            frontends: frontends.clone(),
+        }));
+        Self {
+            programming,
+            frontends,
+        }
     }
+}
+
+/// Reads each frontend's packets and bytes from the datapath at every scrape.
+#[derive(Debug)]
+struct FrontendTraffic {
+    traffic: TrafficCounters,
+    frontends: FrontendNames,
+}
+
+impl Collector for FrontendTraffic {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
+        let frontends = self
+            .frontends
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let counts: Vec<_> = frontends
+            .iter()
+            .filter_map(|(id, names)| Some((names, self.traffic.get(*id).ok()?)))
+            .collect();
+        type Pick = fn(&PacketCount) -> u64;
+        let families: [(&str, &str, Pick); 2] = [
+            (
+                "sextant_dataplane_service_frontend_packets",
+                "Packets of each service frontend's flows, both directions, handled on this node.",
+                |c| c.packets,
+            ),
+            (
+                "sextant_dataplane_service_frontend_bytes",
+                "Bytes of each service frontend's flows, both directions, handled on this node.",
+                |c| c.bytes,
+            ),
+        ];
+        for (name, help, pick) in families {
+            let mut metric = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for ((namespace, service, frontend), count) in &counts {
+                let labels = [
+                    ("namespace", namespace.as_str()),
+                    ("service", service.as_str()),
+                    ("frontend", frontend.as_str()),
+                ];
+                ConstCounter::new(pick(count)).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `ip:port/proto` of a frontend key.
+fn frontend_label(k: &Lb4Key) -> String {
+    let proto = if k.proto == PROTO_UDP { "UDP" } else { "TCP" };
+    format!(
+        "{}:{}/{proto}",
+        Ipv4Addr::from(k.vip.to_ne_bytes()),
+        u16::from_be(k.port)
+    )
 }
 
 /// The agent's one watch of Services and EndpointSlices, shared by the service
@@ -385,12 +494,14 @@ pub async fn run(
     };
     let mut noticed = Instant::now();
     loop {
-        let desired = desired(
+        let named = desired_named(
             &caches.services.state(),
             &caches.slices.state(),
             &node,
             node_ip,
         );
+        let desired: BTreeMap<Lb4Key, Frontend> =
+            named.iter().map(|(k, (_, f))| (*k, f.clone())).collect();
         match programmer.apply(&desired) {
             Ok(0) => {}
             Ok(changed) => {
@@ -399,6 +510,17 @@ pub async fn run(
             }
             Err(e) => tracing::error!(error = %e, "programming services"),
         }
+        let names = programmer
+            .ids()
+            .filter_map(|(k, id)| {
+                let ((ns, name), _) = named.get(k)?;
+                Some((id, (ns.clone(), name.clone(), frontend_label(k))))
+            })
+            .collect();
+        *metrics
+            .frontends
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = names;
         if caches.changed.recv().await.is_none() {
             return;
         }

@@ -304,6 +304,31 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
         new_after >= new_before + 300,
         "new flows balanced in the datapath: {new_before} → {new_after}"
     );
+    // Every packet of those flows, both ways, is counted on the client's node.
+    let frontend = format!("namespace=\"default\",service=\"web\",frontend=\"{web}/TCP\"");
+    let packets = a
+        .counter(
+            "sextant_dataplane_service_frontend_packets_total",
+            &frontend,
+        )
+        .await
+        .unwrap();
+    assert!(packets >= 300 * 4, "web's frontend packets: {packets}");
+    // The conntrack table holds them (map pressure is sampled every 10 s).
+    let tracked = sextant_tests::wait_for(
+        "conntrack entries in the map gauges",
+        Duration::from_secs(15),
+        Duration::from_millis(500),
+        || async {
+            a.counter("sextant_dataplane_map_entries", "map=\"SX_CT4_V1\"")
+                .await
+                .ok()
+                .filter(|n| *n > 0)
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("conntrack entries: {tracked}");
     let seen = collect(web_flows, 300).await;
     assert!(seen.len() >= 300, "flows observed: {}", seen.len());
     assert!(

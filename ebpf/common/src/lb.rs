@@ -14,6 +14,9 @@ pub const MAX_AFFINITY: u32 = 65_536;
 pub const AFFINITY_CHECK_SLOTS: u32 = 32;
 /// Name of the map from [`Lb4BackendKey`] (service id, slot) to [`Lb4Backend`].
 pub const BACKENDS_MAP: &str = "SX_LB4_BACKENDS_V1";
+/// Name of the per-CPU array of `metrics::PacketCount` by frontend id
+/// ([`Lb4Service::id`]): every packet of a service flow, both directions.
+pub const TRAFFIC_MAP: &str = "SX_LB4_TRAFFIC_V1";
 /// Name of the LRU map from [`Ct4Key`] (a flow's 5-tuple) to [`Ct4Entry`].
 pub const CT_MAP: &str = "SX_CT4_V1";
 

@@ -8,11 +8,15 @@
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::TcContext,
 };
-use sextant_ebpf_common::lb::{
-    AFFINITY_CHECK_SLOTS, Lb4Affinity, Lb4AffinityKey, Lb4Backend, Lb4BackendKey, Lb4Key,
-    Lb4Service, MAX_AFFINITY, MAX_BACKENDS, MAX_SERVICES,
+use sextant_ebpf_common::{
+    lb::{
+        AFFINITY_CHECK_SLOTS, Lb4Affinity, Lb4AffinityKey, Lb4Backend, Lb4BackendKey, Lb4Key,
+        Lb4Service, MAX_AFFINITY, MAX_BACKENDS, MAX_SERVICES,
+    },
+    metrics::PacketCount,
 };
 
 use crate::packet::L4Packet;
@@ -30,6 +34,33 @@ static SX_LB4_AFFINITY_V1: LruHashMap<Lb4AffinityKey, Lb4Affinity> =
 #[map(name = "SX_LB4_BACKENDS_V1")]
 static SX_LB4_BACKENDS_V1: HashMap<Lb4BackendKey, Lb4Backend> =
     HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// Packets and bytes of each frontend's flows, by frontend id.
+#[map(name = "SX_LB4_TRAFFIC_V1")]
+static SX_LB4_TRAFFIC_V1: PerCpuArray<PacketCount> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// Counts one packet of a flow of the frontend `vip:port/proto` (packet byte
+/// order), if it is one.
+#[inline(always)]
+pub(crate) fn account(ctx: &TcContext, vip: u32, port: u16, proto: u8) {
+    let key = Lb4Key {
+        vip,
+        port,
+        proto,
+        pad: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(id) = (unsafe { SX_LB4_SERVICES_V2.get(&key) }).map(|s| s.id) else {
+        return;
+    };
+    if let Some(c) = SX_LB4_TRAFFIC_V1.get_ptr_mut(id) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += u64::from(ctx.len());
+        }
+    }
+}
 
 /// What a packet to a frontend gets.
 pub(crate) enum Balanced {

@@ -69,6 +69,7 @@ pub(crate) fn from_uplink(ctx: &TcContext) -> i32 {
         if flags & (TCP_FIN | TCP_RST) != 0 {
             conntrack::mark_closing(&pkt);
         }
+        lb::account(ctx, pkt.daddr, pkt.dport, pkt.proto);
         if !to_backend(ctx, &pkt, (ct.addr, ct.port)) {
             return TC_ACT_SHOT;
         }
@@ -93,6 +94,7 @@ pub(crate) fn from_uplink(ctx: &TcContext) -> i32 {
         }
         Balanced::Backend(b) => {
             flows::emit(ctx, &pkt, (b.ip, b.port), o);
+            lb::account(ctx, pkt.daddr, pkt.dport, pkt.proto);
             conntrack::create(&pkt, b.ip, b.port);
             if !to_backend(ctx, &pkt, (b.ip, b.port)) {
                 return TC_ACT_SHOT;
@@ -117,6 +119,7 @@ pub(crate) fn to_uplink(ctx: &TcContext) -> i32 {
         && let Some(ct) = conntrack::lookup(&pkt)
         && ct.action == CT_REVNAT
     {
+        lb::account(ctx, ct.addr, ct.port, pkt.proto);
         if nat::rewrite(ctx, &pkt, End::Source, ct.addr, ct.port).is_err() {
             return TC_ACT_SHOT;
         }

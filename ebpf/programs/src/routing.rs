@@ -85,8 +85,14 @@ fn known(ctx: &TcContext, pkt: &L4Packet) -> Option<Flow> {
         conntrack::mark_closing(pkt);
     }
     let end = match ct.action {
-        CT_DNAT => End::Destination,
-        CT_REVNAT => End::Source,
+        CT_DNAT => {
+            lb::account(ctx, pkt.daddr, pkt.dport, pkt.proto);
+            End::Destination
+        }
+        CT_REVNAT => {
+            lb::account(ctx, ct.addr, ct.port, pkt.proto);
+            End::Source
+        }
         _ => return Some(Flow::Known),
     };
     if nat::rewrite(ctx, pkt, end, ct.addr, ct.port).is_err() {
@@ -172,6 +178,7 @@ fn admit(ctx: &TcContext, pkt: &L4Packet, to: (u32, u16), service: bool) -> bool
     };
     flows::emit(ctx, pkt, to, o);
     if service {
+        lb::account(ctx, pkt.daddr, pkt.dport, pkt.proto);
         conntrack::create(pkt, to.0, to.1);
         if nat::rewrite(ctx, pkt, End::Destination, to.0, to.1).is_err() {
             return false;
