@@ -19,6 +19,7 @@ pub mod ebpf;
 pub mod endpoints;
 pub mod flows;
 pub mod ipam;
+pub mod maglev;
 pub mod netns;
 pub mod policy;
 pub mod pressure;

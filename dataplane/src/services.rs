@@ -1,6 +1,6 @@
 //! ClusterIP load balancing, user side: Services and EndpointSlices, watched
 //! through the API, become the frontends and backend slots of
-//! `SX_LB4_SERVICES_V1` / `SX_LB4_BACKENDS_V1` (kernel side: `ebpf/programs/src/lb.rs`).
+//! `SX_LB4_SERVICES_V1` / `SX_LB4_BACKENDS_V2` (kernel side: `ebpf/programs/src/lb.rs`).
 //!
 //! Only ready endpoints are backends, so a pod that turns not-ready, or starts
 //! terminating, gets no new flows; conntrack keeps its existing ones on it (they
@@ -34,7 +34,7 @@ use sextant_ebpf_common::{
 use crate::{
     Result,
     datapath::{SharedDatapath, TrafficCounters},
-    watch,
+    maglev, watch,
 };
 
 /// The label tying an EndpointSlice to its Service.
@@ -222,7 +222,7 @@ pub fn desired_named(
 #[derive(Debug)]
 pub struct Programmer {
     datapath: SharedDatapath,
-    /// Frontend → (id, what was written).
+    /// Frontend → (id, what was written: its Maglev table as `backends`).
     written: BTreeMap<Lb4Key, (u32, Frontend)>,
     free_ids: Vec<u32>,
     next_id: u32,
@@ -293,6 +293,11 @@ impl Programmer {
             }
         }
         for (key, want) in desired {
+            // What the slots hold: the backends' Maglev table.
+            let want = &Frontend {
+                backends: maglev::table(&want.backends),
+                affinity_timeout: want.affinity_timeout,
+            };
             let backends = &want.backends;
             let (id, old) = match self.written.get(key) {
                 Some((_, old)) if old == want => continue,

@@ -1,5 +1,5 @@
 //! Service load balancing and connection tracking (maps `SX_LB4_SERVICES_V1`,
-//! `SX_LB4_BACKENDS_V1`, `SX_CT4_V1`). Addresses and ports are kept in packet
+//! `SX_LB4_BACKENDS_V2`, `SX_CT4_V1`). Addresses and ports are kept in packet
 //! byte order, exactly as the programs read them.
 
 /// Name of the map from [`Lb4Key`] (VIP, port, protocol) to [`Lb4Service`]
@@ -13,7 +13,8 @@ pub const MAX_AFFINITY: u32 = 65_536;
 /// still one of the frontend's (frontends with more are trusted as they are).
 pub const AFFINITY_CHECK_SLOTS: u32 = 32;
 /// Name of the map from [`Lb4BackendKey`] (service id, slot) to [`Lb4Backend`].
-pub const BACKENDS_MAP: &str = "SX_LB4_BACKENDS_V1";
+/// (V2: allocated on demand, four times as many slots, holding Maglev tables.)
+pub const BACKENDS_MAP: &str = "SX_LB4_BACKENDS_V2";
 /// Name of the per-CPU array of `metrics::PacketCount` by frontend id
 /// ([`Lb4Service::id`]): every packet of a service flow, both directions.
 pub const TRAFFIC_MAP: &str = "SX_LB4_TRAFFIC_V1";
@@ -23,7 +24,7 @@ pub const CT_MAP: &str = "SX_CT4_V1";
 /// Service frontends one node can hold (VIP × port × protocol).
 pub const MAX_SERVICES: u32 = 65_536;
 /// Backend slots across all services.
-pub const MAX_BACKENDS: u32 = 262_144;
+pub const MAX_BACKENDS: u32 = 1_048_576;
 /// Tracked flows; the oldest are evicted first when full.
 pub const MAX_FLOWS: u32 = 262_144;
 
@@ -52,13 +53,14 @@ pub struct Lb4Key {
     pub pad: u8,
 }
 
-/// A frontend's backends: slots `0..count` of `SX_LB4_BACKENDS_V1` under `id`.
+/// A frontend's backends: slots `0..count` of `SX_LB4_BACKENDS_V2` under `id`,
+/// its Maglev lookup table (a new flow takes slot `hash(5-tuple) % count`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lb4Service {
     /// The frontend's id, stable while it exists.
     pub id: u32,
-    /// How many backend slots are filled; 0 drops new flows (no endpoints).
+    /// How many slots the table has; 0 drops new flows (no endpoints).
     pub count: u32,
     /// `sessionAffinity: ClientIP`: seconds a client keeps its backend; 0 = none.
     pub affinity_timeout: u32,

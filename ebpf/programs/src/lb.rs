@@ -1,12 +1,14 @@
 //! Service load balancing (ClusterIP): frontends (`SX_LB4_SERVICES_V2`) and their
-//! backend slots (`SX_LB4_BACKENDS_V1`), written by the agent from Services and
-//! EndpointSlices. A new flow picks a slot at random; conntrack keeps it there.
+//! backend slots (`SX_LB4_BACKENDS_V2`), written by the agent from Services and
+//! EndpointSlices. The slots are the frontend's Maglev lookup table: a new flow
+//! takes the slot its 5-tuple hashes to; conntrack keeps it there.
 //! With `sessionAffinity: ClientIP`, a client's new flows go to the backend it had
 //! while it keeps coming back within the timeout and that backend is still one of
 //! the frontend's (`SX_LB4_AFFINITY_V1`).
 
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
@@ -31,9 +33,9 @@ static SX_LB4_AFFINITY_V1: LruHashMap<Lb4AffinityKey, Lb4Affinity> =
     LruHashMap::with_max_entries(MAX_AFFINITY, 0);
 
 /// (frontend id, slot) → backend.
-#[map(name = "SX_LB4_BACKENDS_V1")]
-static SX_LB4_BACKENDS_V1: HashMap<Lb4BackendKey, Lb4Backend> =
-    HashMap::with_max_entries(MAX_BACKENDS, 0);
+#[map(name = "SX_LB4_BACKENDS_V2")]
+static SX_LB4_BACKENDS_V2: HashMap<Lb4BackendKey, Lb4Backend> =
+    HashMap::with_max_entries(MAX_BACKENDS, BPF_F_NO_PREALLOC);
 
 /// Packets and bytes of each frontend's flows, by frontend id.
 #[map(name = "SX_LB4_TRAFFIC_V1")]
@@ -100,11 +102,12 @@ pub(crate) fn select(pkt: &L4Packet) -> Balanced {
         remember(&affinity_key, b, now);
         return Balanced::Backend(b);
     }
-    // SAFETY: a helper call without arguments.
-    let slot = unsafe { bpf_get_prandom_u32() } % svc.count;
+    // The frontend's Maglev table: every node picks the same backend for a flow,
+    // and a backend change moves few flows that conntrack does not hold.
+    let slot = flow_hash(pkt) % svc.count;
     let bkey = Lb4BackendKey { id: svc.id, slot };
     // SAFETY: the value is copied out at once.
-    match unsafe { SX_LB4_BACKENDS_V1.get(&bkey) } {
+    match unsafe { SX_LB4_BACKENDS_V2.get(&bkey) } {
         Some(b) => {
             if svc.affinity_timeout != 0 {
                 remember(&affinity_key, *b, now);
@@ -114,6 +117,23 @@ pub(crate) fn select(pkt: &L4Packet) -> Balanced {
         // The agent shrinks `count` before freeing slots; a miss is a race with it.
         None => Balanced::NoBackend,
     }
+}
+
+/// murmur3's 32-bit finalizer: every input bit affects every output bit.
+#[inline(always)]
+fn mix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// A hash of the flow's 5-tuple (the same on every node).
+#[inline(always)]
+fn flow_hash(pkt: &L4Packet) -> u32 {
+    let ports = (u32::from(pkt.sport) << 16) | u32::from(pkt.dport);
+    mix(mix(mix(pkt.saddr ^ u32::from(pkt.proto)) ^ pkt.daddr) ^ ports)
 }
 
 #[inline(always)]
@@ -145,7 +165,7 @@ fn affine_backend(svc: &Lb4Service, key: &Lb4AffinityKey, now: u64) -> Option<Lb
         }
         let bkey = Lb4BackendKey { id: svc.id, slot };
         // SAFETY: the value is compared at once.
-        if let Some(b) = unsafe { SX_LB4_BACKENDS_V1.get(&bkey) }
+        if let Some(b) = unsafe { SX_LB4_BACKENDS_V2.get(&bkey) }
             && *b == a.backend
         {
             return Some(a.backend);
