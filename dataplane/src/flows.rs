@@ -160,6 +160,7 @@ fn flow(e: &FlowEvent, names: &Names) -> Flow {
         }
         .to_owned(),
         protocol: match e.proto {
+            1 => "ICMP",
             6 => "TCP",
             17 => "UDP",
             _ => "other",

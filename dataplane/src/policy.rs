@@ -17,7 +17,9 @@
 //! - this node's own address may always reach its pods (kubelet probes);
 //! - a named port in an egress rule is looked up on the pods of each peer
 //!   identity; with no peers, on every pod;
-//! - only TCP and UDP are filtered; other protocols (ICMP) pass.
+//! - TCP, UDP and ICMP echo are filtered (echo only by rules without ports, as
+//!   upstream's ports apply to TCP, UDP and SCTP); other ICMP and other
+//!   protocols pass.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -4,7 +4,7 @@
 //! labelled role=client on port 8080 lets exactly those in; an egress policy with
 //! an ipBlock and except decides what a client may reach outside; every denial is
 //! counted in `sextant_dataplane_drops_total{reason="policy_denied"}` and shows in
-//! the Observe stream with the policy's name.
+//! the Observe stream with the policy's name; default deny blocks ping too.
 // Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
 #![allow(clippy::unwrap_used)]
 
@@ -242,6 +242,9 @@ async fn network_policies_deny_allow_and_report_by_name() {
     eprintln!("denied: {denied:?}");
     assert!(policy_drops(a).await > before_a, "drops on node a");
     assert!(policy_drops(b).await > before_b, "drops on node b");
+    // Default deny covers ping too (a rule without ports would allow it).
+    let web_a_ip = ip_of(&k, "web-a");
+    assert!(!pings(&k, "other", &web_a_ip), "ping under default deny");
     // The kubelet's probes come from the node: the pods stay Ready.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ready = k
@@ -312,4 +315,13 @@ async fn network_policies_deny_allow_and_report_by_name() {
     k.ok(&["delete", "networkpolicy", "--all"]).unwrap();
     settles(&k, "other", &web_a, true).await;
     settles(&k, "other", &web_b, true).await;
+    assert!(pings(&k, "other", &web_a_ip), "ping without policy");
+}
+
+/// Whether one ping from `pod` to `ip` is answered within 2 s.
+fn pings(k: &Kubectl, pod: &str, ip: &str) -> bool {
+    k.run(&["exec", pod, "--", "ping", "-c", "1", "-W", "2", ip], None)
+        .unwrap()
+        .status
+        .success()
 }

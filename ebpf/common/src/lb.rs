@@ -34,6 +34,8 @@ pub const MAX_FLOWS: u32 = 262_144;
 /// node for reverse NAT (kube-proxy's `KUBE-MARK-MASQ` does the same).
 pub const MASQUERADE_MARK: u32 = 0x0053_0000;
 
+/// IP protocol number of ICMP.
+pub const PROTO_ICMP: u8 = 1;
 /// IP protocol number of TCP.
 pub const PROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.

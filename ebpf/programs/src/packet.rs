@@ -2,6 +2,7 @@
 //! IPv4 without options), and the parsed view of an L4 packet.
 
 use aya_ebpf::programs::TcContext;
+use sextant_ebpf_common::lb::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 /// Destination MAC.
 pub(crate) const ETH_DST: usize = 0;
@@ -29,6 +30,14 @@ pub(crate) const L4: usize = ETH_HLEN + 20;
 pub(crate) const L4_SPORT: usize = L4;
 /// L4 destination port (TCP and UDP).
 pub(crate) const L4_DPORT: usize = L4 + 2;
+/// ICMP type.
+pub(crate) const ICMP_TYPE: usize = L4;
+/// ICMP echo identifier.
+pub(crate) const ICMP_ID: usize = L4 + 4;
+/// ICMP echo request.
+const ICMP_ECHO_REQUEST: u8 = 8;
+/// ICMP echo reply.
+const ICMP_ECHO_REPLY: u8 = 0;
 /// TCP flags.
 pub(crate) const TCP_FLAGS: usize = L4 + 13;
 /// TCP FIN flag.
@@ -44,7 +53,8 @@ pub(crate) const TCP_CSUM: usize = L4 + 16;
 /// UDP checksum.
 pub(crate) const UDP_CSUM: usize = L4 + 6;
 
-/// A TCP or UDP packet over IPv4 without options, fields in packet byte order.
+/// A TCP, UDP or ICMP echo packet over IPv4 without options, fields in packet
+/// byte order.
 #[derive(Clone, Copy)]
 pub(crate) struct L4Packet {
     pub(crate) saddr: u32,
@@ -55,8 +65,10 @@ pub(crate) struct L4Packet {
 }
 
 impl L4Packet {
-    /// Parses an IPv4 frame; `None` for other L4 protocols, IP options or fragments
-    /// of no interest to the load balancer.
+    /// Parses an IPv4 frame; `None` for IP options and for protocols other than
+    /// TCP, UDP and ICMP echo. An echo carries its identifier as the source "port"
+    /// of a request and the destination "port" of a reply, so a reply's tuple is
+    /// its request's reversed, as for TCP and UDP.
     #[inline(always)]
     pub(crate) fn parse(ctx: &TcContext) -> Option<Self> {
         let vihl: u8 = ctx.load(IPV4_VIHL).ok()?;
@@ -64,16 +76,23 @@ impl L4Packet {
             return None;
         }
         let proto: u8 = ctx.load(IPV4_PROTO).ok()?;
-        if proto != sextant_ebpf_common::lb::PROTO_TCP
-            && proto != sextant_ebpf_common::lb::PROTO_UDP
-        {
-            return None;
-        }
+        let (sport, dport) = match proto {
+            PROTO_TCP | PROTO_UDP => (ctx.load(L4_SPORT).ok()?, ctx.load(L4_DPORT).ok()?),
+            PROTO_ICMP => {
+                let id: u16 = ctx.load(ICMP_ID).ok()?;
+                match ctx.load::<u8>(ICMP_TYPE).ok()? {
+                    ICMP_ECHO_REQUEST => (id, 0),
+                    ICMP_ECHO_REPLY => (0, id),
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
         Some(Self {
             saddr: ctx.load(IPV4_SRC).ok()?,
             daddr: ctx.load(IPV4_DST).ok()?,
-            sport: ctx.load(L4_SPORT).ok()?,
-            dport: ctx.load(L4_DPORT).ok()?,
+            sport,
+            dport,
             proto,
         })
     }
@@ -81,7 +100,7 @@ impl L4Packet {
     /// Offset of this packet's L4 checksum.
     #[inline(always)]
     pub(crate) fn csum_offset(&self) -> usize {
-        if self.proto == sextant_ebpf_common::lb::PROTO_TCP {
+        if self.proto == PROTO_TCP {
             TCP_CSUM
         } else {
             UDP_CSUM
