@@ -3,7 +3,8 @@
 //! Service; a client pod's requests to the VIP (TCP and UDP) reach every backend,
 //! on its own node and the other; scaling to 1 and back is reflected in the maps;
 //! a pod that turns not-ready gets no new connections; a Service without ready
-//! endpoints drops new flows, counted by reason; a NodePort answers on every
+//! endpoints drops new flows, counted by reason; a backend reaches its own
+//! Service, itself included (hairpin); a NodePort answers on every
 //! node's address from outside, and with externalTrafficPolicy Local from that
 //! node's pods only.
 // Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
@@ -338,6 +339,30 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
             && f.service_frontend == web),
         "{:?}",
         seen.first()
+    );
+
+    // Hairpin: a backend reaching its own Service, itself included.
+    let backend = nodes.keys().next().unwrap().clone();
+    let out = k
+        .run(
+            &[
+                "exec",
+                &backend,
+                "--",
+                "/demo",
+                "--http-get",
+                &web,
+                "--count",
+                "30",
+            ],
+            None,
+        )
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["failed"], 0, "hairpin from {backend}: {v}");
+    assert!(
+        v["answers"][&backend].as_u64() > Some(0),
+        "{backend} reached itself: {v}"
     );
 
     // NodePort: from outside the cluster's namespaces (the host), every node's

@@ -39,6 +39,13 @@ spec:
         livenessProbe:
           httpGet: {path: /healthz, port: http}
           periodSeconds: 5
+---
+apiVersion: v1
+kind: Service
+metadata: {name: demo, namespace: default}
+spec:
+  selector: {app: demo}
+  ports: [{name: http, port: 80, targetPort: http}]
 "#;
 
 fn kubectl(kubeconfig: &Path) -> Command {
@@ -148,9 +155,14 @@ pub(crate) fn run_up() -> Result<()> {
     println!("  export KUBECONFIG={}", kubeconfig.display());
     println!("  kubectl get nodes,deployments,pods -o wide");
     println!("  kubectl logs deployment/demo");
+    let vip = kubectl(&kubeconfig)
+        .args(["get", "svc", "demo", "-o", "jsonpath={.spec.clusterIP}"])
+        .output()?;
+    let vip = String::from_utf8_lossy(&vip.stdout).into_owned();
     println!("The demo app answers on its pods' IPs ({ips}):");
     println!("  curl http://{first}:8080/env");
-    println!("(Service ClusterIPs need the eBPF dataplane, issue 6.)");
+    println!("and, from pods, on the Service demo's ClusterIP (balanced by the eBPF dataplane):");
+    println!("  kubectl exec deploy/demo -- /demo --http-get {vip}:80 --count 10");
     println!("Ctrl-C stops the server and the agent; containerd and the pods keep running");
     println!("and are adopted by the next `cargo xtask up`.");
     let status = server.0.wait()?;

@@ -141,6 +141,14 @@ pub const CT_TRACKED: u8 = 3;
 /// 5-tuple is a new connection and is balanced afresh (its old backend may be gone).
 pub const CT_CLOSING: u8 = 1;
 
+/// [`Ct4Entry::flags`]: a pod reached itself through a service (hairpin). Its
+/// packets also get [`HAIRPIN_IP`] as their source, so the pod's reply leaves
+/// through its veth (and is reverse-NATed) instead of looping back inside it.
+pub const CT_HAIRPIN: u8 = 2;
+
+/// The source a hairpinned flow shows to the pod (Cilium's loopback address).
+pub const HAIRPIN_IP: u32 = u32::from_ne_bytes([169, 254, 42, 1]);
+
 /// What to do with the packets of a tracked flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -151,7 +159,7 @@ pub struct Ct4Entry {
     pub port: u16,
     /// [`CT_DNAT`], [`CT_REVNAT`] or [`CT_TRACKED`].
     pub action: u8,
-    /// [`CT_CLOSING`].
+    /// [`CT_CLOSING`], [`CT_HAIRPIN`].
     pub flags: u8,
 }
 

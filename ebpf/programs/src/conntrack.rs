@@ -9,7 +9,7 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use aya_ebpf::{macros::map, maps::LruHashMap};
 use sextant_ebpf_common::lb::{
-    CT_CLOSING, CT_DNAT, CT_REVNAT, CT_TRACKED, Ct4Entry, Ct4Key, MAX_FLOWS,
+    CT_CLOSING, CT_DNAT, CT_HAIRPIN, CT_REVNAT, CT_TRACKED, Ct4Entry, Ct4Key, HAIRPIN_IP, MAX_FLOWS,
 };
 
 use crate::packet::L4Packet;
@@ -48,22 +48,27 @@ pub(crate) fn mark_closing(pkt: &L4Packet) {
     }
 }
 
-/// Tracks a new flow from `pkt` (client → VIP) to `backend:port` both ways.
+/// Tracks a new flow from `pkt` (client → VIP) to `backend:port` both ways. A
+/// hairpinned flow (the client is the backend) is seen by it as from
+/// [`HAIRPIN_IP`], so its replies are tracked as sent there.
 #[inline(always)]
 pub(crate) fn create(pkt: &L4Packet, backend: u32, port: u16) {
+    let hairpin = backend == pkt.saddr;
+    let flags = if hairpin { CT_HAIRPIN } else { 0 };
     let forward = key(pkt.saddr, pkt.daddr, pkt.sport, pkt.dport, pkt.proto);
     let dnat = Ct4Entry {
         addr: backend,
         port,
         action: CT_DNAT,
-        flags: 0,
+        flags,
     };
-    let reply = key(backend, pkt.saddr, port, pkt.sport, pkt.proto);
+    let client = if hairpin { HAIRPIN_IP } else { pkt.saddr };
+    let reply = key(backend, client, port, pkt.sport, pkt.proto);
     let revnat = Ct4Entry {
         addr: pkt.daddr,
         port: pkt.dport,
         action: CT_REVNAT,
-        flags: 0,
+        flags,
     };
     // A full LRU evicts; an insert fails only on kernel errors, and then the
     // flow is simply balanced again on its next packet.

@@ -21,7 +21,7 @@ use sextant_ebpf_common::{
         FLAG_SERVICE, REASON_NO_BACKEND, REASON_NONE, REASON_POLICY_DENIED, VERDICT_DROPPED,
         VERDICT_FORWARDED,
     },
-    lb::{CT_CLOSING, CT_DNAT, CT_REVNAT, PROTO_TCP},
+    lb::{CT_CLOSING, CT_DNAT, CT_HAIRPIN, CT_REVNAT, HAIRPIN_IP, PROTO_TCP},
     metrics::Counter,
     policy::{DIRECTION_EGRESS, DIRECTION_INGRESS},
 };
@@ -84,18 +84,23 @@ fn known(ctx: &TcContext, pkt: &L4Packet) -> Option<Flow> {
     if flags & (TCP_FIN | TCP_RST) != 0 {
         conntrack::mark_closing(pkt);
     }
-    let end = match ct.action {
+    let (end, other) = match ct.action {
         CT_DNAT => {
             lb::account(ctx, pkt.daddr, pkt.dport, pkt.proto);
-            End::Destination
+            // Hairpin: the pod sees itself as reached from HAIRPIN_IP.
+            (End::Destination, (End::Source, HAIRPIN_IP, pkt.sport))
         }
         CT_REVNAT => {
             lb::account(ctx, ct.addr, ct.port, pkt.proto);
-            End::Source
+            // Hairpin: the reply goes back to the pod itself.
+            (End::Source, (End::Destination, pkt.saddr, pkt.dport))
         }
         _ => return Some(Flow::Known),
     };
-    if nat::rewrite(ctx, pkt, end, ct.addr, ct.port).is_err() {
+    if nat::rewrite(ctx, pkt, end, ct.addr, ct.port).is_err()
+        || (ct.flags & CT_HAIRPIN != 0
+            && nat::rewrite(ctx, pkt, other.0, other.1, other.2).is_err())
+    {
         return Some(Flow::Drop);
     }
     count(ctx, Counter::ServiceNat);
@@ -153,7 +158,11 @@ fn deny(ctx: &TcContext, pkt: &L4Packet, to: (u32, u16), flags: u8, direction: u
 fn admit(ctx: &TcContext, pkt: &L4Packet, to: (u32, u16), service: bool) -> bool {
     let flags = if service { FLAG_SERVICE } else { 0 };
     let mut decided = 0;
+    // A pod reaching itself through a service is not judged (upstream: a pod
+    // cannot be cut off from itself).
+    let hairpin = to.0 == pkt.saddr;
     match policy::check(pkt.saddr, DIRECTION_EGRESS, to.0, pkt.proto, to.1) {
+        _ if hairpin => {}
         Decision::Denied(p) => {
             deny(ctx, pkt, to, flags, flows::EGRESS, p);
             return false;
@@ -162,6 +171,7 @@ fn admit(ctx: &TcContext, pkt: &L4Packet, to: (u32, u16), service: bool) -> bool
         Decision::NotEnforced => {}
     }
     match policy::check(to.0, DIRECTION_INGRESS, pkt.saddr, pkt.proto, to.1) {
+        _ if hairpin => {}
         Decision::Denied(p) => {
             deny(ctx, pkt, to, flags, flows::EGRESS, p);
             return false;
@@ -180,7 +190,9 @@ fn admit(ctx: &TcContext, pkt: &L4Packet, to: (u32, u16), service: bool) -> bool
     if service {
         lb::account(ctx, pkt.daddr, pkt.dport, pkt.proto);
         conntrack::create(pkt, to.0, to.1);
-        if nat::rewrite(ctx, pkt, End::Destination, to.0, to.1).is_err() {
+        if nat::rewrite(ctx, pkt, End::Destination, to.0, to.1).is_err()
+            || (hairpin && nat::rewrite(ctx, pkt, End::Source, HAIRPIN_IP, pkt.sport).is_err())
+        {
             return false;
         }
         count(ctx, Counter::ServiceNewFlow);
