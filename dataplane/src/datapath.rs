@@ -477,12 +477,18 @@ impl Datapath {
 
     /// The packet counters, summed over CPUs, for `/metrics` and tests.
     pub fn counters(&self) -> PacketCounters {
-        PacketCounters(self.metrics.clone())
+        PacketCounters(CountArray {
+            map: self.metrics.clone(),
+            name: METRICS_MAP,
+        })
     }
 
     /// The per-frontend traffic counters.
     pub fn traffic(&self) -> TrafficCounters {
-        TrafficCounters(self.traffic.clone())
+        TrafficCounters(CountArray {
+            map: self.traffic.clone(),
+            name: TRAFFIC_MAP,
+        })
     }
 }
 
@@ -516,10 +522,51 @@ fn ignore_missing(
     }
 }
 
+/// A per-CPU array of [`PacketCount`] shared with the kernel, summed over CPUs
+/// when read.
+#[derive(Clone)]
+struct CountArray {
+    map: Arc<Mutex<PerCpuArray<MapData, PacketCount>>>,
+    name: &'static str,
+}
+
+impl CountArray {
+    fn sum(&self, index: u32) -> Result<PacketCount> {
+        let map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let values = map.get(&index, 0).map_err(|source| Error::Map {
+            name: self.name,
+            source,
+        })?;
+        Ok(values
+            .iter()
+            .fold(PacketCount::default(), |a, v| PacketCount {
+                packets: a.packets + v.packets,
+                bytes: a.bytes + v.bytes,
+            }))
+    }
+
+    fn zero(&self, index: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::PossibleCpus(e))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![PacketCount::default(); cpus])
+            .map_err(Error::PossibleCpus)?;
+        let mut map = self
+            .map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.set(index, zeros, 0).map_err(|source| Error::Map {
+            name: self.name,
+            source,
+        })
+    }
+}
+
 /// A handle on the datapath's packet counters; registered as a prometheus-client
 /// [`Collector`], it reads the kernel's per-CPU values at every scrape.
 #[derive(Clone)]
-pub struct PacketCounters(Arc<Mutex<PerCpuArray<MapData, PacketCount>>>);
+pub struct PacketCounters(CountArray);
 
 impl std::fmt::Debug for PacketCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -530,26 +577,13 @@ impl std::fmt::Debug for PacketCounters {
 impl PacketCounters {
     /// The count of `counter`, summed over CPUs.
     pub fn get(&self, counter: Counter) -> Result<PacketCount> {
-        let map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let values = map.get(&(counter as u32), 0).map_err(|source| Error::Map {
-            name: METRICS_MAP,
-            source,
-        })?;
-        Ok(values
-            .iter()
-            .fold(PacketCount::default(), |a, v| PacketCount {
-                packets: a.packets + v.packets,
-                bytes: a.bytes + v.bytes,
-            }))
+        self.0.sum(counter as u32)
     }
 }
 
 /// Packets and bytes of each service frontend's flows (`SX_LB4_TRAFFIC_V1`).
 #[derive(Clone)]
-pub struct TrafficCounters(Arc<Mutex<PerCpuArray<MapData, PacketCount>>>);
+pub struct TrafficCounters(CountArray);
 
 impl std::fmt::Debug for TrafficCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -560,35 +594,12 @@ impl std::fmt::Debug for TrafficCounters {
 impl TrafficCounters {
     /// Frontend `id`'s count, summed over CPUs.
     pub fn get(&self, id: u32) -> Result<PacketCount> {
-        let map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let values = map.get(&id, 0).map_err(|source| Error::Map {
-            name: TRAFFIC_MAP,
-            source,
-        })?;
-        Ok(values
-            .iter()
-            .fold(PacketCount::default(), |a, v| PacketCount {
-                packets: a.packets + v.packets,
-                bytes: a.bytes + v.bytes,
-            }))
+        self.0.sum(id)
     }
 
     /// Zeroes frontend `id`'s count: an id handed to a new frontend starts at 0.
     pub fn reset(&self, id: u32) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::PossibleCpus(e))?;
-        let zeros = aya::maps::PerCpuValues::try_from(vec![PacketCount::default(); cpus])
-            .map_err(Error::PossibleCpus)?;
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.set(id, zeros, 0).map_err(|source| Error::Map {
-            name: TRAFFIC_MAP,
-            source,
-        })
+        self.0.zero(id)
     }
 }
 

@@ -24,7 +24,7 @@ use crate::{
     lb::{self, Balanced},
     metrics::count,
     nat::{self, End},
-    packet::{ETH_P_IP, ETH_TYPE, L4Packet, TCP_ACK, TCP_FIN, TCP_FLAGS, TCP_RST, TCP_SYN},
+    packet::{L4Packet, TCP_ACK, TCP_FIN, TCP_FLAGS, TCP_RST, TCP_SYN},
     routing::is_local_endpoint,
 };
 
@@ -44,12 +44,6 @@ fn to_backend(ctx: &TcContext, pkt: &L4Packet, backend: (u32, u16)) -> bool {
 /// TC ingress on the uplink: every packet reaching the node from its network.
 #[inline(always)]
 pub(crate) fn from_uplink(ctx: &TcContext) -> i32 {
-    let Ok(ethertype) = ctx.load::<u16>(ETH_TYPE) else {
-        return TC_ACT_OK;
-    };
-    if u16::from_be(ethertype) != ETH_P_IP {
-        return TC_ACT_OK;
-    }
     let Some(pkt) = L4Packet::parse(ctx) else {
         return TC_ACT_OK;
     };
@@ -109,12 +103,6 @@ pub(crate) fn from_uplink(ctx: &TcContext) -> i32 {
 /// backend (the kernel has undone the masquerade) get the frontend's address.
 #[inline(always)]
 pub(crate) fn to_uplink(ctx: &TcContext) -> i32 {
-    let Ok(ethertype) = ctx.load::<u16>(ETH_TYPE) else {
-        return TC_ACT_OK;
-    };
-    if u16::from_be(ethertype) != ETH_P_IP {
-        return TC_ACT_OK;
-    }
     if let Some(pkt) = L4Packet::parse(ctx)
         && let Some(ct) = conntrack::lookup(&pkt)
         && ct.action == CT_REVNAT

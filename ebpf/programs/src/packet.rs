@@ -53,6 +53,13 @@ pub(crate) const TCP_CSUM: usize = L4 + 16;
 /// UDP checksum.
 pub(crate) const UDP_CSUM: usize = L4 + 6;
 
+/// Whether the frame carries IPv4.
+#[inline(always)]
+pub(crate) fn is_ipv4(ctx: &TcContext) -> bool {
+    ctx.load::<u16>(ETH_TYPE)
+        .is_ok_and(|t| u16::from_be(t) == ETH_P_IP)
+}
+
 /// A TCP, UDP or ICMP echo packet over IPv4 without options, fields in packet
 /// byte order.
 #[derive(Clone, Copy)]
@@ -65,12 +72,15 @@ pub(crate) struct L4Packet {
 }
 
 impl L4Packet {
-    /// Parses an IPv4 frame; `None` for IP options and for protocols other than
+    /// Parses an IPv4 frame; `None` for other frames, IP options, and protocols other than
     /// TCP, UDP and ICMP echo. An echo carries its identifier as the source "port"
     /// of a request and the destination "port" of a reply, so a reply's tuple is
     /// its request's reversed, as for TCP and UDP.
     #[inline(always)]
     pub(crate) fn parse(ctx: &TcContext) -> Option<Self> {
+        if !is_ipv4(ctx) {
+            return None;
+        }
         let vihl: u8 = ctx.load(IPV4_VIHL).ok()?;
         if vihl != 0x45 {
             return None;

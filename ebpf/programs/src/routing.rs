@@ -33,8 +33,8 @@ use crate::{
     metrics::count,
     nat::{self, End},
     packet::{
-        ETH_DST, ETH_P_IP, ETH_SRC, ETH_TYPE, IPV4_DST, L4Packet, TCP_ACK, TCP_FIN, TCP_FLAGS,
-        TCP_RST, TCP_SYN,
+        ETH_DST, ETH_SRC, IPV4_DST, L4Packet, TCP_ACK, TCP_FIN, TCP_FLAGS, TCP_RST, TCP_SYN,
+        is_ipv4,
     },
     policy::{self, Decision},
 };
@@ -205,10 +205,7 @@ fn admit(ctx: &TcContext, pkt: &L4Packet, to: (u32, u16), service: bool) -> bool
 /// Delivers a packet that left a pod: to a local pod by redirect, else to the stack.
 #[inline(always)]
 pub(crate) fn from_pod(ctx: &TcContext) -> i32 {
-    let Ok(ethertype) = ctx.load::<u16>(ETH_TYPE) else {
-        return TC_ACT_OK;
-    };
-    if u16::from_be(ethertype) != ETH_P_IP {
+    if !is_ipv4(ctx) {
         count(ctx, Counter::PassedNonIpv4);
         return TC_ACT_OK;
     }
@@ -250,12 +247,6 @@ pub(crate) fn from_pod(ctx: &TcContext) -> i32 {
 /// ingress rules and tracked.
 #[inline(always)]
 pub(crate) fn to_pod(ctx: &TcContext) -> i32 {
-    let Ok(ethertype) = ctx.load::<u16>(ETH_TYPE) else {
-        return TC_ACT_OK;
-    };
-    if u16::from_be(ethertype) != ETH_P_IP {
-        return TC_ACT_OK;
-    }
     let Some(pkt) = L4Packet::parse(ctx) else {
         return TC_ACT_OK;
     };
