@@ -4,7 +4,8 @@
 //! labelled role=client on port 8080 lets exactly those in; an egress policy with
 //! an ipBlock and except decides what a client may reach outside; every denial is
 //! counted in `sextant_dataplane_drops_total{reason="policy_denied"}` and shows in
-//! the Observe stream with the policy's name; default deny blocks ping too.
+//! the Observe stream with the policy's name; default deny blocks ping too; a
+//! killed agent leaves the policy in force and the restarted one keeps it.
 // Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
 #![allow(clippy::unwrap_used)]
 
@@ -189,7 +190,7 @@ fn outside(host: std::net::Ipv4Addr) -> String {
 
 #[tokio::test]
 async fn network_policies_deny_allow_and_report_by_name() {
-    let cluster = NetworkCluster::start(Path::new(BINARY), 2)
+    let mut cluster = NetworkCluster::start(Path::new(BINARY), 2)
         .await
         .expect("two-node cluster");
     let k = cluster.server.kubectl().unwrap();
@@ -287,6 +288,23 @@ async fn network_policies_deny_allow_and_report_by_name() {
         denied.direction, "ingress",
         "other comes from node b: {denied:?}"
     );
+
+    // The policy outlives its agent: killed, node a still judges as before (the
+    // maps are pinned); restarted, it adopts them and computes the same identities.
+    // (Only node b's pods can be exec'd into meanwhile: node a's kubelet is down.)
+    cluster.agents[0].kill();
+    assert!(!reaches(&k, "other", &web_a), "denied with node a's agent down");
+    cluster.agents[0].restart(&cluster.server).await.unwrap();
+    settles(&k, "client", &web_a, true).await;
+    settles(&k, "other", &web_a, false).await;
+    let a = &cluster.agents[0];
+    let mut dropped_a = a
+        .observe(ObserveRequest {
+            verdict: "dropped".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 
     // Egress: the client may reach the web pods and the fabric, except the host.
     let host = cluster.host_ip;
