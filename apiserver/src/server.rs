@@ -302,10 +302,17 @@ pub async fn start(
         source,
     })?;
 
+    // In-cluster clients reach the server as the `kubernetes` Service: its
+    // ClusterIP (the first address of the range) and names.
+    let kubernetes_ip = Ipv4Addr::from(u32::from(config.service_ranges.cluster_ips.network()) + 1);
     let mut hosts = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
+        "kubernetes".to_owned(),
+        "kubernetes.default".to_owned(),
         "kubernetes.default.svc".to_owned(),
+        "kubernetes.default.svc.cluster.local".to_owned(),
+        kubernetes_ip.to_string(),
     ];
     if !addr.ip().is_unspecified() {
         hosts.push(addr.ip().to_string());

@@ -24,6 +24,7 @@ pub mod disruption;
 pub mod endpointslice;
 pub mod garbage_collector;
 pub mod job;
+pub mod kubernetes_service;
 pub mod leader;
 pub mod namespace;
 pub mod node_ipam;
@@ -191,6 +192,7 @@ pub async fn run(
     identity: String,
     ipam: node_ipam::Config,
     dns_ip: std::net::Ipv4Addr,
+    api: (std::net::Ipv4Addr, Option<std::net::SocketAddr>),
 ) {
     let c = client.clone();
     leader::run_as_leader(c, "kube-controller-manager", &identity, || {
@@ -212,6 +214,7 @@ pub async fn run(
                 node_lifecycle::run(client.clone(), metrics.clone()),
                 node_ipam::run(client.clone(), metrics.clone(), ipam),
                 cluster_dns::run(client.clone(), metrics.clone(), dns_ip),
+                kubernetes_service::run(client.clone(), metrics.clone(), api.0, api.1),
                 serviceaccount::run(client.clone(), metrics.clone()),
                 garbage_collector::run(client, metrics),
             );

@@ -151,11 +151,16 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let scheduler = tokio::spawn(run_scheduler(data_dir.clone(), scheduler_metrics));
     let dns_ip = sextant_controllers::cluster_dns::service_ip(args.service_cluster_ip_range);
+    let api = (
+        sextant_controllers::kubernetes_service::service_ip(args.service_cluster_ip_range),
+        sextant_controllers::kubernetes_service::advertise(running.addr),
+    );
     let controllers = tokio::spawn(run_controllers(
         data_dir.clone(),
         controller_metrics,
         ipam,
         dns_ip,
+        api,
     ));
     let node = if args.with_agent {
         let token = std::fs::read_to_string(&running.node_token).unwrap_or_default();
@@ -223,11 +228,13 @@ async fn run_controllers(
     metrics: sextant_controllers::Metrics,
     ipam: sextant_controllers::node_ipam::Config,
     dns_ip: std::net::Ipv4Addr,
+    api: (std::net::Ipv4Addr, Option<std::net::SocketAddr>),
 ) {
     let path = data_dir.join("components").join("controllers.kubeconfig");
     match agent::client(&path).await {
         Ok(client) => {
-            sextant_controllers::run(client, metrics, component_identity(), ipam, dns_ip).await
+            let identity = component_identity();
+            sextant_controllers::run(client, metrics, identity, ipam, dns_ip, api).await
         }
         Err(e) => tracing::error!(error = %e, "the controllers cannot start"),
     }

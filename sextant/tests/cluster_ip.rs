@@ -341,6 +341,36 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
         seen.first()
     );
 
+    // The API server as the `default/kubernetes` Service: 10.96.0.1:443 with the
+    // server's address behind it, reachable from pods (TLS answers a plain GET
+    // with an alert and a close: connected, not refused or timed out).
+    let api = k
+        .ok(&[
+            "get",
+            "svc",
+            "kubernetes",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .unwrap();
+    assert_eq!(api, "10.96.0.1");
+    let behind = k
+        .ok(&[
+            "get",
+            "endpointslice",
+            "kubernetes",
+            "-o",
+            "jsonpath={.endpoints[*].addresses[*]}",
+        ])
+        .unwrap();
+    assert_eq!(behind, cluster.host_ip.to_string());
+    let (_, failed, raw) = requests(&k, "10.96.0.1:443", 1);
+    let error = raw["errors"][0].as_str().unwrap_or_default();
+    assert!(
+        failed == 1 && !error.starts_with("connect") && !error.starts_with("timed out"),
+        "{raw}"
+    );
+
     // Hairpin: a backend reaching its own Service, itself included.
     let backend = nodes.keys().next().unwrap().clone();
     let out = k
@@ -580,8 +610,8 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
     let frontends: Vec<Value> = serde_json::from_str(&dump).unwrap();
     assert_eq!(
         frontends.len(),
-        7,
-        "web's TCP and UDP frontends, web-sticky's, web-np's ClusterIP and nodePort, and kube-dns's two: {dump}"
+        8,
+        "web's TCP and UDP frontends, web-sticky's, web-np's ClusterIP and nodePort, kube-dns's two and kubernetes's: {dump}"
     );
     let a = &cluster.agents[0];
 

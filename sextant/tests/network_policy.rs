@@ -293,7 +293,10 @@ async fn network_policies_deny_allow_and_report_by_name() {
     // maps are pinned); restarted, it adopts them and computes the same identities.
     // (Only node b's pods can be exec'd into meanwhile: node a's kubelet is down.)
     cluster.agents[0].kill();
-    assert!(!reaches(&k, "other", &web_a), "denied with node a's agent down");
+    assert!(
+        !reaches(&k, "other", &web_a),
+        "denied with node a's agent down"
+    );
     cluster.agents[0].restart(&cluster.server).await.unwrap();
     settles(&k, "client", &web_a, true).await;
     settles(&k, "other", &web_a, false).await;
