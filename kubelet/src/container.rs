@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service, ServicePort};
 use kube::{Api, Client};
 
 use crate::{Error, labels, quantity};
@@ -30,11 +30,34 @@ pub async fn environment(
     c: &Container,
 ) -> Result<Result<Vec<(String, String)>, ConfigError>, Error> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
         env.retain(|(name, _)| *name != k);
         env.push((k, v));
     };
+    // Service variables first: envFrom and env override them.
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let mut services = Vec::new();
+    if links {
+        services = Api::<Service>::namespaced(client.clone(), ns)
+            .list(&Default::default())
+            .await?
+            .items;
+    }
+    if let Some(master) = Api::<Service>::namespaced(client.clone(), "default")
+        .get_opt("kubernetes")
+        .await?
+        && !(links && ns == "default")
+    {
+        services.push(master);
+    }
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (k, v) in service_env(&services) {
+        set(&mut env, k, v);
+    }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(r) = &from.config_map_ref {
@@ -124,6 +147,54 @@ pub async fn environment(
         set(&mut env, e.name.clone(), value);
     }
     Ok(Ok(env))
+}
+
+/// Upstream's service environment variables (the docker-links form) for each
+/// Service with a ClusterIP: `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT[_<PORT
+/// NAME>]`, `<NAME>_PORT` and `<NAME>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]`.
+pub fn service_env(services: &[Service]) -> Vec<(String, String)> {
+    let upper = |s: &str| s.to_uppercase().replace('-', "_");
+    let mut out = Vec::new();
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        let Some(ip) = spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+        else {
+            continue;
+        };
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        let name = upper(svc.metadata.name.as_deref().unwrap_or_default());
+        out.push((format!("{name}_SERVICE_HOST"), ip.to_owned()));
+        out.push((format!("{name}_SERVICE_PORT"), first.port.to_string()));
+        for p in ports {
+            if let Some(port_name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                out.push((
+                    format!("{name}_SERVICE_PORT_{}", upper(port_name)),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        let proto = |p: &ServicePort| p.protocol.clone().unwrap_or_else(|| "TCP".into());
+        out.push((
+            format!("{name}_PORT"),
+            format!("{}://{ip}:{}", proto(first).to_lowercase(), first.port),
+        ));
+        for p in ports {
+            let (proto, port) = (proto(p), p.port);
+            let prefix = format!("{name}_PORT_{port}_{}", proto.to_uppercase());
+            out.push((
+                prefix.clone(),
+                format!("{}://{ip}:{port}", proto.to_lowercase()),
+            ));
+            out.push((format!("{prefix}_PROTO"), proto.to_lowercase()));
+            out.push((format!("{prefix}_PORT"), port.to_string()));
+            out.push((format!("{prefix}_ADDR"), ip.to_owned()));
+        }
+    }
+    out
 }
 
 async fn config_map(client: &Client, ns: &str, name: &str) -> Result<Option<ConfigMap>, Error> {
@@ -356,6 +427,33 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn services_become_upstreams_variables() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "my-web"},
+            "spec": {"clusterIP": "10.96.0.7", "ports": [
+                {"name": "http", "port": 80},
+                {"port": 53, "protocol": "UDP"},
+            ]},
+        }))
+        .unwrap();
+        let headless: Service = serde_json::from_value(json!({
+            "metadata": {"name": "db"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 5432}]},
+        }))
+        .unwrap();
+        let e: std::collections::BTreeMap<String, String> =
+            service_env(&[svc, headless]).into_iter().collect();
+        assert_eq!(e["MY_WEB_SERVICE_HOST"], "10.96.0.7");
+        assert_eq!(e["MY_WEB_SERVICE_PORT"], "80");
+        assert_eq!(e["MY_WEB_SERVICE_PORT_HTTP"], "80");
+        assert_eq!(e["MY_WEB_PORT"], "tcp://10.96.0.7:80");
+        assert_eq!(e["MY_WEB_PORT_53_UDP"], "udp://10.96.0.7:53");
+        assert_eq!(e["MY_WEB_PORT_53_UDP_PROTO"], "udp");
+        assert_eq!(e["MY_WEB_PORT_80_TCP_ADDR"], "10.96.0.7");
+        assert!(!e.keys().any(|k| k.starts_with("DB_")), "headless: none");
     }
 
     #[test]

@@ -371,6 +371,19 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
         "{raw}"
     );
 
+    // Pods get upstream's service variables: the API server's and their namespace's.
+    let vars = k
+        .ok(&[
+            "exec",
+            "client",
+            "--",
+            "sh",
+            "-c",
+            "echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT $WEB_SERVICE_HOST:$WEB_SERVICE_PORT_HTTP",
+        ])
+        .unwrap();
+    assert_eq!(vars.trim(), format!("10.96.0.1:443 {web}"));
+
     // Hairpin: a backend reaching its own Service, itself included.
     let backend = nodes.keys().next().unwrap().clone();
     let out = k
