@@ -115,7 +115,14 @@ pub async fn start(
     {
         Some((_, Some(uplink))) => {
             datapath.attach_uplink(&uplink)?;
-            tracing::info!(uplink, "NodePort programs attached");
+            // XDP only speeds up flows to other nodes' backends; without it the
+            // TC programs carry them.
+            match datapath.attach_uplink_xdp(&uplink) {
+                Ok(()) => tracing::info!(uplink, "NodePort programs attached (TC and XDP)"),
+                Err(e) => {
+                    tracing::warn!(uplink, error = %e, "NodePort XDP not attached; TC serves NodePorts")
+                }
+            }
         }
         Some((ip, None)) => {
             tracing::warn!(%ip, "no interface holds the node address; no NodePorts")

@@ -24,9 +24,10 @@ use aya::{
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::TcAttachOptions,
+        xdp::XdpLink,
     },
 };
 use prometheus_client::{
@@ -40,7 +41,7 @@ use sextant_ebpf_common::{
     flows::FLOWS_MAP,
     lb::{
         AFFINITY_MAP, BACKENDS_MAP, CT_MAP, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service,
-        SERVICES_MAP, TRAFFIC_MAP,
+        NODEPORT_NAT_MAP, SERVICES_MAP, TRAFFIC_MAP,
     },
     metrics::{Counter, Family, METRICS_MAP, PacketCount},
     policy::{
@@ -67,8 +68,10 @@ const UPLINK_PROGRAMS: Programs = [
     ("from_uplink", TcAttachType::Ingress),
     ("to_uplink", TcAttachType::Egress),
 ];
+/// The XDP program on the node's uplink (NodePort flows to other nodes' backends).
+const UPLINK_XDP: &str = "uplink_xdp";
 /// The maps that outlive the agent.
-const PINNED_MAPS: [&str; 11] = [
+const PINNED_MAPS: [&str; 12] = [
     TRAFFIC_MAP,
     ENDPOINTS_MAP,
     SERVICES_MAP,
@@ -80,6 +83,7 @@ const PINNED_MAPS: [&str; 11] = [
     IPCACHE_MAP,
     POLICY_MAP,
     POLICY_ENDPOINTS_MAP,
+    NODEPORT_NAT_MAP,
 ];
 
 /// The datapath shared by the endpoint service and the service programmer.
@@ -132,6 +136,12 @@ impl Datapath {
                 .load()
                 .map_err(|source| Error::Program { name, source })?;
         }
+        program::<Xdp>(&mut ebpf, UPLINK_XDP)?
+            .load()
+            .map_err(|source| Error::Program {
+                name: UPLINK_XDP,
+                source,
+            })?;
         let map = ebpf.take_map(METRICS_MAP).ok_or(Error::Map {
             name: METRICS_MAP,
             source: crate::counters::missing_map(METRICS_MAP),
@@ -176,12 +186,20 @@ impl Datapath {
 
     /// Every pinned link on `host_ifname`, of any agent.
     fn link_pins(&self, host_ifname: &str) -> Vec<PathBuf> {
-        let prefix = format!("{host_ifname}_");
+        self.pins_with_prefix(&format!("{host_ifname}_"))
+    }
+
+    /// Every pinned link of `program` on `ifname`, of any agent.
+    fn program_pins(&self, ifname: &str, program: &str) -> Vec<PathBuf> {
+        self.pins_with_prefix(&format!("{ifname}_{program}_"))
+    }
+
+    fn pins_with_prefix(&self, prefix: &str) -> Vec<PathBuf> {
         std::fs::read_dir(self.pin_dir.join("links"))
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
             .map(|e| e.path())
             .collect()
     }
@@ -201,11 +219,56 @@ impl Datapath {
         self.attach_programs(ifname, UPLINK_PROGRAMS)
     }
 
+    /// Attaches `uplink_xdp` to the node's uplink `ifname` (the kernel picks
+    /// native mode where the driver has it) and pins the link. An XDP link an
+    /// earlier agent pinned there is given the new program in place
+    /// (`bpf_link_update`), so no packet misses it. Until this succeeds, or if it
+    /// fails, the TC programs serve every NodePort flow themselves.
+    pub fn attach_uplink_xdp(&mut self, ifname: &str) -> Result<()> {
+        let pin = self.link_pin(ifname, UPLINK_XDP);
+        if pin.exists() {
+            return Ok(());
+        }
+        let mut old = self.program_pins(ifname, UPLINK_XDP);
+        let earlier = old.pop();
+        let prog = program::<Xdp>(&mut self.ebpf, UPLINK_XDP)?;
+        let failed = |source| Error::Program {
+            name: UPLINK_XDP,
+            source,
+        };
+        let id = match earlier {
+            Some(path) => {
+                // Unpinned, the link lives on in our descriptor until pinned again.
+                let fd = PinnedLink::from_pin(&path)
+                    .map_err(|e| Error::Pin(format!("{}: {e}", path.display())))?
+                    .unpin()
+                    .map_err(|e| Error::Pin(format!("{}: {e}", path.display())))?;
+                let link = XdpLink::try_from(fd)
+                    .map_err(|e| Error::Pin(format!("{}: {e}", path.display())))?;
+                prog.attach_to_link(link).map_err(failed)?
+            }
+            None => prog.attach(ifname, XdpMode::Default).map_err(failed)?,
+        };
+        let link = prog.take_link(id).map_err(failed)?;
+        let pinned = FdLink::try_from(link)
+            .map_err(|e| Error::Pin(format!("{UPLINK_XDP} on {ifname}: {e}")))?
+            .pin(&pin)
+            .map_err(|e| Error::Pin(format!("{}: {e}", pin.display())))?;
+        drop(pinned);
+        for stale in old {
+            unpin(&stale);
+        }
+        Ok(())
+    }
+
     fn attach_programs(&mut self, ifname: &str, programs: Programs) -> Result<()> {
         if self.is_attached_with(ifname, programs) {
             return Ok(());
         }
-        let old = self.link_pins(ifname);
+        let old: Vec<PathBuf> = programs
+            .iter()
+            .flat_map(|(name, _)| self.program_pins(ifname, name))
+            .collect();
         for (name, hook) in programs {
             if let Err(e) = self.attach_one(ifname, name, hook) {
                 for (name, _) in programs {

@@ -15,7 +15,7 @@ use kube::{
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::RouteMessageBuilder;
-use sextant_ebpf_common::lb::MASQUERADE_MARK;
+use sextant_ebpf_common::lb::{MASQUERADE_MARK, SNAT_PORT_MIN};
 use tokio::{io::AsyncWriteExt, sync::watch};
 
 /// The route protocol number marking Sextant's routes (`ip route show proto 115`),
@@ -62,8 +62,10 @@ pub fn enable_forwarding() -> Result<(), RoutingError> {
 
 /// The nftables script for masquerading `pod_cidr` traffic that leaves
 /// `cluster_cidr`, and NodePort traffic the uplink program sends to another
-/// node's backend (marked [`MASQUERADE_MARK`]).
+/// node's backend (marked [`MASQUERADE_MARK`]). TCP and UDP ports are mapped
+/// below [`SNAT_PORT_MIN`]: the ports above belong to the uplink's XDP program.
 pub fn masquerade_script(pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> String {
+    let ports = format!("1-{}", SNAT_PORT_MIN - 1);
     // `add` then `delete` makes the script idempotent on nft versions without
     // `destroy`; the table is rebuilt atomically in one transaction.
     format!(
@@ -72,7 +74,9 @@ pub fn masquerade_script(pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> String {
          table ip {NFT_TABLE} {{\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tmeta l4proto {{ tcp, udp }} ip saddr {pod_cidr} ip daddr != {cluster_cidr} masquerade to :{ports}\n\
          \t\tip saddr {pod_cidr} ip daddr != {cluster_cidr} masquerade\n\
+         \t\tmeta l4proto {{ tcp, udp }} meta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} masquerade to :{ports}\n\
          \t\tmeta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} masquerade\n\
          \t}}\n\
          }}\n"
@@ -334,6 +338,13 @@ mod tests {
         );
         assert!(
             s.contains("meta mark & 0x530000 == 0x530000 masquerade"),
+            "{s}"
+        );
+        // XDP's SNAT ports (61000 on) are never handed out by the kernel.
+        assert!(
+            s.contains(
+                "meta l4proto { tcp, udp } meta mark & 0x530000 == 0x530000 masquerade to :1-60999"
+            ),
             "{s}"
         );
         assert!(s.starts_with("add table ip sextant\ndelete table ip sextant\n"));

@@ -434,10 +434,34 @@ async fn cluster_ip_balances_over_ready_backends_on_both_nodes() {
             .unwrap()
         })
         .collect();
+    let xdp = r#"path="xdp""#;
+    let mut xdp_before = Vec::new();
+    for agent in &cluster.agents {
+        xdp_before.push(
+            agent
+                .counter("sextant_dataplane_forwarded_packets_total", xdp)
+                .await
+                .unwrap(),
+        );
+    }
     for ip in &node_ips {
         let to = format!("{ip}:{node_port}");
         let answers = from_outside(&to, 30).await;
         assert_eq!(answers.len(), 3, "{to}: every backend answers: {answers:?}");
+    }
+    // Flows to the other node's backend went through each node's uplink XDP
+    // program, both ways (the first may take the TC path while the kernel
+    // resolves the other node's MAC).
+    for (agent, before) in cluster.agents.iter().zip(xdp_before) {
+        let after = agent
+            .counter("sextant_dataplane_forwarded_packets_total", xdp)
+            .await
+            .unwrap();
+        assert!(
+            after >= before + 20,
+            "{}: NodePort packets sent by XDP: {before} → {after}",
+            agent.node_name
+        );
     }
     // externalTrafficPolicy Local: a node answers from its own pods only.
     k.ok(&[

@@ -292,12 +292,21 @@ async fn network_policies_deny_allow_and_report_by_name() {
     // The policy outlives its agent: killed, node a still judges as before (the
     // maps are pinned); restarted, it adopts them and computes the same identities.
     // (Only node b's pods can be exec'd into meanwhile: node a's kubelet is down.)
+    let xdp_before = xdp_link_pins(&cluster.agents[0]);
+    assert_eq!(xdp_before.len(), 1, "the uplink's XDP link: {xdp_before:?}");
     cluster.agents[0].kill();
     assert!(
         !reaches(&k, "other", &web_a),
         "denied with node a's agent down"
     );
     cluster.agents[0].restart(&cluster.server).await.unwrap();
+    // The restarted agent took the pinned XDP link over (given its program in
+    // place): one pin, its own.
+    let xdp_after = xdp_link_pins(&cluster.agents[0]);
+    assert!(
+        xdp_after.len() == 1 && xdp_after != xdp_before,
+        "XDP link pins before {xdp_before:?}, after {xdp_after:?}"
+    );
     settles(&k, "client", &web_a, true).await;
     settles(&k, "other", &web_a, false).await;
     let a = &cluster.agents[0];
@@ -345,4 +354,16 @@ fn pings(k: &Kubectl, pod: &str, ip: &str) -> bool {
         .unwrap()
         .status
         .success()
+}
+
+/// The pinned XDP links on the agent's uplink (`eth0_uplink_xdp_<pid>`).
+fn xdp_link_pins(agent: &SextantAgent) -> Vec<String> {
+    let mut pins: Vec<String> = std::fs::read_dir(agent.bpf_dir().join("links"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("eth0_uplink_xdp_"))
+        .collect();
+    pins.sort();
+    pins
 }

@@ -157,6 +157,7 @@ fn install_hint(command: &str) -> String {
         "bpftool" => "bpftool",
         "iptables" | "iptables-restore" => "iptables",
         "skopeo" => "skopeo",
+        "ethtool" => "ethtool",
         _ => "",
     };
     if package.is_empty() {

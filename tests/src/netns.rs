@@ -6,6 +6,7 @@
 use std::{fs::File, net::Ipv4Addr, process::Command};
 
 use nix::sched::CloneFlags;
+use sextant_dataplane::counters::InterfaceCounters;
 
 use crate::{Result, io_err, require_command, run, unique_name};
 
@@ -117,13 +118,23 @@ pub fn veth_pair(
 /// A bridge `br0` in a namespace of its own that node namespaces (and, when a
 /// test needs to reach nodes from outside the cluster, the host) join by veth.
 /// Addresses are `<subnet>.<n>/24`; the host's is `<subnet>.254`.
-#[derive(Debug)]
 pub struct Fabric {
+    /// Pass-through XDP programs on the bridge's ports (see [`Fabric::join`]).
+    receivers: InterfaceCounters,
     /// The namespace holding the bridge. Deleting it deletes every port, and with
     /// them the host's end of its veth.
     pub netns: Netns,
     subnet: [u8; 3],
     ports: u8,
+}
+
+impl std::fmt::Debug for Fabric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fabric")
+            .field("netns", &self.netns)
+            .field("subnet", &self.subnet)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Fabric {
@@ -132,7 +143,10 @@ impl Fabric {
         let netns = Netns::new("sxf")?;
         netns.ip(&["link", "add", "br0", "type", "bridge"])?;
         netns.ip(&["link", "set", "br0", "up"])?;
+        let receivers = InterfaceCounters::load()
+            .map_err(|e| crate::Error::Failed(format!("loading the eBPF counters: {e}")))?;
         Ok(Self {
+            receivers,
             netns,
             subnet,
             ports: 0,
@@ -182,6 +196,14 @@ impl Fabric {
         ])?;
         self.netns.ip(&["link", "set", &port, "master", "br0"])?;
         self.netns.ip(&["link", "set", &port, "up"])?;
+        // The node's uplink XDP program sends frames back out (XDP_TX); the
+        // kernel hands those to the veth's peer only when the peer has an XDP
+        // program too (a NIC needs none), so each port gets a pass-through one.
+        let receivers = &mut self.receivers;
+        self.netns
+            .run_in(|| receivers.attach(&port))?
+            .map_err(|e| crate::Error::Failed(format!("XDP on bridge port {port}: {e}")))?;
+        wire_checksums(ns, "eth0")?;
         ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
         Ok(addr)
@@ -208,10 +230,22 @@ impl Fabric {
         ]))?;
         self.netns.ip(&["link", "set", &port, "master", "br0"])?;
         self.netns.ip(&["link", "set", &port, "up"])?;
+        require_command("ethtool")?;
+        run(Command::new("ethtool").args(["-K", &host_side, "tx", "off"]))?;
         run(Command::new("ip").args(["addr", "add", &format!("{addr}/24"), "dev", &host_side]))?;
         run(Command::new("ip").args(["link", "set", &host_side, "up"]))?;
         Ok(addr)
     }
+}
+
+/// Makes `ifname` in `ns` send frames with their TCP/UDP checksums complete, as
+/// a NIC puts them on the wire. Over a veth the kernel otherwise leaves them
+/// partial (offloaded to a device that never computes them); XDP, which
+/// rewrites packets without the kernel's checksum state, needs complete ones.
+pub fn wire_checksums(ns: &Netns, ifname: &str) -> Result<()> {
+    require_command("ethtool")?;
+    run(ns.command("ethtool").args(["-K", ifname, "tx", "off"]))?;
+    Ok(())
 }
 
 /// One node of a [`Network`].

@@ -44,6 +44,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("bpftool", "inspecting loaded programs and maps"),
     ("iputils-ping", "ping in dataplane tests"),
+    (
+        "ethtool",
+        "GRO on test bridges' veth ports: a veth receives XDP_TX frames only with NAPI on",
+    ),
     ("util-linux", "nsenter"),
     ("libc6-dev", "static glibc for the image binaries"),
 ];

@@ -21,6 +21,21 @@ pub const TRAFFIC_MAP: &str = "SX_LB4_TRAFFIC_V1";
 /// Name of the LRU map from [`Ct4Key`] (a flow's 5-tuple) to [`Ct4Entry`].
 pub const CT_MAP: &str = "SX_CT4_V1";
 
+/// Name of the LRU map from [`Ct4Key`] to [`Nat4Entry`]: NodePort and
+/// external-IP flows the uplink's XDP program sends to a backend on another node,
+/// both directions (client → frontend, backend → node's SNAT port).
+pub const NODEPORT_NAT_MAP: &str = "SX_NODEPORT_NAT4_V1";
+/// NodePort flows XDP can carry at once; the oldest are evicted first when full.
+pub const MAX_NODEPORT_FLOWS: u32 = 131_072;
+/// First source port XDP gives a NodePort flow it sends to another node. The
+/// range sits above Linux's default ephemeral ports (32768–60999), and the
+/// agent's masquerade rule maps below it, so the host never hands these out.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+/// How many SNAT ports there are (61000–65535), per backend and protocol.
+pub const SNAT_PORTS: u16 = 4_536;
+/// Ports tried for a new flow before XDP gives it to the TC path.
+pub const SNAT_RETRIES: u32 = 8;
+
 /// Service frontends one node can hold (VIP × port × protocol).
 pub const MAX_SERVICES: u32 = 65_536;
 /// Backend slots across all services.
@@ -163,6 +178,29 @@ pub struct Ct4Entry {
     pub flags: u8,
 }
 
+/// [`Nat4Entry::flags`]: the entry is the backend's direction (its rewrite
+/// restores the frontend as the source and the client as the destination).
+pub const NAT_REPLY: u8 = 2;
+
+/// A NodePort flow's packets in one direction, as XDP rewrites them: the whole
+/// new address and port pair (both ends change, unlike [`Ct4Entry`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Nat4Entry {
+    /// New source address.
+    pub saddr: u32,
+    /// New destination address.
+    pub daddr: u32,
+    /// New source port.
+    pub sport: u16,
+    /// New destination port.
+    pub dport: u16,
+    /// [`CT_CLOSING`] (set on the client's direction only), [`NAT_REPLY`].
+    pub flags: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+}
+
 // SAFETY: every type here is `repr(C)` with explicit padding fields and no
 // implicit padding (pinned by the tests below).
 #[cfg(feature = "user")]
@@ -176,6 +214,7 @@ mod pod {
     unsafe impl aya::Pod for super::Ct4Entry {}
     unsafe impl aya::Pod for super::Lb4AffinityKey {}
     unsafe impl aya::Pod for super::Lb4Affinity {}
+    unsafe impl aya::Pod for super::Nat4Entry {}
 }
 
 #[cfg(test)]
@@ -196,5 +235,8 @@ mod tests {
         assert_eq!(offset_of!(Ct4Key, proto), 12);
         assert_eq!(size_of::<Ct4Entry>(), 8);
         assert_eq!(offset_of!(Ct4Entry, action), 6);
+        assert_eq!(size_of::<Nat4Entry>(), 16);
+        assert_eq!(offset_of!(Nat4Entry, flags), 12);
+        assert_eq!(u32::from(SNAT_PORT_MIN) + u32::from(SNAT_PORTS), 65_536);
     }
 }

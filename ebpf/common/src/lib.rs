@@ -7,6 +7,7 @@
 //! upgraded agent never reads an old pinned map with a new layout.
 #![no_std]
 
+pub mod checksum;
 pub mod counters;
 pub mod endpoints;
 pub mod flows;

@@ -1,10 +1,10 @@
-//! Datapath counters by what happened to a packet (map `SX_METRICS_V2`).
+//! Datapath counters by what happened to a packet (map `SX_METRICS_V3`).
 
 /// Name of the per-CPU array of [`PacketCount`], indexed by a [`Counter`].
-/// (V2: the policy drop counter was added.)
-pub const METRICS_MAP: &str = "SX_METRICS_V2";
+/// (V2: the policy drop counter was added; V3: the XDP counter.)
+pub const METRICS_MAP: &str = "SX_METRICS_V3";
 
-/// What the datapath did with a packet; the index into `SX_METRICS_V2`.
+/// What the datapath did with a packet; the index into `SX_METRICS_V3`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -23,11 +23,15 @@ pub enum Counter {
     ServiceNat = 5,
     /// Dropped: a new flow no network policy rule allows.
     DropPolicyDenied = 6,
+    /// A NodePort or external-IP packet rewritten by the uplink's XDP program
+    /// and sent straight back out to another node or to the client
+    /// (`XDP_TX`/`XDP_REDIRECT`), never reaching the host stack.
+    ForwardedXdp = 7,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 8] = [
         Counter::ForwardedLocalPeer,
         Counter::ForwardedHostStack,
         Counter::PassedNonIpv4,
@@ -35,6 +39,7 @@ impl Counter {
         Counter::DropNoBackend,
         Counter::ServiceNat,
         Counter::DropPolicyDenied,
+        Counter::ForwardedXdp,
     ];
 
     /// Size of the map.
@@ -50,6 +55,7 @@ impl Counter {
             Counter::DropNoBackend => "no_backend",
             Counter::ServiceNat => "nat",
             Counter::DropPolicyDenied => "policy_denied",
+            Counter::ForwardedXdp => "xdp",
         }
     }
 }
@@ -69,9 +75,10 @@ impl Counter {
     /// The metric this counter is exported under.
     pub const fn family(self) -> Family {
         match self {
-            Counter::ForwardedLocalPeer | Counter::ForwardedHostStack | Counter::PassedNonIpv4 => {
-                Family::Forwarded
-            }
+            Counter::ForwardedLocalPeer
+            | Counter::ForwardedHostStack
+            | Counter::PassedNonIpv4
+            | Counter::ForwardedXdp => Family::Forwarded,
             Counter::DropNoBackend | Counter::DropPolicyDenied => Family::Dropped,
             Counter::ServiceNewFlow | Counter::ServiceNat => Family::Service,
         }

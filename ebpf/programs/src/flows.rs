@@ -2,13 +2,13 @@
 //! (its first packet conntrack did not know), and every dropped packet. A full
 //! ring drops the event, never the packet.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::RingBuf, programs::TcContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::RingBuf};
 pub(crate) use sextant_ebpf_common::flows::{
     DIRECTION_EGRESS as EGRESS, DIRECTION_INGRESS as INGRESS,
 };
 use sextant_ebpf_common::flows::{FLOWS_BYTES, FlowEvent};
 
-use crate::packet::L4Packet;
+use crate::packet::{Frame, L4Packet};
 
 /// Flow events for the agent.
 #[map(name = "SX_FLOWS_V1")]
@@ -31,9 +31,8 @@ pub(crate) struct Outcome {
 
 /// Emits one event for `pkt` (as it was before any rewrite); `to` is where it went.
 #[inline(always)]
-pub(crate) fn emit(ctx: &TcContext, pkt: &L4Packet, to: (u32, u16), o: Outcome) {
-    // SAFETY: `skb` is the context pointer the kernel handed to this program.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+pub(crate) fn emit(ctx: &impl Frame, pkt: &L4Packet, to: (u32, u16), o: Outcome) {
+    let ifindex = ctx.ifindex();
     let event = FlowEvent {
         saddr: pkt.saddr,
         daddr: to.0,

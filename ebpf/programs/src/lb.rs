@@ -11,7 +11,6 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::TcContext,
 };
 use sextant_ebpf_common::{
     lb::{
@@ -21,7 +20,7 @@ use sextant_ebpf_common::{
     metrics::PacketCount,
 };
 
-use crate::packet::L4Packet;
+use crate::packet::{Frame, L4Packet};
 
 /// (VIP, port, protocol) → frontend.
 #[map(name = "SX_LB4_SERVICES_V2")]
@@ -44,7 +43,7 @@ static SX_LB4_TRAFFIC_V1: PerCpuArray<PacketCount> = PerCpuArray::with_max_entri
 /// Counts one packet of a flow of the frontend `vip:port/proto` (packet byte
 /// order), if it is one.
 #[inline(always)]
-pub(crate) fn account(ctx: &TcContext, vip: u32, port: u16, proto: u8) {
+pub(crate) fn account(ctx: &impl Frame, vip: u32, port: u16, proto: u8) {
     let key = Lb4Key {
         vip,
         port,
@@ -59,7 +58,7 @@ pub(crate) fn account(ctx: &TcContext, vip: u32, port: u16, proto: u8) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe {
             (*c).packets += 1;
-            (*c).bytes += u64::from(ctx.len());
+            (*c).bytes += u64::from(ctx.bytes());
         }
     }
 }
@@ -131,7 +130,7 @@ fn mix(mut h: u32) -> u32 {
 
 /// A hash of the flow's 5-tuple (the same on every node).
 #[inline(always)]
-fn flow_hash(pkt: &L4Packet) -> u32 {
+pub(crate) fn flow_hash(pkt: &L4Packet) -> u32 {
     let ports = (u32::from(pkt.sport) << 16) | u32::from(pkt.dport);
     mix(mix(mix(pkt.saddr ^ u32::from(pkt.proto)) ^ pkt.daddr) ^ ports)
 }

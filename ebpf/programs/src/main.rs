@@ -5,14 +5,17 @@
 
 mod conntrack;
 mod counters;
+mod fib;
 mod flows;
 mod lb;
 mod metrics;
 mod nat;
 mod nodeport;
+mod nodeport_xdp;
 mod packet;
 mod policy;
 mod routing;
+mod snat;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
@@ -50,6 +53,13 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_uplink(ctx: TcContext) -> i32 {
     nodeport::to_uplink(&ctx)
+}
+
+/// XDP on the node's uplink: NodePort and external-IP flows served by another
+/// node's backend, rewritten and sent back out without the host stack.
+#[xdp]
+pub fn uplink_xdp(ctx: XdpContext) -> u32 {
+    nodeport_xdp::from_uplink(&ctx)
 }
 
 /// XDP: counts the packet on its interface, then lets it pass.

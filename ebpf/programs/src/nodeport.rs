@@ -7,25 +7,35 @@
 //! node's address; the backend's replies come back here, the kernel undoes the
 //! masquerade, and `to_uplink` gives them the frontend's address back on the way
 //! out.
+//!
+//! Flows to another node's backend are normally the uplink's XDP program's
+//! (`nodeport_xdp`), which rewrites them before this program sees them; it hands
+//! over the packets whose next hop's MAC the kernel does not know yet, and they
+//! are rewritten here from the same SNAT table and sent with
+//! `bpf_redirect_neigh`, which resolves the neighbour.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK, TC_ACT_SHOT},
+    cty::c_void,
+    helpers::bpf_redirect_neigh,
     programs::TcContext,
 };
 use sextant_ebpf_common::{
     flows::{FLAG_SERVICE, REASON_NO_BACKEND, REASON_NONE, VERDICT_DROPPED, VERDICT_FORWARDED},
-    lb::{CT_CLOSING, CT_DNAT, CT_REVNAT, MASQUERADE_MARK, PROTO_TCP},
+    lb::{CT_CLOSING, CT_DNAT, CT_REVNAT, MASQUERADE_MARK, NAT_REPLY, Nat4Entry, PROTO_TCP},
     metrics::Counter,
 };
 
 use crate::{
     conntrack,
+    fib::{self, Query},
     flows::{self, Outcome},
     lb::{self, Balanced},
     metrics::count,
     nat::{self, End},
-    packet::{L4Packet, TCP_ACK, TCP_FIN, TCP_FLAGS, TCP_RST, TCP_SYN},
+    packet::{Frame, IPV4_TOT_LEN, L4Packet, TCP_ACK, TCP_FIN, TCP_FLAGS, TCP_RST, TCP_SYN},
     routing::is_local_endpoint,
+    snat,
 };
 
 /// DNATs to `backend`, marking the packet for masquerade when the backend is on
@@ -52,6 +62,9 @@ pub(crate) fn from_uplink(ctx: &TcContext) -> i32 {
     } else {
         0
     };
+    if let Some(nat) = snat::lookup(&pkt) {
+        return from_snat_table(ctx, &pkt, &nat, flags);
+    }
     if let Some(ct) = conntrack::lookup(&pkt)
         && !(flags & (TCP_SYN | TCP_ACK) == TCP_SYN && ct.flags & CT_CLOSING != 0)
     {
@@ -97,6 +110,42 @@ pub(crate) fn from_uplink(ctx: &TcContext) -> i32 {
             TC_ACT_OK
         }
     }
+}
+
+/// A packet of a flow in XDP's SNAT table that XDP handed over: rewritten as
+/// the table says and sent out by `bpf_redirect_neigh`.
+#[inline(always)]
+fn from_snat_table(ctx: &TcContext, pkt: &L4Packet, nat: &Nat4Entry, tcp: u8) -> i32 {
+    if tcp & (TCP_FIN | TCP_RST) != 0 && nat.flags & NAT_REPLY == 0 {
+        snat::mark_closing(pkt);
+    }
+    let frontend = if nat.flags & NAT_REPLY != 0 {
+        (nat.saddr, nat.sport)
+    } else {
+        (pkt.daddr, pkt.dport)
+    };
+    let q = Query {
+        saddr: nat.saddr,
+        daddr: nat.daddr,
+        sport: nat.sport,
+        dport: nat.dport,
+        proto: pkt.proto,
+        tot_len: ctx.load(IPV4_TOT_LEN).unwrap_or(0),
+        ifindex: ctx.ifindex(),
+    };
+    let Some(r) = fib::lookup(ctx.skb.skb as *mut c_void, &q, BPF_FIB_LOOKUP_SKIP_NEIGH) else {
+        return TC_ACT_SHOT;
+    };
+    if nat::rewrite(ctx, pkt, End::Destination, nat.daddr, nat.dport).is_err()
+        || nat::rewrite(ctx, pkt, End::Source, nat.saddr, nat.sport).is_err()
+    {
+        return TC_ACT_SHOT;
+    }
+    lb::account(ctx, frontend.0, frontend.1, pkt.proto);
+    count(ctx, Counter::ServiceNat);
+    // SAFETY: a helper call without a parameter block (the kernel looks the
+    // neighbour up itself).
+    unsafe { bpf_redirect_neigh(r.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }
 
 /// TC egress on the uplink: replies of NodePort flows served by another node's

@@ -1,7 +1,7 @@
 //! Offsets of the header fields the programs read and write (untagged Ethernet,
 //! IPv4 without options), and the parsed view of an L4 packet.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use sextant_ebpf_common::lb::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 /// Destination MAC.
@@ -52,6 +52,65 @@ pub(crate) const TCP_ACK: u8 = 0x10;
 pub(crate) const TCP_CSUM: usize = L4 + 16;
 /// UDP checksum.
 pub(crate) const UDP_CSUM: usize = L4 + 6;
+
+/// What the counters and flow events need of a frame, in TC or XDP.
+pub(crate) trait Frame {
+    /// The frame's length in bytes.
+    fn bytes(&self) -> u32;
+    /// The interface it arrived on (TC: the interface the program runs on).
+    fn ifindex(&self) -> u32;
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn bytes(&self) -> u32 {
+        self.len()
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: `skb` is the context pointer the kernel handed to this program.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn bytes(&self) -> u32 {
+        (self.data_end() - self.data()) as u32
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: `ctx` is the context pointer the kernel handed to this program.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+}
+
+/// IPv4 total length.
+pub(crate) const IPV4_TOT_LEN: usize = ETH_HLEN + 2;
+/// IPv4 flags and fragment offset.
+pub(crate) const IPV4_FRAG: usize = ETH_HLEN + 6;
+/// IPv4 time to live (followed by the protocol: one 16-bit checksum word).
+pub(crate) const IPV4_TTL: usize = ETH_HLEN + 8;
+
+/// A pointer to the `T` at `offset` in an XDP frame, if the frame holds all of it.
+#[inline(always)]
+pub(crate) fn xdp_ptr<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    if start + offset + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// Reads the `T` at `offset` in an XDP frame.
+#[inline(always)]
+pub(crate) fn xdp_load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    // SAFETY: `xdp_ptr` checked the frame holds the value; packet data has no
+    // alignment guarantee, hence the unaligned read.
+    xdp_ptr::<T>(ctx, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
+}
 
 /// Whether the frame carries IPv4.
 #[inline(always)]
@@ -105,6 +164,33 @@ impl L4Packet {
             dport,
             proto,
         })
+    }
+
+    /// Parses an XDP frame: a TCP or UDP packet over IPv4 without options, not a
+    /// fragment. Returns it with its TCP flags (0 for UDP).
+    #[inline(always)]
+    pub(crate) fn parse_xdp(ctx: &XdpContext) -> Option<(Self, u8)> {
+        if u16::from_be(xdp_load::<u16>(ctx, ETH_TYPE)?) != ETH_P_IP
+            || xdp_load::<u8>(ctx, IPV4_VIHL)? != 0x45
+            // More-fragments or an offset: no ports to read.
+            || u16::from_be(xdp_load::<u16>(ctx, IPV4_FRAG)?) & 0x3fff != 0
+        {
+            return None;
+        }
+        let proto: u8 = xdp_load(ctx, IPV4_PROTO)?;
+        let flags = match proto {
+            PROTO_TCP => xdp_load(ctx, TCP_FLAGS)?,
+            PROTO_UDP => 0,
+            _ => return None,
+        };
+        let pkt = Self {
+            saddr: xdp_load(ctx, IPV4_SRC)?,
+            daddr: xdp_load(ctx, IPV4_DST)?,
+            sport: xdp_load(ctx, L4_SPORT)?,
+            dport: xdp_load(ctx, L4_DPORT)?,
+            proto,
+        };
+        Some((pkt, flags))
     }
 
     /// Offset of this packet's L4 checksum.

@@ -6,7 +6,8 @@
 //! the *last* of 1, 1 000 and 10 000 services (iptables walks KUBE-SERVICES in
 //! order; the eBPF lookup is a hash); (b) the time to program 10 000 services:
 //! map updates vs one `iptables-restore`; (c) NodePort packets/s from an outside
-//! namespace: the uplink TC program vs an iptables DNAT rule.
+//! namespace to a backend on another node: the uplink's XDP program vs its TC program
+//! vs an iptables DNAT rule.
 
 use std::{
     io::{Read, Write},
@@ -21,6 +22,7 @@ use std::{
 };
 
 use sextant_dataplane::{
+    counters::InterfaceCounters,
     datapath::Datapath,
     services::{backend, frontend},
     veth::{self, PodLink},
@@ -260,40 +262,67 @@ fn iptables_restore(node: &Netns, rules: &str) -> Result<Duration, Error> {
     Ok(started.elapsed())
 }
 
-/// The node's uplink address in the NodePort topology, and the outside sender's.
+/// The NodePort topology's addresses: the node's uplink and the outside sender
+/// on one link, the node and the remote backend on another.
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 1);
 const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 251, 0, 2);
+const NODE_REMOTE_IP: Ipv4Addr = Ipv4Addr::new(10, 252, 0, 1);
+const REMOTE_IP: Ipv4Addr = Ipv4Addr::new(10, 252, 0, 2);
 const NODE_PORT: u16 = 30080;
 const SINK_PORT: u16 = 9000;
 
-/// The NodePort topology: [`Topology`] plus an "outside" namespace on the node's
-/// uplink (a veth pair), sending UDP to `NODE_IP:NODE_PORT`.
+/// The NodePort topology: [`Topology`]'s node, an "outside" namespace on its
+/// uplink sending UDP to `NODE_IP:NODE_PORT`, and a "remote" namespace (another
+/// node's backend) on a second link, where the datagrams are counted.
 struct Outside {
     ns: Netns,
+    remote: Netns,
+    /// A pass-through XDP program on the remote end: a veth takes frames
+    /// redirected by XDP only then (a NIC needs none). Present in every variant.
+    _receiver: InterfaceCounters,
 }
 
 impl Outside {
     fn new(t: &Topology) -> Result<Self, Error> {
         let ns = Netns::new("sxbo")?;
-        t.node.ip(&[
-            "link",
-            "add",
-            "benchup0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
-        t.node
-            .ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "benchup0"])?;
-        t.node.ip(&["link", "set", "benchup0", "up"])?;
-        ns.ip(&["addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
-        // A UDP sink in the backend pod; packets are counted on its interface.
-        let sink = in_ns(&t.backend, || {
+        let remote = Netns::new("sxbr")?;
+        for (ifname, peer, node_ip, peer_ip) in [
+            ("benchup0", &ns, NODE_IP, OUTSIDE_IP),
+            ("benchrm0", &remote, NODE_REMOTE_IP, REMOTE_IP),
+        ] {
+            t.node.ip(&[
+                "link",
+                "add",
+                ifname,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                peer.name(),
+            ])?;
+            t.node
+                .ip(&["addr", "add", &format!("{node_ip}/24"), "dev", ifname])?;
+            t.node.ip(&["link", "set", ifname, "up"])?;
+            peer.ip(&["addr", "add", &format!("{peer_ip}/24"), "dev", "eth0"])?;
+            peer.ip(&["link", "set", "eth0", "up"])?;
+            // Complete checksums, as a NIC sends them (XDP rewrites need them).
+            sextant_tests::netns::wire_checksums(peer, "eth0")?;
+        }
+        let mut receiver = InterfaceCounters::load()?;
+        remote.run_in(|| receiver.attach("eth0"))??;
+        // The node knows the remote's MAC before the first datagram, as a node
+        // knows its neighbours' (XDP hands flows to TC until it does).
+        sextant_tests::run(t.node.command("ping").args([
+            "-c",
+            "1",
+            "-W",
+            "1",
+            &REMOTE_IP.to_string(),
+        ]))?;
+        // A UDP sink on the remote; packets are counted on its interface.
+        let sink = in_ns(&remote, || {
             std::net::UdpSocket::bind(("0.0.0.0", SINK_PORT))
         })??;
         sink.set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -304,12 +333,16 @@ impl Outside {
                 let _ = sink.recv(&mut buf);
             }
         });
-        Ok(Self { ns })
+        Ok(Self {
+            ns,
+            remote,
+            _receiver: receiver,
+        })
     }
 
-    /// Packets the backend's interface received.
-    fn delivered(t: &Topology) -> Result<u64, Error> {
-        let json = t.backend.ip(&["-j", "-s", "link", "show", "eth0"])?;
+    /// Packets the remote's interface received.
+    fn delivered(&self) -> Result<u64, Error> {
+        let json = self.remote.ip(&["-j", "-s", "link", "show", "eth0"])?;
         let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
         v[0]["stats64"]["rx"]["packets"]
             .as_u64()
@@ -317,9 +350,9 @@ impl Outside {
     }
 
     /// `CLIENTS` threads send 64-byte datagrams to the NodePort for `DURATION`,
-    /// each from its own port (its own flow): packets/s delivered to the backend.
-    fn load(&self, t: &Topology) -> Result<f64, Error> {
-        let before = Self::delivered(t)?;
+    /// each from its own port (its own flow): packets/s delivered to the remote.
+    fn load(&self) -> Result<f64, Error> {
+        let before = self.delivered()?;
         let started = Instant::now();
         let to = SocketAddr::from((NODE_IP, NODE_PORT));
         let handles: Vec<_> = (0..CLIENTS)
@@ -350,22 +383,55 @@ impl Outside {
         let elapsed = started.elapsed();
         // Let the last packets land.
         std::thread::sleep(Duration::from_millis(200));
-        let after = Self::delivered(t)?;
+        let after = self.delivered()?;
         Ok((after - before) as f64 / elapsed.as_secs_f64())
     }
 }
 
-/// NodePort packets/s: the uplink TC program vs an iptables DNAT rule.
-fn node_port() -> Result<(f64, f64), Error> {
+/// How the NodePort reaches the remote backend.
+#[derive(Clone, Copy, PartialEq)]
+enum NodePortPath {
+    /// The uplink's XDP program (SNAT, DNAT, redirect), TC beside it.
+    Xdp,
+    /// The uplink's TC program (DNAT, mark), the host stack routing and masquerading.
+    Tc,
+    /// kube-proxy's KUBE-NODEPORTS DNAT and masquerade.
+    Iptables,
+}
+
+/// Masquerade of what leaves for the remote: kube-proxy's and the agent's
+/// (the TC path marks, the kernel masquerades).
+const MASQUERADE: &str = "-A POSTROUTING -o benchrm0 -j MASQUERADE\n";
+
+/// NodePort packets/s to a backend on another node along `path`.
+fn node_port(path: NodePortPath) -> Result<f64, Error> {
     let t = Topology::new()?;
     let outside = Outside::new(&t)?;
+    if path == NodePortPath::Iptables {
+        let rules = format!(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:KUBE-NODEPORTS - [0:0]\n\
+             -A PREROUTING -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
+             -A KUBE-NODEPORTS -p udp -m udp --dport {NODE_PORT} -j DNAT --to-destination {REMOTE_IP}:{SINK_PORT}\n\
+             {MASQUERADE}COMMIT\n"
+        );
+        iptables_restore(&t.node, &rules)?;
+        return outside.load();
+    }
     let pins = pin_dir();
-    let tc = (|| -> Result<f64, Error> {
+    let r = (|| -> Result<f64, Error> {
         let mut dp = ebpf(&t, &pins)?;
         in_ns(&t.node, || dp.attach_uplink("benchup0"))??;
+        if path == NodePortPath::Xdp {
+            in_ns(&t.node, || dp.attach_uplink_xdp("benchup0"))??;
+        } else {
+            iptables_restore(
+                &t.node,
+                &format!("*nat\n:POSTROUTING ACCEPT [0:0]\n{MASQUERADE}COMMIT\n"),
+            )?;
+        }
         dp.set_backend(
             Lb4BackendKey { id: 0, slot: 0 },
-            backend(BACKEND_IP, SINK_PORT),
+            backend(REMOTE_IP, SINK_PORT),
         )?;
         dp.set_service(
             frontend(NODE_IP, NODE_PORT, PROTO_UDP),
@@ -376,25 +442,12 @@ fn node_port() -> Result<(f64, f64), Error> {
                 pad: 0,
             },
         )?;
-        let r = outside.load(&t);
+        let r = outside.load();
         drop(dp);
         r
     })();
     remove_pins(&pins);
-    let tc = tc?;
-    drop(outside);
-    drop(t);
-    let t = Topology::new()?;
-    let outside = Outside::new(&t)?;
-    let rules = format!(
-        "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-NODEPORTS - [0:0]\n\
-         -A PREROUTING -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
-         -A KUBE-NODEPORTS -p udp -m udp --dport {NODE_PORT} -j DNAT --to-destination {BACKEND_IP}:{SINK_PORT}\n\
-         COMMIT\n"
-    );
-    iptables_restore(&t.node, &rules)?;
-    let ipt = outside.load(&t)?;
-    Ok((tc, ipt))
+    r
 }
 
 fn pin_dir() -> PathBuf {
@@ -465,15 +518,18 @@ pub(crate) async fn dataplane() -> Result<(), Error> {
         programming.1.as_secs_f64() * 1000.0,
         programming.1.as_secs_f64() / programming.0.as_secs_f64().max(1e-9)
     );
-    let (tc, ipt) = node_port()?;
-    eprintln!("NodePort: TC {tc:.0} pkt/s; iptables {ipt:.0} pkt/s");
+    let xdp = node_port(NodePortPath::Xdp)?;
+    let tc = node_port(NodePortPath::Tc)?;
+    let ipt = node_port(NodePortPath::Iptables)?;
+    eprintln!("NodePort: XDP {xdp:.0} pkt/s; TC {tc:.0} pkt/s; iptables {ipt:.0} pkt/s");
     let np = format!(
-        "| NodePort, UDP 64 B, {CLIENTS} flows | TC (`from_uplink`) | iptables DNAT | TC / iptables |\n|---|---:|---:|---:|\n| packets/s delivered to the backend | {tc:.0} | {ipt:.0} | {:.2}× |\n",
+        "| NodePort to another node's backend, UDP 64 B, {CLIENTS} flows | XDP (`uplink_xdp`) | TC (`from_uplink`) | iptables DNAT | XDP / iptables | TC / iptables |\n|---|---:|---:|---:|---:|---:|\n| packets/s delivered to the backend | {xdp:.0} | {tc:.0} | {ipt:.0} | {:.2}× | {:.2}× |\n",
+        xdp / ipt.max(1.0),
         tc / ipt.max(1.0)
     );
     println!("{table}\n{prog}\n{np}");
     let section = format!(
-        "## dataplane\n\n`cargo xtask bench dataplane` on {}. One network-namespace node with a\nclient pod and a backend pod (veth pairs made by the agent's own code, same node),\n{CLIENTS} client threads opening a new TCP connection per request (connect, `GET`,\nanswer, close) for {} s to the ClusterIP of the *last* of N services, each with one\nendpoint. eBPF: `from_pod`/`to_pod` with the service maps filled directly (conntrack,\nDNAT, peer redirect). iptables: the same pods with kube-proxy's nat layout\n(KUBE-SERVICES → KUBE-SVC-* with `statistic` → KUBE-SEP-* DNAT) loaded by one\n`iptables-restore`, forwarding through the host stack. Client, backend and kernel\nshare the machine's cores, so the flat eBPF rate is close to what the sockets\nthemselves cost here: what the table shows is iptables falling as its chain grows\nwhile the eBPF lookup does not.\n\nNodePort: an \"outside\" namespace on the node's uplink (a veth pair) sends 64-byte\nUDP datagrams from {CLIENTS} sockets for {} s to the node's address on a nodePort\nwhose one backend is the pod; counted is what reaches the pod's interface. TC: the\nuplink program balancing and DNATing (the host stack then routes to the pod);\niptables: kube-proxy's KUBE-NODEPORTS DNAT. XDP NodePort is not built yet, so it\nhas no column. Not yet measured: keep-alive requests.\n\n{table}\n{prog}\n{np}",
+        "## dataplane\n\n`cargo xtask bench dataplane` on {}. One network-namespace node with a\nclient pod and a backend pod (veth pairs made by the agent's own code, same node),\n{CLIENTS} client threads opening a new TCP connection per request (connect, `GET`,\nanswer, close) for {} s to the ClusterIP of the *last* of N services, each with one\nendpoint. eBPF: `from_pod`/`to_pod` with the service maps filled directly (conntrack,\nDNAT, peer redirect). iptables: the same pods with kube-proxy's nat layout\n(KUBE-SERVICES → KUBE-SVC-* with `statistic` → KUBE-SEP-* DNAT) loaded by one\n`iptables-restore`, forwarding through the host stack. Client, backend and kernel\nshare the machine's cores, so the flat eBPF rate is close to what the sockets\nthemselves cost here: what the table shows is iptables falling as its chain grows\nwhile the eBPF lookup does not.\n\nNodePort: an \"outside\" namespace on the node's uplink (a veth pair) sends 64-byte\nUDP datagrams from {CLIENTS} sockets for {} s to the node's address on a nodePort\nwhose one backend is on another node (a \"remote\" namespace on a second veth pair);\ncounted is what reaches the remote's interface. XDP: the uplink's XDP program\nbalances, SNATs to the node, DNATs and redirects to the other link without the host\nstack; TC: the uplink's TC program balances and DNATs, the host stack routes and\nmasquerades; iptables: kube-proxy's KUBE-NODEPORTS DNAT and masquerade. The senders\nturn checksum offload off (as a NIC delivers complete checksums), and the remote end\ncarries a pass-through XDP program in all three runs (a veth accepts XDP-redirected\nframes only then). Not yet measured: keep-alive requests.\n\n{table}\n{prog}\n{np}",
         machine(),
         DURATION.as_secs(),
         DURATION.as_secs()
