@@ -16,6 +16,7 @@ pub mod kubelet_proxy;
 pub mod metrics;
 pub mod openapi;
 pub mod pki;
+pub mod prometheus_sd;
 pub mod protobuf;
 pub mod request_info;
 pub mod resources;

@@ -545,6 +545,10 @@ fn router(
             "/openapi/v3/apis/{group}/{version}",
             get(crate::openapi::grouped),
         )
+        .route(
+            "/sextant/v1/prometheus/sd/{role}",
+            get(crate::prometheus_sd::targets),
+        )
         .route("/api/v1/{*rest}", any(crate::rest::core))
         .route("/apis/{group}/{version}/{*rest}", any(crate::rest::grouped))
         // The REST handler answers 413 itself; axum's own limit would answer first.

@@ -35,6 +35,7 @@ pub mod replicaset;
 pub mod resourcequota;
 pub mod revisions;
 pub mod serviceaccount;
+pub mod state_metrics;
 pub mod statefulset;
 
 use std::{collections::BTreeMap, time::Duration};

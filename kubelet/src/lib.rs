@@ -78,6 +78,7 @@ pub async fn run(
     config: Config,
     tls: server::Tls,
     metrics: metrics::KubeletMetrics,
+    registry: sextant_metrics::SharedRegistry,
 ) -> Result<(), Error> {
     let cri =
         cri::CriClient::connect_timed(&config.cri_socket, Some(metrics.runtime_latency.clone()))
@@ -101,7 +102,7 @@ pub async fn run(
         runtime_name: version.runtime_name,
         metrics,
     });
-    let (api_addr, api) = server::serve(config.kubelet_listen, &tls, rt.clone()).await?;
+    let (api_addr, api) = server::serve(config.kubelet_listen, &tls, rt.clone(), registry).await?;
     tracing::info!(addr = %api_addr, "serving the kubelet API");
     // Heartbeat first: a Lease left stale by an earlier run would otherwise make
     // the node lifecycle controller mark the freshly registered node Unknown.

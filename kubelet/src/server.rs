@@ -68,6 +68,7 @@ pub async fn serve(
     addr: SocketAddr,
     tls: &Tls,
     rt: Arc<PodRuntime>,
+    registry: sextant_metrics::SharedRegistry,
 ) -> Result<(SocketAddr, JoinHandle<()>), Error> {
     let config = tls_config(tls)?;
     let listener = TcpListener::bind(addr)
@@ -106,6 +107,10 @@ pub async fn serve(
                 sampler: sampler.clone(),
             }),
     );
+    // The node's own metrics (kubelet and dataplane), where upstream's kubelet
+    // serves them: Prometheus's `role: node` finds them with the node's address
+    // and `daemonEndpoints`, behind the same client-certificate check.
+    let router = router.merge(sextant_metrics::router(registry));
     // Sample in the background too, so CPU rates are never older than this; it
     // lives and dies with the server task.
     let housekeeping = async move {

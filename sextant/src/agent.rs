@@ -222,7 +222,8 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
             None
         }
     };
-    let server = sextant_metrics::serve(args.metrics_listen, Arc::new(registry)).await?;
+    let registry = Arc::new(registry);
+    let server = sextant_metrics::serve(args.metrics_listen, registry.clone()).await?;
     tracing::info!(addr = ?server.local_addr().ok(), "serving agent metrics");
     let serving = tokio::spawn(server.run());
 
@@ -248,7 +249,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
         cluster_domain: args.cluster_domain.clone(),
     };
     let result = tokio::select! {
-        r = sextant_kubelet::run(client, config, tls, metrics) => r.map_err(Error::from),
+        r = sextant_kubelet::run(client, config, tls, metrics, registry) => r.map_err(Error::from),
         _ = crate::shutdown_signal() => {
             tracing::info!("shutting down; pods keep running");
             Ok(())

@@ -5,6 +5,7 @@
 //! library crates; `main` only maps errors to exit codes.
 
 mod agent;
+mod prometheus_config;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -41,6 +42,9 @@ enum Command {
     Server(ServerArgs),
     /// Run a node: join the cluster, register the Node, run its pods through CRI.
     Agent(Box<agent::AgentArgs>),
+    /// Write a Prometheus configuration (prometheus.yml, certificates, alert
+    /// rules) that discovers and scrapes the cluster through its API server.
+    PrometheusConfig(prometheus_config::PrometheusConfigArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -117,6 +121,7 @@ async fn run_cli() -> ExitCode {
     let result = match cli.command {
         Command::Server(args) => run_server(args).await,
         Command::Agent(args) => agent::run(*args).await.map_err(|e| e.to_string()),
+        Command::PrometheusConfig(args) => prometheus_config::run(&args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -146,6 +151,7 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
     let mut registry = sextant_metrics::Registry::default();
     let scheduler_metrics = sextant_scheduler::SchedulerMetrics::register(&mut registry);
     let controller_metrics = sextant_controllers::Metrics::register(&mut registry);
+    let state_feeds = sextant_controllers::state_metrics::register(&mut registry);
     let running = server::start(config, registry)
         .await
         .map_err(|e| e.to_string())?;
@@ -158,6 +164,7 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
     let controllers = tokio::spawn(run_controllers(
         data_dir.clone(),
         controller_metrics,
+        state_feeds,
         ipam,
         dns_ip,
         api,
@@ -226,6 +233,7 @@ fn component_identity() -> String {
 async fn run_controllers(
     data_dir: PathBuf,
     metrics: sextant_controllers::Metrics,
+    state_feeds: sextant_controllers::state_metrics::Feeds,
     ipam: sextant_controllers::node_ipam::Config,
     dns_ip: std::net::Ipv4Addr,
     api: (std::net::Ipv4Addr, Option<std::net::SocketAddr>),
@@ -233,6 +241,8 @@ async fn run_controllers(
     let path = data_dir.join("components").join("controllers.kubeconfig");
     match agent::client(&path).await {
         Ok(client) => {
+            // Cluster state metrics on every server, leader or not.
+            tokio::spawn(state_feeds.run(client.clone()));
             let identity = component_identity();
             sextant_controllers::run(client, metrics, identity, ipam, dns_ip, api).await
         }

@@ -1,12 +1,21 @@
 //! A real Prometheus (Debian `prometheus`) on a free loopback port, scraping the
 //! targets a test gives it every second.
 
-use std::{process::Command, time::Duration};
+use std::{net::Ipv4Addr, path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::{Error, Result, free_port, io_err, process::ChildProcess, require_command};
+use crate::{
+    Error, Result, free_port, io_err, netns::Netns, process::ChildProcess, require_command,
+};
+
+fn temp_dir() -> Result<TempDir> {
+    tempfile::Builder::new()
+        .prefix("sextant-prometheus-")
+        .tempdir()
+        .map_err(io_err("creating the prometheus temp dir"))
+}
 
 /// A Prometheus server owned by a test.
 #[derive(Debug)]
@@ -46,26 +55,33 @@ impl Prometheus {
 
     /// Starts Prometheus with the given `prometheus.yml` text.
     pub async fn start_with_config(config: &str) -> Result<Self> {
-        require_command("prometheus")?;
-        let dir = tempfile::Builder::new()
-            .prefix("sextant-prometheus-")
-            .tempdir()
-            .map_err(io_err("creating the prometheus temp dir"))?;
+        let dir = temp_dir()?;
         let file = dir.path().join("prometheus.yml");
         std::fs::write(&file, config).map_err(io_err("writing prometheus.yml"))?;
+        Self::spawn(Command::new("prometheus"), Ipv4Addr::LOCALHOST, &file, dir).await
+    }
+
+    /// Starts Prometheus inside `netns`, as one running on that node would, with
+    /// the configuration file at `config` (its relative paths resolve beside it),
+    /// its API on `ip`.
+    pub async fn start_in(netns: &Netns, ip: Ipv4Addr, config: &Path) -> Result<Self> {
+        Self::spawn(netns.command("prometheus"), ip, config, temp_dir()?).await
+    }
+
+    async fn spawn(mut cmd: Command, ip: Ipv4Addr, config: &Path, dir: TempDir) -> Result<Self> {
+        require_command("prometheus")?;
         let port = free_port()?;
-        let mut cmd = Command::new("prometheus");
-        cmd.arg(format!("--config.file={}", file.display()))
+        cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.listen-address={ip}:{port}"))
             .arg("--log.level=warn");
         let process = ChildProcess::spawn("prometheus", cmd, &dir.path().join("prometheus.log"))?;
         let this = Self {
             process,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{ip}:{port}"),
             http: reqwest::Client::new(),
             _dir: dir,
         };
@@ -96,7 +112,7 @@ impl Prometheus {
         })
     }
 
-    /// Base URL, `http://127.0.0.1:<port>`.
+    /// Base URL, `http://<ip>:<port>`.
     pub fn url(&self) -> &str {
         &self.url
     }
