@@ -98,8 +98,18 @@ pub async fn run(rt: Arc<PodRuntime>) -> Result<(), Error> {
                         w.updates.send_replace(Some(pod));
                     }
                     None => {
+                        // Every line the worker logs carries the pod's namespace
+                        // and name as fields (`--log-format=json`: under "span").
+                        let span = tracing::info_span!(
+                            "pod",
+                            namespace = pod.metadata.namespace.as_deref().unwrap_or_default(),
+                            pod = pod.metadata.name.as_deref().unwrap_or_default(),
+                        );
                         let (tx, rx) = watch::channel(Some(pod));
-                        let task = tokio::spawn(work(rt.clone(), uid.clone(), rx));
+                        let task = tokio::spawn(tracing::Instrument::instrument(
+                            work(rt.clone(), uid.clone(), rx),
+                            span,
+                        ));
                         workers.insert(uid, Worker { updates: tx, task });
                     }
                 }

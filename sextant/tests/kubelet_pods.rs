@@ -180,6 +180,24 @@ fn ready(pod: &Value) -> bool {
     })
 }
 
+/// Two pods that print a numbered line every half second.
+const TICKERS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ticker}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: ticker}}
+  template:
+    metadata: {labels: {app: ticker}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: sextant.local/demo:v1
+        command: [sh, -c, "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done"]
+"#;
+
 #[tokio::test]
 async fn pods_run_through_containerd() {
     let OneNodeCluster {
@@ -344,6 +362,47 @@ async fn pods_run_through_containerd() {
     }
     let _ = follow.kill();
     let _ = follow.wait();
+
+    // Several pods at once: kubectl follows each (one request per pod) and
+    // prefixes every line with its source.
+    k.ok_with(&["apply", "-f", "-"], Some(TICKERS)).unwrap();
+    k.ok(&["rollout", "status", "deploy/ticker", "--timeout=60s"])
+        .unwrap();
+    let mut follow = k
+        .spawn(&["logs", "-f", "-l", "app=ticker", "--prefix", "--tail=1"])
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut sources = std::collections::BTreeSet::new();
+    let mut seen = Vec::new();
+    while sources.len() < 2 {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(15)) else {
+            panic!("lines from both tickers: {seen:?}");
+        };
+        // `[pod/<name>/<container>] tick N`
+        if let Some((prefix, rest)) = line.split_once("] ")
+            && prefix.starts_with("[pod/ticker-")
+            && prefix.ends_with("/main")
+            && rest.starts_with("tick ")
+        {
+            sources.insert(prefix.to_owned());
+        }
+        seen.push(line);
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    k.ok(&["delete", "deploy/ticker", "--wait=false"]).unwrap();
 
     // kubectl exec: WebSocket (v5.channel.k8s.io) through the API server's
     // upgrade proxy to the kubelet and containerd's streaming server.
