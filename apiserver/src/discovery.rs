@@ -60,6 +60,11 @@ pub async fn groups_list(headers: HeaderMap) -> Response {
                 .collect();
             json!({"name": g, "versions": versions, "preferredVersion": versions[0]})
         })
+        .chain(std::iter::once({
+            use crate::resource_metrics::{GROUP, VERSION};
+            let v = json!({"groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION});
+            json!({"name": GROUP, "versions": [v], "preferredVersion": v})
+        }))
         .collect();
     json_response(
         json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
@@ -167,5 +172,28 @@ fn aggregated(core: bool) -> Value {
             json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
         })
         .collect();
+    let mut items = items;
+    if !core {
+        items.push(metrics_group_aggregated());
+    }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
+/// `metrics.k8s.io`, served by [`crate::resource_metrics`] rather than the store.
+fn metrics_group_aggregated() -> Value {
+    use crate::resource_metrics::{GROUP, RESOURCES, VERSION};
+    let resources: Vec<Value> = RESOURCES
+        .iter()
+        .map(|(plural, singular, kind, namespaced)| {
+            json!({
+                "resource": plural,
+                "responseKind": {"group": GROUP, "version": VERSION, "kind": kind},
+                "scope": if *namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": singular,
+                "verbs": ["get", "list"],
+            })
+        })
+        .collect();
+    json!({"metadata": {"name": GROUP, "creationTimestamp": null},
+        "versions": [{"version": VERSION, "resources": resources, "freshness": "Current"}]})
 }

@@ -60,6 +60,29 @@ impl KubeletClient {
     }
 }
 
+impl KubeletClient {
+    /// The Summary API (`/stats/summary`) of `node`'s kubelet; `None` when the
+    /// node has no address or its kubelet does not answer within 5 s.
+    pub async fn summary(&self, node: &Value) -> Option<Value> {
+        let name = node["metadata"]["name"].as_str()?;
+        let url = format!("{}/stats/summary", node_base(node, name).ok()?);
+        let response = self
+            .http
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status);
+        match response {
+            Ok(r) => r.json().await.ok(),
+            Err(e) => {
+                tracing::debug!(node = name, error = %e, "kubelet summary");
+                None
+            }
+        }
+    }
+}
+
 async fn object(
     store: &Arc<dyn Store>,
     plural: &str,

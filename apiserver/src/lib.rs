@@ -19,6 +19,7 @@ pub mod pki;
 pub mod prometheus_sd;
 pub mod protobuf;
 pub mod request_info;
+pub mod resource_metrics;
 pub mod resources;
 pub mod rest;
 pub mod selectors;

@@ -546,6 +546,14 @@ fn router(
             get(crate::openapi::grouped),
         )
         .route(
+            "/apis/metrics.k8s.io/v1beta1",
+            get(crate::resource_metrics::resource_list),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/{*rest}",
+            get(crate::resource_metrics::handle),
+        )
+        .route(
             "/sextant/v1/prometheus/sd/{role}",
             get(crate::prometheus_sd::targets),
         )

@@ -576,6 +576,69 @@ async fn pods_run_through_containerd() {
         );
     }
 
+    // kubectl top, through metrics.k8s.io served from the kubelets' Summary API
+    // (a container's CPU rate needs two samples: retried until it has them).
+    let mut top_pod = String::new();
+    for _ in 0..30 {
+        match k.ok(&["top", "pod", "app", "--containers", "--no-headers"]) {
+            Ok(out) => {
+                top_pod = out;
+                break;
+            }
+            Err(e) => top_pod = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // "app   web     1m   3Mi" per container (small containers round to 0Mi).
+    let rows: Vec<Vec<&str>> = top_pod
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let mut containers: Vec<&str> = rows.iter().filter_map(|r| r.get(1).copied()).collect();
+    containers.sort_unstable();
+    assert_eq!(containers, ["shell", "web"], "{top_pod}");
+    for r in &rows {
+        assert_eq!(r.len(), 4, "{top_pod}");
+        assert!(
+            r[2].ends_with('m') && r[2][..r[2].len() - 1].parse::<u64>().is_ok(),
+            "{top_pod}"
+        );
+        assert!(
+            r[3].ends_with("Mi") && r[3].trim_end_matches("Mi").parse::<u64>().is_ok(),
+            "{top_pod}"
+        );
+    }
+    // The figures behind it are real: each container's working set above zero.
+    let metrics: Value = serde_json::from_str(
+        &k.ok(&[
+            "get",
+            "--raw",
+            "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/app",
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    for c in metrics["containers"].as_array().unwrap() {
+        let ki: u64 = c["usage"]["memory"]
+            .as_str()
+            .and_then(|m| m.strip_suffix("Ki"))
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        assert!(ki > 0, "{metrics}");
+    }
+    let top_node = k.ok(&["top", "node", "--no-headers"]).unwrap();
+    let row: Vec<&str> = top_node
+        .lines()
+        .find(|l| l.starts_with(node.as_str()))
+        .unwrap_or_else(|| panic!("{node} in {top_node}"))
+        .split_whitespace()
+        .collect();
+    // NAME CPU(cores) CPU(%) MEMORY(bytes) MEMORY(%)
+    assert_eq!(row.len(), 5, "{top_node}");
+    assert!(row[1].ends_with('m') && row[2].ends_with('%'), "{top_node}");
+    let node_mib: u64 = row[3].trim_end_matches("Mi").parse().unwrap_or(0);
+    assert!(node_mib > 0, "{top_node}");
+
     // Restart policies.
     // The "never" pod leaves a termination message; "fallback" has none, so its
     // log's tail stands in (terminationMessagePolicy: FallbackToLogsOnError).
