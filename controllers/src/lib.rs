@@ -8,7 +8,8 @@
 //! ([`persistentvolume`]), Namespace ([`namespace`]),
 //! EndpointSlice ([`endpointslice`]), node lifecycle ([`node_lifecycle`]), node
 //! IPAM ([`node_ipam`]) and
-//! ServiceAccount ([`serviceaccount`]) controllers and the garbage collector
+//! ServiceAccount ([`serviceaccount`]), HorizontalPodAutoscaler ([`horizontal`])
+//! controllers and the garbage collector
 //! ([`garbage_collector`]). Each has the one shape of STYLE.md, driven by
 //! kube-runtime's `Controller`: a `reconcile` timed by [`Context::observe`] and
 //! the shared [`retry_soon`] error policy over the one [`Context`].
@@ -23,6 +24,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpointslice;
 pub mod garbage_collector;
+pub mod horizontal;
 pub mod job;
 pub mod kubernetes_service;
 pub mod leader;
@@ -217,6 +219,7 @@ pub async fn run(
                 cluster_dns::run(client.clone(), metrics.clone(), dns_ip),
                 kubernetes_service::run(client.clone(), metrics.clone(), api.0, api.1),
                 serviceaccount::run(client.clone(), metrics.clone()),
+                horizontal::run(client.clone(), metrics.clone()),
                 garbage_collector::run(client, metrics),
             );
         }
