@@ -5,14 +5,16 @@
 //! dataplane metrics) and cAdvisor endpoint, and a demo pod that asks for it by
 //! annotation, with namespace/pod/node labels, within 30 s of starting. Then a
 //! crash-looping pod makes the shipped KubePodCrashLooping alert fire in that
-//! Prometheus (its `for` shortened: the 15 minutes are promtool's to test).
+//! Prometheus (its `for` shortened: the 15 minutes are promtool's to test), and
+//! after a little traffic (a DNS lookup and requests through a Service) every
+//! query of every shipped dashboard panel and template variable returns data.
 // Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
 #![allow(clippy::unwrap_used)]
 
 use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
-use sextant_tests::{agent::NetworkCluster, prometheus::Prometheus};
+use sextant_tests::{agent::NetworkCluster, dashboards, prometheus::Prometheus};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
 
@@ -33,6 +35,14 @@ spec:
       containers:
       - name: main
         image: sextant.local/demo:v1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: demo}
+spec:
+  selector: {app: demo}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
 "#;
 
 /// A pod whose container exits at once.
@@ -49,10 +59,11 @@ spec:
 "#;
 
 /// Every job of the shipped configuration and how many targets it should find.
-const JOBS: [(&str, usize); 4] = [
+const JOBS: [(&str, usize); 5] = [
     ("apiserver", 1),
     ("kubelet", 2),
     ("kubelet-cadvisor", 2),
+    ("kubelet-resource", 2),
     ("kubernetes-pods", 1),
 ];
 
@@ -66,6 +77,49 @@ async fn targets_up(prom: &Prometheus, job: &str, count: usize) -> Option<Vec<Va
         .cloned()
         .collect();
     (targets.len() == count && targets.iter().all(|t| t["health"] == "up")).then_some(targets)
+}
+
+/// Every panel query and template variable of every shipped dashboard returns
+/// at least one series (retried while rate windows fill).
+async fn dashboards_have_data(prom: &Prometheus) {
+    let mut pending: Vec<(String, String)> = Vec::new();
+    let mut variables: Vec<(String, String, String)> = Vec::new();
+    for (path, d) in dashboards::load_all().unwrap() {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        for (title, expr) in dashboards::panel_queries(&d) {
+            pending.push((format!("{file}: {title}"), expr));
+        }
+        for (label, metric) in dashboards::variable_queries(&d) {
+            variables.push((file.clone(), label, metric));
+        }
+    }
+    let started = std::time::Instant::now();
+    while !pending.is_empty() && started.elapsed() < Duration::from_secs(60) {
+        let mut still = Vec::new();
+        for (what, expr) in pending {
+            if prom.query(&expr).await.map_or(true, |r| r.is_empty()) {
+                still.push((what, expr));
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    assert!(
+        pending.is_empty(),
+        "panel queries without data: {pending:#?}"
+    );
+    for (file, label, metric) in variables {
+        let values = prom
+            .api(&format!("/api/v1/label/{label}/values?match[]={metric}"))
+            .await
+            .unwrap();
+        assert!(
+            values.as_array().is_some_and(|v| !v.is_empty()),
+            "{file}: label_values({metric}, {label}): {values}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -164,6 +218,19 @@ async fn prometheus_discovers_and_scrapes_the_cluster_through_its_api() {
         .await;
         assert!(series.is_ok(), "{query}: {series:?}");
     }
+
+    // A little traffic: a lookup in cluster DNS and requests through a Service.
+    let _ = k.ok(&[
+        "exec",
+        "deploy/demo",
+        "--",
+        "/demo",
+        "--http-get",
+        "demo.default.svc.cluster.local:80",
+        "--count",
+        "5",
+    ]);
+    dashboards_have_data(&prom).await;
 
     // A container that exits at once: CrashLoopBackOff, and the alert fires.
     k.ok_with(&["apply", "-f", "-"], Some(CRASH)).unwrap();

@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod containerd;
+pub mod dashboards;
 pub mod etcd;
 pub mod images;
 pub mod netns;
