@@ -144,6 +144,14 @@ async fn sync(node: &Node, ctx: &Context) -> Result<Action, Error> {
             )
             .await?;
         tracing::info!(node = %name, "node stopped posting status: Ready=Unknown");
+        ctx.event(
+            "node-controller",
+            node,
+            false,
+            "NodeNotReady",
+            format!("Node {name} status is now: NodeNotReady"),
+        )
+        .await;
         ready = Some("Unknown".into());
     }
 

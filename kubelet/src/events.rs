@@ -1,5 +1,6 @@
 //! Events about pods, as upstream's kubelet records them (`Pulled`, `Created`,
-//! `Started`, `Killing`, `BackOff`, `Unhealthy`, `FailedMount`, ...), so
+//! `Started`, `Killing`, `BackOff`, `Unhealthy`, `FailedMount`, ...), and about
+//! its node (`Starting`, `NodeHasSufficientMemory`, ..., `NodeReady`), so
 //! `kubectl describe pod` and `kubectl get events` tell what happened. A repeat of
 //! the same event bumps its `count` and `lastTimestamp` instead of adding another,
 //! as upstream's correlator does.
@@ -27,6 +28,17 @@ type EventKey = (String, String, String, String);
 
 /// Where a recorded event is and how often it happened: namespace, name, count.
 type Recorded = (String, String, i32);
+
+/// The object an event is about.
+struct About {
+    namespace: String,
+    name: String,
+    /// The dedup key's identity (the pod's uid, the node's name).
+    uid: String,
+    field_path: String,
+    /// The `involvedObject`.
+    involved: serde_json::Value,
+}
 
 /// Records events for one node's kubelet.
 pub struct Recorder {
@@ -60,6 +72,24 @@ impl Recorder {
         }
     }
 
+    /// Records an event about this kubelet's Node (`Starting`, `NodeReady`, ...),
+    /// in the `default` namespace as upstream's kubelet writes them.
+    pub async fn record_node(&self, kind: Type, reason: &str, message: &str) {
+        // Upstream's kubelet names its node by name in place of a uid.
+        let involved =
+            json!({"kind": "Node", "apiVersion": "v1", "name": self.node, "uid": self.node});
+        let about = About {
+            namespace: "default".into(),
+            name: self.node.clone(),
+            uid: self.node.clone(),
+            field_path: String::new(),
+            involved,
+        };
+        if let Err(e) = self.write(about, kind, reason, message).await {
+            tracing::debug!(error = %e, reason, "recording a node event failed");
+        }
+    }
+
     async fn try_record(
         &self,
         pod: &Pod,
@@ -74,6 +104,38 @@ impl Recorder {
         let field_path = container
             .map(|c| format!("spec.containers{{{c}}}"))
             .unwrap_or_default();
+        let mut involved = json!({
+            "kind": "Pod", "apiVersion": "v1", "namespace": ns,
+            "name": meta.name, "uid": uid, "resourceVersion": meta.resource_version,
+        });
+        if !field_path.is_empty() {
+            involved["fieldPath"] = json!(field_path);
+        }
+        let about = About {
+            namespace: ns,
+            name: meta.name.clone().unwrap_or_default(),
+            uid,
+            field_path,
+            involved,
+        };
+        self.write(about, kind, reason, message).await
+    }
+
+    /// Creates the event, or bumps the count of the same one recorded before.
+    async fn write(
+        &self,
+        about: About,
+        kind: Type,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), kube::Error> {
+        let About {
+            namespace: ns,
+            name: object_name,
+            uid,
+            field_path,
+            involved,
+        } = about;
         let now = jiff::Timestamp::now();
         let now_s = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
         let key = (
@@ -101,18 +163,7 @@ impl Recorder {
                 return Ok(());
             }
         }
-        let name = format!(
-            "{}.{:x}",
-            meta.name.as_deref().unwrap_or_default(),
-            now.as_nanosecond()
-        );
-        let mut involved = json!({
-            "kind": "Pod", "apiVersion": "v1", "namespace": ns,
-            "name": meta.name, "uid": uid, "resourceVersion": meta.resource_version,
-        });
-        if !field_path.is_empty() {
-            involved["fieldPath"] = json!(field_path);
-        }
+        let name = format!("{object_name}.{:x}", now.as_nanosecond());
         let event: Event = serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": ns},
             "involvedObject": involved,

@@ -108,6 +108,28 @@ pub async fn run(
     // the node lifecycle controller mark the freshly registered node Unknown.
     node::renew_lease(&client, &config.node_name).await;
     node::register(&client, &config, &facts, &runtime_version).await?;
+    // Upstream's start-up story on the Node, as `kubectl describe node` shows it.
+    {
+        use events::Type::Normal;
+        let node = &config.node_name;
+        rt.events
+            .record_node(Normal, "Starting", "Starting kubelet.")
+            .await;
+        for condition in [
+            "NodeHasSufficientMemory",
+            "NodeHasNoDiskPressure",
+            "NodeHasSufficientPID",
+            "NodeReady",
+        ] {
+            rt.events
+                .record_node(
+                    Normal,
+                    condition,
+                    &format!("Node {node} status is now: {condition}"),
+                )
+                .await;
+        }
+    }
     let lease = tokio::spawn(node::keep_lease(client.clone(), config.node_name.clone()));
     let status = tokio::spawn(node::keep_status(
         client.clone(),

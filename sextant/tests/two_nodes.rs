@@ -217,6 +217,33 @@ async fn two_real_nodes_share_daemons_and_take_over_lost_pods() {
     })
     .await;
     eprintln!("node a NotReady {not_ready:?} after its agent stopped");
+    // The node's story in its events: the kubelet's start-up, then the node
+    // controller's verdict.
+    let reasons = k
+        .ok(&[
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            &format!(
+                "involvedObject.kind=Node,involvedObject.name={}",
+                a.node_name
+            ),
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ])
+        .unwrap();
+    for reason in [
+        "Starting",
+        "NodeHasSufficientMemory",
+        "NodeReady",
+        "NodeNotReady",
+    ] {
+        assert!(
+            reasons.split_whitespace().any(|r| r == reason),
+            "{reason} among node a's events: {reasons}"
+        );
+    }
     let nodes = k.ok(&["get", "nodes"]).unwrap();
     assert!(
         nodes
