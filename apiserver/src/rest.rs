@@ -6,6 +6,7 @@
 //! `metadata.resourceVersion`: the resourceVersion a client sees is always the
 //! store's mod revision, so it can never disagree with the store.
 
+use sextant_metrics::traces::{self, KeyValue};
 use std::{collections::BTreeMap, time::Duration};
 
 use axum::{
@@ -538,9 +539,30 @@ impl Handler {
         }
         crate::defaults::apply(self.rt(), &mut obj);
         let store = self.state.store.as_ref();
+        // A pod's life is one trace: it starts here, and the pod carries it.
+        let mut trace = None;
         if let (("", "Pod"), Some(ns)) = ((self.rt().group, self.rt().kind), &self.t.namespace) {
             crate::admission::limit_ranges(store, ns, &mut obj).await?;
             crate::admission::pod_priority(store, &mut obj).await?;
+            if traces::enabled() && !self.params.is_dry_run() {
+                let cx = traces::start(
+                    "apiserver: create pod",
+                    None,
+                    vec![
+                        KeyValue::new("k8s.namespace.name", ns.clone()),
+                        KeyValue::new("k8s.pod.name", name.clone()),
+                    ],
+                );
+                if let (Some(tp), Some(meta)) =
+                    (traces::traceparent(&cx), obj["metadata"].as_object_mut())
+                {
+                    let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+                    if let Some(a) = annotations.as_object_mut() {
+                        a.insert(traces::ANNOTATION.into(), json!(tp));
+                    }
+                }
+                trace = Some(cx);
+            }
         }
         self.validate(&mut obj, None)?;
         self.check_namespace_exists(&name).await?;
@@ -577,6 +599,9 @@ impl Handler {
                 });
             }
         };
+        if let Some(cx) = trace {
+            traces::end(&cx);
+        }
         let out = self.object_of(&kv)?;
         self.respond(StatusCode::CREATED, out)
     }

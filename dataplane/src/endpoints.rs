@@ -7,6 +7,7 @@
 //! Requests are serialised: sandboxes are set up one at a time per node, which
 //! keeps the address, the links and the map consistent without finer locks.
 
+use sextant_metrics::traces;
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -402,7 +403,21 @@ fn attachment(a: Option<Attachment>) -> Result<Attachment, Status> {
 impl Endpoints for EndpointService {
     async fn add(&self, req: Request<AddRequest>) -> Result<Response<AddReply>, Status> {
         let a = attachment(req.into_inner().attachment)?;
-        EndpointService::add(self, a).await.map(Response::new)
+        // Under the kubelet's span for this pod's sandbox, when it has one (both
+        // run in the agent process).
+        let pod = format!("{}/{}", a.pod_namespace, a.pod_name);
+        let span = traces::in_flight_for(&pod).map(|parent| {
+            traces::start(
+                "dataplane: attach pod",
+                Some(&parent),
+                vec![traces::KeyValue::new("k8s.pod.name", a.pod_name.clone())],
+            )
+        });
+        let reply = EndpointService::add(self, a).await.map(Response::new);
+        if let Some(cx) = &span {
+            traces::end(cx);
+        }
+        reply
     }
 
     async fn del(&self, req: Request<DelRequest>) -> Result<Response<DelReply>, Status> {

@@ -8,6 +8,7 @@
 //! found in the runtime but no longer in the API (deleted while the agent was
 //! down) are torn down once the first list is in.
 
+use sextant_metrics::traces;
 use std::{
     collections::HashMap,
     sync::Arc,
@@ -691,12 +692,27 @@ impl PodWorker {
                 observed.containers.clear();
                 let config = self.sandbox_config(pod, attempt);
                 tracing::info!(pod = %name(pod), attempt, "creating the pod sandbox");
+                // A span of the pod's trace; the dataplane's attach nests under it.
+                let span =
+                    traces::from_annotations(pod.metadata.annotations.as_ref()).map(|parent| {
+                        let cx = traces::start(
+                            "kubelet: create pod sandbox",
+                            Some(&parent),
+                            vec![traces::KeyValue::new("k8s.pod.name", name(pod))],
+                        );
+                        traces::set_in_flight(&name(pod), &cx);
+                        cx
+                    });
                 let r = runtime
                     .run_pod_sandbox(cri::RunPodSandboxRequest {
                         config: Some(config),
                         runtime_handler: String::new(),
                     })
                     .await;
+                if let Some(cx) = &span {
+                    traces::clear_in_flight(&name(pod));
+                    traces::end(cx);
+                }
                 match r {
                     Ok(r) => r.into_inner().pod_sandbox_id,
                     Err(e) => {

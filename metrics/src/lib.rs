@@ -1,11 +1,13 @@
 //! The one way every Sextant component exposes metrics and logs:
 //! a prometheus-client [`Registry`] served as OpenMetrics text on `/metrics`
 //! ([`router`], [`serve`]), and a `tracing` subscriber set up from flags
-//! ([`init_tracing`]).
+//! ([`init_tracing`]), and OpenTelemetry traces over OTLP ([`traces`]).
 //!
 //! Components register their metrics under their upstream names
 //! (`apiserver_request_duration_seconds`, ...) on a registry they own and hand it
 //! here; nothing in this crate knows a component's metrics.
+
+pub mod traces;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -26,6 +28,14 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The OTLP trace exporter could not be set up.
+    #[error("OTLP exporter for {endpoint}: {message}")]
+    Otlp {
+        /// The collector's address.
+        endpoint: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The metrics listener could not be bound.
     #[error("binding the metrics endpoint on {addr}: {source}")]
     Bind {

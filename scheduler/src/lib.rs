@@ -20,6 +20,7 @@ pub mod preemption;
 pub mod topology;
 pub mod volume_binding;
 
+use sextant_metrics::traces;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -410,16 +411,30 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
     if let Ok(claims) = &claims {
         volume_binding::select_node(&ctx.client, &ns, claims, &node).await?;
     }
+    // The binding, as a span of the pod's trace.
+    let span = traces::from_annotations(pod.metadata.annotations.as_ref()).map(|parent| {
+        traces::start(
+            "scheduler: bind pod",
+            Some(&parent),
+            vec![
+                traces::KeyValue::new("k8s.pod.name", pod.name_any()),
+                traces::KeyValue::new("k8s.node.name", node.clone()),
+            ],
+        )
+    });
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    match pods
+    let bound = pods
         .create_subresource::<_, serde_json::Value>(
             "binding",
             &pod.name_any(),
             &PostParams::default(),
             &binding,
         )
-        .await
-    {
+        .await;
+    if let Some(cx) = &span {
+        traces::end(cx);
+    }
+    match bound {
         Ok(_) => {}
         // Bound meanwhile (or gone): nothing left to do.
         Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {

@@ -32,6 +32,10 @@ struct Cli {
     /// Log filter (e.g. `info`, `sextant_apiserver=debug`); overrides SEXTANT_LOG and RUST_LOG.
     #[arg(long, global = true)]
     log_level: Option<String>,
+    /// Export OpenTelemetry traces (a pod's life: API server, scheduler,
+    /// kubelet, dataplane) over OTLP/gRPC to this collector, e.g. http://collector:4317.
+    #[arg(long, global = true, env = "SEXTANT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -117,6 +121,17 @@ async fn run_cli() -> ExitCode {
     if let Err(e) = sextant_metrics::init_tracing(cli.log_format, cli.log_level.as_deref()) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
+    }
+    if let Some(endpoint) = &cli.otlp_endpoint {
+        let service = match cli.command {
+            Command::Server(_) => "sextant-server",
+            Command::Agent(_) => "sextant-agent",
+            Command::PrometheusConfig(_) => "sextant",
+        };
+        if let Err(e) = sextant_metrics::traces::init(endpoint, service) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
     }
     let result = match cli.command {
         Command::Server(args) => run_server(args).await,

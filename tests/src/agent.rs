@@ -45,7 +45,7 @@ impl SextantAgent {
         server: &SextantServer,
         containerd: &Containerd,
     ) -> Result<Self> {
-        Self::start_inner(binary, server, containerd, None).await
+        Self::start_inner(binary, server, containerd, None, &[]).await
     }
 
     /// Starts `binary agent` inside the network namespace of `containerd` (made with
@@ -58,7 +58,7 @@ impl SextantAgent {
         containerd: &Containerd,
         node_ip: std::net::Ipv4Addr,
     ) -> Result<Self> {
-        Self::start_inner(binary, server, containerd, Some(node_ip)).await
+        Self::start_inner(binary, server, containerd, Some(node_ip), &[]).await
     }
 
     async fn start_inner(
@@ -66,6 +66,7 @@ impl SextantAgent {
         server: &SextantServer,
         containerd: &Containerd,
         node_ip: Option<std::net::Ipv4Addr>,
+        extra: &[&str],
     ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("sextant-agent-")
@@ -98,6 +99,7 @@ impl SextantAgent {
             "--kubelet-listen".to_owned(),
             format!("{ip}:{}", free_port()?),
         ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         if node_ip.is_some() {
             let (conf, bin) = containerd.cni_dirs();
             args.extend([
@@ -296,10 +298,17 @@ pub struct OneNodeCluster {
 impl OneNodeCluster {
     /// Starts the three, the agent once its Node is Ready.
     pub async fn start(binary: &Path) -> Result<Self> {
+        Self::start_with_flags(binary, &[]).await
+    }
+
+    /// Like [`OneNodeCluster::start`], with `flags` given to both the server and
+    /// the agent (global flags such as `--otlp-endpoint`).
+    pub async fn start_with_flags(binary: &Path, flags: &[&str]) -> Result<Self> {
         let containerd = Containerd::start().await?;
         containerd.import_test_images().await?;
-        let server = SextantServer::start(binary, crate::sextant::Datastore::Embedded).await?;
-        let agent = SextantAgent::start(binary, &server, &containerd).await?;
+        let server =
+            SextantServer::start_with(binary, crate::sextant::Datastore::Embedded, flags).await?;
+        let agent = SextantAgent::start_inner(binary, &server, &containerd, None, flags).await?;
         Ok(Self {
             agent,
             server,
@@ -329,8 +338,21 @@ pub struct NetworkCluster {
 impl NetworkCluster {
     /// Starts `nodes` nodes, each Ready with the test images imported.
     pub async fn start(binary: &Path, nodes: u8) -> Result<Self> {
+        Self::start_with_flags(binary, nodes, |_| Vec::new()).await
+    }
+
+    /// Like [`NetworkCluster::start`], giving the server and every agent the
+    /// global flags `flags(host address on the fabric)` returns (such as an
+    /// `--otlp-endpoint` on the host).
+    pub async fn start_with_flags(
+        binary: &Path,
+        nodes: u8,
+        flags: impl Fn(std::net::Ipv4Addr) -> Vec<String>,
+    ) -> Result<Self> {
         let mut fabric = Fabric::new_unused()?;
         let host_ip = fabric.join_host()?;
+        let flags = flags(host_ip);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let mut containerds = Vec::new();
         let mut ips = Vec::new();
         for i in 0..nodes {
@@ -341,11 +363,11 @@ impl NetworkCluster {
             containerds.push(c);
         }
         let server =
-            SextantServer::start_on(binary, crate::sextant::Datastore::Embedded, host_ip, &[])
+            SextantServer::start_on(binary, crate::sextant::Datastore::Embedded, host_ip, &flags)
                 .await?;
         let mut agents = Vec::new();
         for (c, ip) in containerds.iter().zip(ips) {
-            agents.push(SextantAgent::start_on_node(binary, &server, c, ip).await?);
+            agents.push(SextantAgent::start_inner(binary, &server, c, Some(ip), &flags).await?);
         }
         Ok(Self {
             agents,
