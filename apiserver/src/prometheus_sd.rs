@@ -18,7 +18,7 @@ use crate::{
     resources,
     server::AppState,
     status::ApiError,
-    storage::{ListOptions, Store},
+    storage::{self, Store},
 };
 
 /// One HTTP SD target group: here always one target with its labels.
@@ -68,17 +68,7 @@ async fn discover(store: &dyn Store, role: &str) -> Result<Vec<TargetGroup>, Api
 async fn list(store: &dyn Store, plural: &str) -> Result<Vec<Value>, ApiError> {
     let rt = resources::find("", "v1", plural)
         .ok_or_else(|| ApiError::internal(format!("no core resource {plural}")))?;
-    let all = store
-        .list(&ListOptions {
-            prefix: rt.prefix(None),
-            ..Default::default()
-        })
-        .await?;
-    Ok(all
-        .items
-        .iter()
-        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-        .collect())
+    Ok(storage::list_json(store, rt.prefix(None)).await?)
 }
 
 /// Prometheus's label-name sanitizing: anything but `[a-zA-Z0-9_]` becomes `_`.

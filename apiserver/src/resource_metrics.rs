@@ -18,7 +18,7 @@ use crate::{
     selectors::LabelSelector,
     server::AppState,
     status::ApiError,
-    storage::{ListOptions, Store},
+    storage::{self, Store},
 };
 
 /// The group.
@@ -108,17 +108,7 @@ async fn stored(
 ) -> Result<Vec<Value>, ApiError> {
     let rt = resources::find("", "v1", plural)
         .ok_or_else(|| ApiError::internal(format!("no core resource {plural}")))?;
-    let all = store
-        .list(&ListOptions {
-            prefix: rt.prefix(ns),
-            ..Default::default()
-        })
-        .await?;
-    Ok(all
-        .items
-        .iter()
-        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-        .collect())
+    Ok(storage::list_json(store.as_ref(), rt.prefix(ns)).await?)
 }
 
 async fn serve(

@@ -679,14 +679,14 @@ impl Collector for PacketCounters {
         let families: [(&str, &str, &str, Family, Pick); 4] = [
             (
                 "sextant_dataplane_forwarded_packets",
-                "Packets leaving pods, by the path the datapath gave them.",
+                "Packets the datapath forwarded, by path: pods' packets (local_peer, host_stack, non_ipv4) and NodePort packets XDP sent from the uplink (xdp).",
                 "path",
                 Family::Forwarded,
                 packets,
             ),
             (
                 "sextant_dataplane_forwarded_bytes",
-                "Bytes leaving pods, by the path the datapath gave them.",
+                "Bytes the datapath forwarded, by path (as the packets).",
                 "path",
                 Family::Forwarded,
                 bytes,

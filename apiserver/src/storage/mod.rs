@@ -221,6 +221,21 @@ pub fn resource_of(key: &str) -> String {
     }
 }
 
+/// Every stored JSON object under `prefix` (values that do not parse are skipped).
+pub async fn list_json(store: &dyn Store, prefix: String) -> Result<Vec<serde_json::Value>> {
+    let all = store
+        .list(&ListOptions {
+            prefix,
+            ..Default::default()
+        })
+        .await?;
+    Ok(all
+        .items
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect())
+}
+
 /// The key just past every key with `prefix` (etcd's range end for a prefix).
 pub fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();

@@ -119,11 +119,7 @@ fn from_snat_table(ctx: &TcContext, pkt: &L4Packet, nat: &Nat4Entry, tcp: u8) ->
     if tcp & (TCP_FIN | TCP_RST) != 0 && nat.flags & NAT_REPLY == 0 {
         snat::mark_closing(pkt);
     }
-    let frontend = if nat.flags & NAT_REPLY != 0 {
-        (nat.saddr, nat.sport)
-    } else {
-        (pkt.daddr, pkt.dport)
-    };
+    let frontend = snat::frontend(pkt, nat);
     let q = Query {
         saddr: nat.saddr,
         daddr: nat.daddr,

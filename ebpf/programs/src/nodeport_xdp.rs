@@ -55,11 +55,7 @@ pub(crate) fn from_uplink(ctx: &XdpContext) -> u32 {
             if tcp & (TCP_FIN | TCP_RST) != 0 && nat.flags & NAT_REPLY == 0 {
                 snat::mark_closing(&pkt);
             }
-            let frontend = if nat.flags & NAT_REPLY != 0 {
-                (nat.saddr, nat.sport)
-            } else {
-                (pkt.daddr, pkt.dport)
-            };
+            let frontend = snat::frontend(&pkt, &nat);
             return match route(ctx, &pkt, &nat, 0) {
                 Some(r) => {
                     lb::account(ctx, frontend.0, frontend.1, pkt.proto);

@@ -45,6 +45,17 @@ fn reverse_of(e: &Nat4Entry, proto: u8) -> Ct4Key {
     }
 }
 
+/// The frontend (`address, port`) of the flow `pkt` belongs to, rewritten by
+/// `e`: the reply direction's new source, or the client's destination.
+#[inline(always)]
+pub(crate) fn frontend(pkt: &L4Packet, e: &Nat4Entry) -> (u32, u16) {
+    if e.flags & NAT_REPLY != 0 {
+        (e.saddr, e.sport)
+    } else {
+        (pkt.daddr, pkt.dport)
+    }
+}
+
 /// The rewrite for `pkt`, if its flow is in the table.
 #[inline(always)]
 pub(crate) fn lookup(pkt: &L4Packet) -> Option<Nat4Entry> {
