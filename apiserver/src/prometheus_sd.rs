@@ -288,6 +288,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[tokio::test]
+    async fn an_unknown_role_is_a_404_naming_the_roles() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::storage::embedded::EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
+        let err = discover(&store, "ingress").await.unwrap_err();
+        assert_eq!(err.code, 404);
+        assert!(
+            err.message.contains("roles: node, pod, endpoints"),
+            "{}",
+            err.message
+        );
+        assert!(discover(&store, "node").await.unwrap().is_empty());
+    }
+
     #[test]
     fn a_node_is_its_kubelet_with_kubernetes_sd_labels() {
         let n = json!({

@@ -177,6 +177,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_kubeconfig_without_a_client_certificate_is_refused_clearly() {
+        let dir = std::env::temp_dir().join(format!("sx-promcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster: {server: 'https://10.0.0.1:6443', certificate-authority-data: Y2E=}\ncontexts:\n- name: c\n  context: {cluster: k, user: u}\nusers:\n- name: u\n  user: {token: t}\n",
+        )
+        .unwrap();
+        let args = PrometheusConfigArgs {
+            kubeconfig: kubeconfig.clone(),
+            out: dir.join("out"),
+        };
+        let err = run(&args).unwrap_err().to_string();
+        assert!(err.contains("client-certificate"), "{err}");
+        assert!(
+            !dir.join("out/prometheus.yml").exists(),
+            "nothing half-written"
+        );
+        std::fs::write(&kubeconfig, "current-context: missing\n").unwrap();
+        let err = run(&args).unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn every_discovery_url_points_at_the_server() {
         let yml = render("https://10.0.0.1:6443/");
         assert!(!yml.contains("SEXTANT_API_SERVER"));

@@ -7,6 +7,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::bpf_fib_lookup as fib_lookup,
 };
+use sextant_ebpf_common::lb::Nat4Entry;
 
 /// `AF_INET`.
 const AF_INET: u8 = 2;
@@ -34,6 +35,23 @@ pub(crate) struct Query {
     pub(crate) tot_len: u16,
     /// The interface the packet arrived on.
     pub(crate) ifindex: u32,
+}
+
+impl Query {
+    /// A packet of `proto` (`tot_len`, arrived on `ifindex`) once rewritten by
+    /// `nat`: the addresses and ports it will carry.
+    #[inline(always)]
+    pub(crate) fn rewritten(nat: &Nat4Entry, proto: u8, tot_len: u16, ifindex: u32) -> Self {
+        Self {
+            saddr: nat.saddr,
+            daddr: nat.daddr,
+            sport: nat.sport,
+            dport: nat.dport,
+            proto,
+            tot_len,
+            ifindex,
+        }
+    }
 }
 
 /// Looks `q` up in the FIB of the namespace `ctx` runs in; `None` unless the

@@ -120,15 +120,12 @@ fn from_snat_table(ctx: &TcContext, pkt: &L4Packet, nat: &Nat4Entry, tcp: u8) ->
         snat::mark_closing(pkt);
     }
     let frontend = snat::frontend(pkt, nat);
-    let q = Query {
-        saddr: nat.saddr,
-        daddr: nat.daddr,
-        sport: nat.sport,
-        dport: nat.dport,
-        proto: pkt.proto,
-        tot_len: ctx.load(IPV4_TOT_LEN).unwrap_or(0),
-        ifindex: ctx.ifindex(),
-    };
+    let q = Query::rewritten(
+        nat,
+        pkt.proto,
+        ctx.load(IPV4_TOT_LEN).unwrap_or(0),
+        ctx.ifindex(),
+    );
     let Some(r) = fib::lookup(ctx.skb.skb as *mut c_void, &q, BPF_FIB_LOOKUP_SKIP_NEIGH) else {
         return TC_ACT_SHOT;
     };

@@ -108,15 +108,7 @@ pub(crate) fn from_uplink(ctx: &XdpContext) -> u32 {
 /// The next hop of `pkt` once rewritten by `nat`.
 #[inline(always)]
 fn route(ctx: &XdpContext, pkt: &L4Packet, nat: &Nat4Entry, flags: u32) -> Option<Route> {
-    let q = Query {
-        saddr: nat.saddr,
-        daddr: nat.daddr,
-        sport: nat.sport,
-        dport: nat.dport,
-        proto: pkt.proto,
-        tot_len: xdp_load(ctx, IPV4_TOT_LEN)?,
-        ifindex: ctx.ifindex(),
-    };
+    let q = Query::rewritten(nat, pkt.proto, xdp_load(ctx, IPV4_TOT_LEN)?, ctx.ifindex());
     fib::lookup(ctx.ctx as *mut c_void, &q, flags)
 }
 
