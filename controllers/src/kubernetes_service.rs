@@ -70,7 +70,7 @@ pub async fn run(client: Client, metrics: Metrics, ip: Ipv4Addr, server: Option<
 }
 
 /// Creates `obj` if missing, else merge-patches it when `differs` says so.
-async fn ensure<K>(
+pub(crate) async fn ensure<K>(
     api: &Api<K>,
     name: &str,
     obj: Value,

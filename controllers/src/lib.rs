@@ -23,6 +23,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpointslice;
+pub mod etcd_service;
 pub mod garbage_collector;
 pub mod horizontal;
 pub mod job;
@@ -188,6 +189,17 @@ impl Metrics {
     }
 }
 
+/// Where the control plane itself is reached, for the Services that point at it.
+#[derive(Clone, Debug)]
+pub struct ControlPlane {
+    /// The `kubernetes` Service's ClusterIP.
+    pub api_service_ip: std::net::Ipv4Addr,
+    /// The API server's address pods can reach (`None` when only loopback).
+    pub api_address: Option<std::net::SocketAddr>,
+    /// The etcd members (none with the embedded store).
+    pub etcd: Vec<etcd_service::Member>,
+}
+
 /// Runs every controller, as the leader of `kube-controller-manager`.
 pub async fn run(
     client: Client,
@@ -195,11 +207,11 @@ pub async fn run(
     identity: String,
     ipam: node_ipam::Config,
     dns_ip: std::net::Ipv4Addr,
-    api: (std::net::Ipv4Addr, Option<std::net::SocketAddr>),
+    control_plane: ControlPlane,
 ) {
     let c = client.clone();
     leader::run_as_leader(c, "kube-controller-manager", &identity, || {
-        let (client, metrics) = (client.clone(), metrics.clone());
+        let (client, metrics, cp) = (client.clone(), metrics.clone(), control_plane.clone());
         async move {
             tracing::info!("controllers started");
             tokio::join!(
@@ -217,7 +229,13 @@ pub async fn run(
                 node_lifecycle::run(client.clone(), metrics.clone()),
                 node_ipam::run(client.clone(), metrics.clone(), ipam),
                 cluster_dns::run(client.clone(), metrics.clone(), dns_ip),
-                kubernetes_service::run(client.clone(), metrics.clone(), api.0, api.1),
+                kubernetes_service::run(
+                    client.clone(),
+                    metrics.clone(),
+                    cp.api_service_ip,
+                    cp.api_address
+                ),
+                etcd_service::run(client.clone(), metrics.clone(), cp.etcd),
                 serviceaccount::run(client.clone(), metrics.clone()),
                 horizontal::run(client.clone(), metrics.clone()),
                 garbage_collector::run(client, metrics),

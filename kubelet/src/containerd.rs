@@ -12,6 +12,7 @@
 //! socket.
 
 use std::{
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -29,6 +30,8 @@ pub const SANDBOX_IMAGE: &str = "sextant.local/pause:v1";
 pub struct Managed {
     /// Its CRI socket.
     pub socket: PathBuf,
+    /// Where it serves its Prometheus metrics (`[metrics] address`, loopback).
+    pub metrics: SocketAddr,
     supervisor: JoinHandle<()>,
 }
 
@@ -60,7 +63,13 @@ pub async fn start(data_dir: &Path) -> Result<Managed, Error> {
     std::fs::create_dir_all(cni.join("bin")).map_err(io("creating the CNI dirs"))?;
     let socket = dir.join("containerd.sock");
     let config = dir.join("config.toml");
-    std::fs::write(&config, config_toml(&dir, &socket, &cni, 0))
+    // A containerd already running (adopted) keeps the metrics port its config
+    // gave it; a new one gets a free port.
+    let metrics = match (answers(&socket).await, metrics_address(&config)) {
+        (true, Some(addr)) => addr,
+        _ => free_loopback_port()?,
+    };
+    std::fs::write(&config, config_toml(&dir, &socket, &cni, 0, metrics.port()))
         .map_err(io("writing config.toml"))?;
 
     let supervisor = tokio::spawn(supervise(
@@ -71,7 +80,35 @@ pub async fn start(data_dir: &Path) -> Result<Managed, Error> {
     let cri = wait_ready(&socket).await?;
     drop(cri);
     import_images(&socket, &data_dir.join("agent").join("images")).await?;
-    Ok(Managed { socket, supervisor })
+    Ok(Managed {
+        socket,
+        metrics,
+        supervisor,
+    })
+}
+
+/// The `[metrics] address` of the containerd config at `path`, if it has one.
+fn metrics_address(path: &Path) -> Option<SocketAddr> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        metrics: Option<Metrics>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Metrics {
+        address: Option<String>,
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let config: Config = toml::from_str(&text).ok()?;
+    config.metrics?.address?.parse().ok()
+}
+
+/// A port of the loopback address nothing listens on now.
+fn free_loopback_port() -> Result<SocketAddr, Error> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(io("finding a free port for containerd's metrics"))?;
+    listener
+        .local_addr()
+        .map_err(io("finding a free port for containerd's metrics"))
 }
 
 async fn answers(socket: &Path) -> bool {
@@ -179,8 +216,16 @@ async fn import_images(socket: &Path, images: &Path) -> Result<(), Error> {
 /// configs in `<cni>/net.d` and plugins in `<cni>/bin` (also used by the test
 /// harness's containerd). The CRI
 /// streaming server (exec, attach, port-forward) listens on `127.0.0.1:<stream_port>`,
-/// 0 for any free port: only the kubelet beside it connects.
-pub fn config_toml(dir: &Path, socket: &Path, cni: &Path, stream_port: u16) -> String {
+/// 0 for any free port: only the kubelet beside it connects. Prometheus metrics
+/// are served on `127.0.0.1:<metrics_port>/v1/metrics`, which the kubelet relays
+/// as `/metrics/containerd`.
+pub fn config_toml(
+    dir: &Path,
+    socket: &Path,
+    cni: &Path,
+    stream_port: u16,
+    metrics_port: u16,
+) -> String {
     let (d, s, c) = (dir.display(), socket.display(), cni.display());
     format!(
         r#"version = 2
@@ -193,6 +238,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 [ttrpc]
   address = "{s}.ttrpc"
+
+[metrics]
+  address = "127.0.0.1:{metrics_port}"
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d}/opt"
@@ -221,4 +269,31 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     conf_dir = "{c}/net.d"
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_adopted_containerd_keeps_the_metrics_port_its_config_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let config = d.join("config.toml");
+        std::fs::write(
+            &config,
+            config_toml(d, &d.join("c.sock"), &d.join("cni"), 0, 41338),
+        )
+        .unwrap();
+        assert_eq!(
+            metrics_address(&config),
+            Some("127.0.0.1:41338".parse().unwrap())
+        );
+        std::fs::write(&config, "version = 2\n").unwrap();
+        assert_eq!(metrics_address(&config), None, "no [metrics] section");
+        std::fs::write(&config, "not toml [").unwrap();
+        assert_eq!(metrics_address(&config), None, "unreadable config");
+    }
 }

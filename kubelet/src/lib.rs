@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod probes;
+mod runtime_metrics;
 pub use sextant_apimachinery::quantity;
 pub mod server;
 pub mod spdy;
@@ -52,6 +53,9 @@ pub struct Config {
     pub cluster_dns: Vec<IpAddr>,
     /// The cluster domain (`cluster.local`).
     pub cluster_domain: String,
+    /// Where the container runtime serves Prometheus metrics (containerd's
+    /// `[metrics] address`), relayed as `/metrics/containerd`.
+    pub runtime_metrics: Option<std::net::SocketAddr>,
 }
 
 /// Errors of the kubelet.

@@ -39,7 +39,7 @@ use tower::ServiceExt;
 use crate::{
     Error, logs,
     pods::{self, PodRuntime},
-    stats, streaming,
+    runtime_metrics, stats, streaming,
 };
 
 /// The user the API server's kubelet client certificate names.
@@ -95,6 +95,7 @@ pub async fn serve(
             "/portForward/{namespace}/{pod}",
             get(streaming::port_forward).post(streaming::port_forward),
         )
+        .route("/metrics/containerd", get(runtime_metrics::handler))
         .with_state(rt.clone());
     let sampler = Arc::new(stats::Sampler::default());
     let router = router.merge(

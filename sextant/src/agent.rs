@@ -34,6 +34,11 @@ pub(crate) struct AgentArgs {
     /// without it the agent runs its own containerd under its data dir.
     #[arg(long)]
     pub(crate) container_runtime_endpoint: Option<String>,
+    /// Where that runtime serves Prometheus metrics (containerd's `[metrics]
+    /// address`, e.g. 127.0.0.1:1338); the kubelet port relays them as
+    /// /metrics/containerd. The agent's own containerd needs none.
+    #[arg(long)]
+    pub(crate) container_runtime_metrics_address: Option<SocketAddr>,
     /// The cluster's pod CIDR (the server's --cluster-cidr): pod traffic leaving it
     /// is masqueraded to the node's address. This node's own range is the
     /// podCIDR the control plane assigns to its Node.
@@ -158,16 +163,20 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
         return Ok(());
     }
     // An external runtime, or the agent's own containerd (kept for its lifetime).
-    let (socket, _containerd) = match &args.container_runtime_endpoint {
+    let (socket, runtime_metrics, _containerd) = match &args.container_runtime_endpoint {
         Some(endpoint) => {
             let path = endpoint
                 .strip_prefix("unix://")
                 .ok_or_else(|| Error::Endpoint(endpoint.clone()))?;
-            (PathBuf::from(path), None)
+            (
+                PathBuf::from(path),
+                args.container_runtime_metrics_address,
+                None,
+            )
         }
         None => {
             let managed = sextant_kubelet::containerd::start(&args.data_dir).await?;
-            (managed.socket.clone(), Some(managed))
+            (managed.socket.clone(), Some(managed.metrics), Some(managed))
         }
     };
     // Pod networking: always for our own containerd, else only when asked to.
@@ -247,6 +256,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
         kubelet_listen: args.kubelet_listen,
         cluster_dns: args.cluster_dns.clone(),
         cluster_domain: args.cluster_domain.clone(),
+        runtime_metrics,
     };
     let result = tokio::select! {
         r = sextant_kubelet::run(client, config, tls, metrics, registry) => r.map_err(Error::from),

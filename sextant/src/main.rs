@@ -134,7 +134,7 @@ async fn run_cli() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Server(args) => run_server(args).await,
+        Command::Server(args) => run_server(args, cli.log_format).await,
         Command::Agent(args) => agent::run(*args).await.map_err(|e| e.to_string()),
         Command::PrometheusConfig(args) => prometheus_config::run(&args).map_err(|e| e.to_string()),
     };
@@ -148,12 +148,12 @@ async fn run_cli() -> ExitCode {
     }
 }
 
-async fn run_server(args: ServerArgs) -> Result<(), String> {
+async fn run_server(args: ServerArgs, log_format: LogFormat) -> Result<(), String> {
     let config = server::Config {
         data_dir: args.data_dir,
         listen: args.listen,
         datastore: args.datastore,
-        etcd_endpoints: args.etcd_endpoints,
+        etcd_endpoints: args.etcd_endpoints.clone(),
         service_ranges: sextant_apiserver::service_allocation::Ranges {
             cluster_ips: args.service_cluster_ip_range,
             node_ports: args.service_node_port_range,
@@ -172,17 +172,20 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let scheduler = tokio::spawn(run_scheduler(data_dir.clone(), scheduler_metrics));
     let dns_ip = sextant_controllers::cluster_dns::service_ip(args.service_cluster_ip_range);
-    let api = (
-        sextant_controllers::kubernetes_service::service_ip(args.service_cluster_ip_range),
-        sextant_controllers::kubernetes_service::advertise(running.addr),
-    );
+    let control_plane = sextant_controllers::ControlPlane {
+        api_service_ip: sextant_controllers::kubernetes_service::service_ip(
+            args.service_cluster_ip_range,
+        ),
+        api_address: sextant_controllers::kubernetes_service::advertise(running.addr),
+        etcd: sextant_controllers::etcd_service::members(&args.etcd_endpoints).await,
+    };
     let controllers = tokio::spawn(run_controllers(
         data_dir.clone(),
         controller_metrics,
         state_feeds,
         ipam,
         dns_ip,
-        api,
+        control_plane,
     ));
     let node = if args.with_agent {
         let token = std::fs::read_to_string(&running.node_token).unwrap_or_default();
@@ -193,6 +196,7 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
             node_name: None,
             node_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             container_runtime_endpoint: None,
+            container_runtime_metrics_address: None,
             cluster_cidr: args.cluster_cidr,
             cni_conf_dir: None,
             cni_bin_dir: None,
@@ -213,13 +217,23 @@ async fn run_server(args: ServerArgs) -> Result<(), String> {
     } else {
         None
     };
-    println!("Sextant API server listening on https://{}", running.addr);
-    println!("Admin kubeconfig: {}", running.kubeconfig.display());
-    println!("Node join token: {}", running.node_token.display());
-    println!(
-        "Try: kubectl --kubeconfig {} version",
-        running.kubeconfig.display()
+    tracing::info!(
+        addr = %running.addr,
+        kubeconfig = %running.kubeconfig.display(),
+        node_token = %running.node_token.display(),
+        "serving the Kubernetes API"
     );
+    // The banner is for a person at a terminal; with JSON logs every line a
+    // collector reads must be JSON, so the event above says it instead.
+    if log_format == LogFormat::Human {
+        println!("Sextant API server listening on https://{}", running.addr);
+        println!("Admin kubeconfig: {}", running.kubeconfig.display());
+        println!("Node join token: {}", running.node_token.display());
+        println!(
+            "Try: kubectl --kubeconfig {} version",
+            running.kubeconfig.display()
+        );
+    }
     tokio::select! {
         _ = running.wait() => {}
         _ = shutdown_signal() => tracing::info!("shutting down"),
@@ -251,7 +265,7 @@ async fn run_controllers(
     state_feeds: sextant_controllers::state_metrics::Feeds,
     ipam: sextant_controllers::node_ipam::Config,
     dns_ip: std::net::Ipv4Addr,
-    api: (std::net::Ipv4Addr, Option<std::net::SocketAddr>),
+    control_plane: sextant_controllers::ControlPlane,
 ) {
     let path = data_dir.join("components").join("controllers.kubeconfig");
     match agent::client(&path).await {
@@ -259,7 +273,7 @@ async fn run_controllers(
             // Cluster state metrics on every server, leader or not.
             tokio::spawn(state_feeds.run(client.clone()));
             let identity = component_identity();
-            sextant_controllers::run(client, metrics, identity, ipam, dns_ip, api).await
+            sextant_controllers::run(client, metrics, identity, ipam, dns_ip, control_plane).await
         }
         Err(e) => tracing::error!(error = %e, "the controllers cannot start"),
     }

@@ -1,9 +1,10 @@
 //! A real Prometheus with the shipped configuration, written by `sextant
 //! prometheus-config` from the admin kubeconfig, discovers a two-node cluster
 //! through the Sextant API server (HTTP SD with kubernetes_sd's labels) and
-//! scrapes it: the API server, every node's kubelet endpoint (kubelet and
-//! dataplane metrics) and cAdvisor endpoint, and a demo pod that asks for it by
-//! annotation, with namespace/pod/node labels, within 30 s of starting. Then a
+//! scrapes it: the API server, its etcd, every node's kubelet endpoint (kubelet
+//! and dataplane metrics), cAdvisor and resource endpoints and containerd (relayed
+//! by the kubelet), and a demo pod that asks for it by annotation, with
+//! namespace/pod/node labels, within 30 s of starting. Then a
 //! crash-looping pod makes the shipped KubePodCrashLooping alert fire in that
 //! Prometheus (its `for` shortened: the 15 minutes are promtool's to test), and
 //! after a little traffic (a DNS lookup and requests through a Service) every
@@ -59,9 +60,11 @@ spec:
 "#;
 
 /// Every job of the shipped configuration and how many targets it should find.
-const JOBS: [(&str, usize); 5] = [
+const JOBS: [(&str, usize); 7] = [
     ("apiserver", 1),
+    ("etcd", 1),
     ("kubelet", 2),
+    ("containerd", 2),
     ("kubelet-cadvisor", 2),
     ("kubelet-resource", 2),
     ("kubernetes-pods", 1),
@@ -124,9 +127,9 @@ async fn dashboards_have_data(prom: &Prometheus) {
 
 #[tokio::test]
 async fn prometheus_discovers_and_scrapes_the_cluster_through_its_api() {
-    let cluster = NetworkCluster::start(Path::new(BINARY), 2)
+    let cluster = NetworkCluster::start_on_etcd(Path::new(BINARY), 2)
         .await
-        .expect("two-node cluster");
+        .expect("two-node cluster on etcd");
     let k = cluster.server.kubectl().unwrap();
     k.ok_with(&["apply", "-f", "-"], Some(DEMO)).unwrap();
     k.ok(&["rollout", "status", "deploy/demo", "--timeout=90s"])
@@ -196,6 +199,11 @@ async fn prometheus_discovers_and_scrapes_the_cluster_through_its_api() {
     // Each job's own series arrived, labelled as the dashboards expect.
     for (query, what) in [
         (r#"apiserver_request_total{job="apiserver"}"#, "API server"),
+        (r#"etcd_server_has_leader{job="etcd"} == 1"#, "etcd"),
+        (
+            r#"grpc_server_handled_total{job="containerd",node!=""}"#,
+            "containerd",
+        ),
         (
             r#"sextant_dataplane_forwarded_packets_total{job="kubelet",node!=""}"#,
             "dataplane on the kubelet endpoint",

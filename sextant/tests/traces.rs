@@ -4,6 +4,10 @@
 //! sandbox creation are its children, and the dataplane's attach of the pod's
 //! interface is the kubelet span's child. Two network-namespace nodes, real
 //! containerd and Sextant's own pod networking.
+//!
+//! The components log JSON here (`--log-format=json`): every line of the server
+//! and the agents is one JSON object, and the kubelet's lines about the pod carry
+//! its namespace and name.
 // Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
 #![allow(clippy::unwrap_used)]
 
@@ -21,6 +25,7 @@ use opentelemetry_proto::tonic::{
     },
     common::v1::any_value::Value as AnyValue,
 };
+use serde_json::Value;
 use sextant_tests::agent::NetworkCluster;
 use tonic::{Request, Response, Status};
 
@@ -99,7 +104,11 @@ async fn a_pods_life_is_one_trace_across_the_components() {
             .serve(SocketAddr::from(([0, 0, 0, 0], port))),
     );
     let cluster = NetworkCluster::start_with_flags(Path::new(BINARY), 2, |host| {
-        vec!["--otlp-endpoint".into(), format!("http://{host}:{port}")]
+        vec![
+            "--otlp-endpoint".into(),
+            format!("http://{host}:{port}"),
+            "--log-format=json".into(),
+        ]
     })
     .await
     .expect("two-node cluster");
@@ -185,5 +194,36 @@ async fn a_pods_life_is_one_trace_across_the_components() {
         traceparent.contains(&trace_hex),
         "{traceparent} vs {trace_hex}"
     );
+    json_logs(&cluster);
     serving.abort();
+}
+
+/// Every log line is a JSON object with a level, a target and a timestamp; the
+/// kubelet's line starting the pod's container names the pod as fields.
+fn json_logs(cluster: &NetworkCluster) {
+    let mut logs = vec![("server".to_owned(), cluster.server.log_tail(100_000))];
+    for (i, a) in cluster.agents.iter().enumerate() {
+        logs.push((format!("agent {i}"), a.log_tail(100_000)));
+    }
+    let mut starting = Vec::new();
+    for (who, text) in &logs {
+        assert!(!text.is_empty(), "{who} logged nothing");
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{who} logged a line that is not JSON ({e}): {line}"));
+            for field in ["timestamp", "level", "target"] {
+                assert!(v[field].is_string(), "{who}: no {field} in {line}");
+            }
+            if v["message"] == "starting the container" && v["span"]["pod"] == "traced" {
+                starting.push(v);
+            }
+        }
+    }
+    let line = starting
+        .first()
+        .unwrap_or_else(|| panic!("no JSON line starting pod traced's container"));
+    assert_eq!(line["span"]["namespace"], "default", "{line}");
+    assert_eq!(line["pod"], "default/traced", "{line}");
+    assert_eq!(line["container"], "traced", "{line}");
+    assert_eq!(line["level"], "INFO", "{line}");
 }

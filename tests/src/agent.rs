@@ -13,6 +13,7 @@ use tempfile::TempDir;
 use crate::{
     Error, Result,
     containerd::Containerd,
+    etcd::EtcdCluster,
     free_port, io_err,
     netns::{Fabric, Netns},
     process::ChildProcess,
@@ -91,6 +92,8 @@ impl SextantAgent {
             ip.to_string(),
             "--container-runtime-endpoint".to_owned(),
             format!("unix://{}", containerd.socket().display()),
+            "--container-runtime-metrics-address".to_owned(),
+            containerd.metrics_addr(),
             // Under the harness containerd's cgroup parent, so its cleanup finds them.
             "--cgroup-root".to_owned(),
             format!("/{}", containerd.cgroup_parent()),
@@ -320,13 +323,15 @@ impl OneNodeCluster {
 /// A cluster of network-namespace nodes with Sextant's own pod networking: a
 /// [`Fabric`] the host joins at `.254`, a server listening there, and per node a
 /// namespace on the fabric (`.1`, `.2`, ...) holding its containerd and its agent.
-/// Fields drop in order: agents, server, containerds, then the fabric.
+/// Fields drop in order: agents, server, etcd, containerds, then the fabric.
 #[derive(Debug)]
 pub struct NetworkCluster {
     /// The nodes' agents, in node order.
     pub agents: Vec<SextantAgent>,
     /// The server.
     pub server: SextantServer,
+    /// The server's etcd, when the cluster stores in one ([`NetworkCluster::start_on_etcd`]).
+    pub etcd: Option<EtcdCluster>,
     /// The nodes' runtimes (each owns its node's namespace).
     pub containerds: Vec<Containerd>,
     /// The host's address on the fabric.
@@ -349,6 +354,22 @@ impl NetworkCluster {
         nodes: u8,
         flags: impl Fn(std::net::Ipv4Addr) -> Vec<String>,
     ) -> Result<Self> {
+        Self::start_inner(binary, nodes, flags, false).await
+    }
+
+    /// Like [`NetworkCluster::start`], the server storing in a real one-member
+    /// etcd that listens on the host's fabric address (so Prometheus on a node
+    /// can scrape it).
+    pub async fn start_on_etcd(binary: &Path, nodes: u8) -> Result<Self> {
+        Self::start_inner(binary, nodes, |_| Vec::new(), true).await
+    }
+
+    async fn start_inner(
+        binary: &Path,
+        nodes: u8,
+        flags: impl Fn(std::net::Ipv4Addr) -> Vec<String>,
+        with_etcd: bool,
+    ) -> Result<Self> {
         let mut fabric = Fabric::new_unused()?;
         let host_ip = fabric.join_host()?;
         let flags = flags(host_ip);
@@ -362,9 +383,16 @@ impl NetworkCluster {
             c.import_test_images().await?;
             containerds.push(c);
         }
-        let server =
-            SextantServer::start_on(binary, crate::sextant::Datastore::Embedded, host_ip, &flags)
-                .await?;
+        let etcd = if with_etcd {
+            Some(EtcdCluster::start_on(1, host_ip).await?)
+        } else {
+            None
+        };
+        let datastore = match &etcd {
+            Some(etcd) => crate::sextant::Datastore::Etcd(etcd),
+            None => crate::sextant::Datastore::Embedded,
+        };
+        let server = SextantServer::start_on(binary, datastore, host_ip, &flags).await?;
         let mut agents = Vec::new();
         for (c, ip) in containerds.iter().zip(ips) {
             agents.push(SextantAgent::start_inner(binary, &server, c, Some(ip), &flags).await?);
@@ -372,6 +400,7 @@ impl NetworkCluster {
         Ok(Self {
             agents,
             server,
+            etcd,
             containerds,
             host_ip,
             fabric,

@@ -13,6 +13,7 @@
 //! namespace's loopback, which a kubelet in the host namespace cannot reach. The
 //! harness fixes its port and relays the same port on the host's loopback into
 //! the namespace, so the kubelet's `127.0.0.1:<port>` URLs work as on a node.
+//! Its metrics listener (`[metrics] address`) is relayed the same way.
 
 use std::{
     path::{Path, PathBuf},
@@ -38,8 +39,10 @@ pub struct Containerd {
     cgroup_parent: String,
     netns: Netns,
     dir: TempDir,
-    /// The relay's own runtime: tests block their runtime's thread on kubectl.
-    stream_relay: Option<tokio::runtime::Runtime>,
+    /// containerd's metrics port on loopback (relayed like the streaming port).
+    metrics_port: u16,
+    /// The relays' own runtimes: tests block their runtime's thread on kubectl.
+    relays: Vec<tokio::runtime::Runtime>,
 }
 
 /// The CNI plugins the bridge network of [`Containerd::start`] runs.
@@ -87,10 +90,17 @@ impl Containerd {
         let socket = d.join("containerd.sock");
         let cgroup_parent = unique_name("sextant-test-");
         let (stream_port, stream_relay) = relay_loopback_into(&netns)?;
+        let (metrics_port, metrics_relay) = relay_loopback_into(&netns)?;
         std::fs::write(
             d.join("config.toml"),
             // The agent's own containerd config: the harness runs what nodes run.
-            sextant_kubelet::containerd::config_toml(d, &socket, &d.join("cni"), stream_port),
+            sextant_kubelet::containerd::config_toml(
+                d,
+                &socket,
+                &d.join("cni"),
+                stream_port,
+                metrics_port,
+            ),
         )
         .map_err(io_err("writing config.toml"))?;
         if bridge {
@@ -112,7 +122,8 @@ impl Containerd {
             cgroup_parent,
             netns,
             dir,
-            stream_relay: Some(stream_relay),
+            metrics_port,
+            relays: vec![stream_relay, metrics_relay],
         };
         this.wait_ready().await?;
         Ok(this)
@@ -151,6 +162,12 @@ impl Containerd {
     /// The CRI socket.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// Where containerd serves Prometheus metrics: `127.0.0.1:<port>` in its
+    /// namespace and, relayed, on the host.
+    pub fn metrics_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.metrics_port)
     }
 
     /// The network namespace containerd (and so every pod's host-side link) lives in.
@@ -261,7 +278,7 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        if let Some(relay) = self.stream_relay.take() {
+        for relay in self.relays.drain(..) {
             relay.shutdown_background();
         }
         self.cleanup();

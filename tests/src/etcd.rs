@@ -1,5 +1,6 @@
-//! A real etcd (Debian `etcd-server`): 1 or 3 members on free loopback ports, with
-//! fast election flags, each in its own temp data dir.
+//! A real etcd (Debian `etcd-server`): 1 or 3 members on free ports of loopback
+//! (or of an address the test gives), with fast election flags, each in its own
+//! temp data dir.
 
 use std::{process::Command, time::Duration};
 
@@ -14,7 +15,7 @@ use crate::{
 pub struct Member {
     /// Member name (`m0`, `m1`, ...).
     pub name: String,
-    /// Client URL, `http://127.0.0.1:<port>`.
+    /// Client URL, `http://<address>:<port>`.
     pub client_url: String,
     peer_url: String,
     process: Option<ChildProcess>,
@@ -29,8 +30,15 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts `size` members (1 or 3) and waits until every one answers `/health`.
+    /// Starts `size` members (1 or 3) on loopback and waits until every one
+    /// answers `/health`.
     pub async fn start(size: usize) -> Result<Self> {
+        Self::start_on(size, std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    /// Like [`EtcdCluster::start`], the members listening on `ip` (an address
+    /// other namespaces reach, such as the host's on a test fabric).
+    pub async fn start_on(size: usize, ip: std::net::Ipv4Addr) -> Result<Self> {
         require_command("etcd")?;
         let dir = tempfile::Builder::new()
             .prefix("sextant-etcd-")
@@ -40,8 +48,8 @@ impl EtcdCluster {
         for i in 0..size {
             members.push(Member {
                 name: format!("m{i}"),
-                client_url: format!("http://127.0.0.1:{}", free_port()?),
-                peer_url: format!("http://127.0.0.1:{}", free_port()?),
+                client_url: format!("http://{ip}:{}", free_port()?),
+                peer_url: format!("http://{ip}:{}", free_port()?),
                 process: None,
             });
         }
