@@ -6,8 +6,11 @@ use std::time::Instant;
 use axum::{extract::Request, middleware::Next, response::Response};
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-    registry::Registry,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+};
+use sextant_metrics::{
+    Registry,
+    traces::{TraceExemplar, TracedHistogram},
 };
 
 use crate::request_info::RequestInfo;
@@ -72,7 +75,7 @@ pub struct WatcherLabels {
 #[derive(Clone, Debug)]
 pub struct ApiMetrics {
     requests: Family<RequestLabels, Counter>,
-    durations: Family<DurationLabels, Histogram>,
+    durations: Family<DurationLabels, TracedHistogram>,
     /// `apiserver_storage_objects`: objects stored, per resource.
     pub storage_objects: Family<ResourceLabels, Gauge>,
     /// `apiserver_registered_watchers`: open watches, per kind.
@@ -83,8 +86,8 @@ impl ApiMetrics {
     /// Creates the metrics and registers them on `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
-        let durations = Family::<DurationLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(DURATION_BUCKETS)
+        let durations = Family::<DurationLabels, TracedHistogram>::new_with_constructor(|| {
+            TracedHistogram::new(DURATION_BUCKETS.into_iter())
         });
         registry.register(
             "apiserver_request",
@@ -193,7 +196,11 @@ pub async fn track(
                 resource,
                 subresource,
             })
-            .observe(start.elapsed().as_secs_f64());
+            .observe(
+                start.elapsed().as_secs_f64(),
+                response.extensions().get::<TraceExemplar>().cloned(),
+                None,
+            );
     }
     response
 }

@@ -6,7 +6,7 @@
 //! `metadata.resourceVersion`: the resourceVersion a client sees is always the
 //! store's mod revision, so it can never disagree with the store.
 
-use sextant_metrics::traces::{self, KeyValue};
+use sextant_metrics::traces::{self, KeyValue, TraceExemplar};
 use std::{collections::BTreeMap, time::Duration};
 
 use axum::{
@@ -599,11 +599,17 @@ impl Handler {
                 });
             }
         };
+        let exemplar = trace.as_ref().and_then(TraceExemplar::of);
         if let Some(cx) = trace {
             traces::end(&cx);
         }
         let out = self.object_of(&kv)?;
-        self.respond(StatusCode::CREATED, out)
+        let mut response = self.respond(StatusCode::CREATED, out)?;
+        // The request-latency histogram's exemplar: this create's trace.
+        if let Some(e) = exemplar {
+            response.extensions_mut().insert(e);
+        }
+        Ok(response)
     }
 
     /// Upstream's NamespaceLifecycle admission: no objects in a missing namespace.

@@ -48,8 +48,8 @@ use kube::{Client, runtime::controller::Action};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
-    registry::Registry,
 };
+use sextant_metrics::Registry;
 
 /// What every controller's reconcile shares.
 pub struct Context {

@@ -25,8 +25,8 @@ use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
-    registry::Registry,
 };
+use sextant_metrics::Registry;
 
 /// The caches the collector reads.
 #[derive(Debug, Clone)]
@@ -415,9 +415,7 @@ mod tests {
     fn encode(c: &Caches) -> String {
         let mut r = Registry::default();
         r.register_collector(Box::new(c.clone()));
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
-        out
+        sextant_metrics::encode(&r).unwrap()
     }
 
     #[test]

@@ -12,8 +12,8 @@ use prometheus_client::{
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::Registry,
 };
+use sextant_metrics::{Registry, traces::TracedHistogram};
 
 /// Labels with a container state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,7 +42,7 @@ pub struct KubeletMetrics {
     /// Containers by state.
     pub containers: Family<StateLabels, Gauge>,
     /// From the kubelet first seeing a pod to all its containers running.
-    pub pod_start: Histogram,
+    pub pod_start: TracedHistogram,
     /// Failed CRI calls.
     pub runtime_errors: Family<OperationLabels, Counter>,
     /// CRI call latency.
@@ -66,7 +66,7 @@ impl KubeletMetrics {
         let m = Self {
             running_pods: Gauge::default(),
             containers: Family::default(),
-            pod_start: Histogram::new(START_BUCKETS),
+            pod_start: TracedHistogram::new(START_BUCKETS.into_iter()),
             runtime_errors: Family::default(),
             runtime_latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.005, 2.5, 14))

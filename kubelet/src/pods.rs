@@ -565,10 +565,11 @@ impl PodWorker {
             && status["conditions"][3]["status"] == "True"
         {
             self.started_reported = true;
-            self.rt
-                .metrics
-                .pod_start
-                .observe(self.seen.elapsed().as_secs_f64());
+            self.rt.metrics.pod_start.observe(
+                self.seen.elapsed().as_secs_f64(),
+                traces::TraceExemplar::of_pod(pod.metadata.annotations.as_ref()),
+                None,
+            );
         }
         if self.reported.as_ref() != Some(&status) {
             let pods: Api<Pod> = Api::namespaced(

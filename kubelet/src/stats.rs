@@ -428,7 +428,7 @@ impl Scrape {
     }
 
     fn encode(&self) -> Response {
-        match sextant_metrics::encode(&self.registry) {
+        match sextant_metrics::encode_external(&self.registry) {
             Ok(text) => (
                 [(
                     header::CONTENT_TYPE,

@@ -23,6 +23,36 @@ use opentelemetry_sdk::{
     trace::{BatchConfigBuilder, SdkTracerProvider, span_processor_with_async_runtime},
 };
 
+/// The exemplar latency histograms attach to a bucket: the trace of the
+/// operation observed there, so a slow bucket in Grafana links to its trace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct TraceExemplar {
+    /// The W3C trace id, 32 hex digits.
+    pub trace_id: String,
+}
+
+/// A histogram whose buckets keep the latest observation's [`TraceExemplar`].
+pub type TracedHistogram =
+    prometheus_client::metrics::exemplar::HistogramWithExemplars<TraceExemplar>;
+
+impl TraceExemplar {
+    /// The exemplar of `cx`'s trace, when it has a valid one.
+    pub fn of(cx: &Context) -> Option<Self> {
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid().then(|| Self {
+            trace_id: sc.trace_id().to_string(),
+        })
+    }
+
+    /// The exemplar of the trace a pod's annotations carry (see [`ANNOTATION`]).
+    pub fn of_pod(
+        annotations: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Option<Self> {
+        Self::of(&from_annotations(annotations)?)
+    }
+}
+
 /// The pod annotation carrying the trace context of its life (W3C `traceparent`).
 pub const ANNOTATION: &str = "sextant.io/traceparent";
 

@@ -42,10 +42,10 @@ use kube::{
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-    registry::Registry,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
 };
 use serde_json::json;
+use sextant_metrics::{Registry, traces::TracedHistogram};
 
 use crate::filters::NodeInfo;
 
@@ -71,7 +71,7 @@ struct AttemptLabels {
 #[derive(Clone, Debug)]
 pub struct SchedulerMetrics {
     attempts: Family<AttemptLabels, Counter>,
-    duration: Histogram,
+    duration: TracedHistogram,
     pending: Gauge,
 }
 
@@ -80,9 +80,12 @@ impl SchedulerMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             attempts: Family::default(),
-            duration: Histogram::new([
-                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
-            ]),
+            duration: TracedHistogram::new(
+                [
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+                ]
+                .into_iter(),
+            ),
             pending: Gauge::default(),
         };
         registry.register(
@@ -460,7 +463,11 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
     lock(&ctx.attempts).remove(&uid);
     ctx.metrics.pending.set(lock(&ctx.attempts).len() as i64);
     ctx.metrics.attempt("scheduled");
-    ctx.metrics.duration.observe(first.elapsed().as_secs_f64());
+    ctx.metrics.duration.observe(
+        first.elapsed().as_secs_f64(),
+        span.as_ref().and_then(traces::TraceExemplar::of),
+        None,
+    );
     tracing::info!(pod = %pod.name_any(), %node, "scheduled");
     let event = Event {
         type_: EventType::Normal,

@@ -220,6 +220,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
     let client = client(&kubeconfig).await?;
 
     let mut registry = sextant_metrics::Registry::default();
+    sextant_metrics::process::register(&mut registry);
     let metrics = sextant_kubelet::metrics::KubeletMetrics::register(&mut registry);
     let _dataplane = match cni_dirs {
         Some((cni_conf_dir, cni_bin_dir)) => {

@@ -164,6 +164,7 @@ async fn run_server(args: ServerArgs, log_format: LogFormat) -> Result<(), Strin
             .map_err(|e| e.to_string())?;
     let data_dir = config.data_dir.clone();
     let mut registry = sextant_metrics::Registry::default();
+    sextant_metrics::process::register(&mut registry);
     let scheduler_metrics = sextant_scheduler::SchedulerMetrics::register(&mut registry);
     let controller_metrics = sextant_controllers::Metrics::register(&mut registry);
     let state_feeds = sextant_controllers::state_metrics::register(&mut registry);

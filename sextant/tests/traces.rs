@@ -5,6 +5,10 @@
 //! interface is the kubelet span's child. Two network-namespace nodes, real
 //! containerd and Sextant's own pod networking.
 //!
+//! The latency histograms name the trace as an exemplar: the API server's
+//! request duration (the create), the scheduler's scheduling duration and the
+//! kubelet's pod start duration each carry the pod's trace id.
+//!
 //! The components log JSON here (`--log-format=json`): every line of the server
 //! and the agents is one JSON object, and the kubelet's lines about the pod carry
 //! its namespace and name.
@@ -194,8 +198,66 @@ async fn a_pods_life_is_one_trace_across_the_components() {
         traceparent.contains(&trace_hex),
         "{traceparent} vs {trace_hex}"
     );
+    exemplars(&cluster, &trace_hex).await;
     json_logs(&cluster);
     serving.abort();
+}
+
+/// The pod's trace is an exemplar on the server's request and scheduling
+/// latency buckets and on its node's pod start latency.
+async fn exemplars(cluster: &NetworkCluster, trace_hex: &str) {
+    let exemplar = format!("# {{trace_id=\"{trace_hex}\"}}");
+    let c = cluster.server.http_client().unwrap();
+    let server = c
+        .get(format!("{}/metrics", cluster.server.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let with = |text: &str, family: &str| {
+        text.lines()
+            .any(|l| l.starts_with(&format!("{family}_bucket")) && l.contains(&exemplar))
+    };
+    let creates: Vec<&str> = server
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_request_duration_seconds_bucket") && l.contains(&exemplar)
+        })
+        .collect();
+    assert!(
+        creates
+            .iter()
+            .any(|l| l.contains("verb=\"POST\"") && l.contains("resource=\"pods\"")),
+        "no POST pods bucket with {exemplar}: {creates:#?}"
+    );
+    assert!(
+        with(&server, "scheduler_pod_scheduling_duration_seconds"),
+        "no scheduling bucket with {exemplar}"
+    );
+    let mut started = false;
+    for a in &cluster.agents {
+        started |= with(
+            &a.metrics().await.unwrap(),
+            "kubelet_pod_start_duration_seconds",
+        );
+    }
+    assert!(
+        started,
+        "no kubelet_pod_start_duration_seconds bucket with {exemplar}"
+    );
+    // OpenMetrics `_created` on what the server counts itself.
+    assert!(
+        server
+            .lines()
+            .any(|l| l.starts_with("apiserver_request_created{")),
+        "no apiserver_request_created"
+    );
+    assert!(
+        server.contains("\nprocess_start_time_seconds "),
+        "process series"
+    );
 }
 
 /// Every log line is a JSON object with a level, a target and a timestamp; the

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{family::Family, histogram::Histogram},
-    registry::Registry,
 };
+use sextant_metrics::Registry;
 
 use super::{EventStream, KeyValue, ListOptions, ListResult, Result, Revision, Store, resource_of};
 

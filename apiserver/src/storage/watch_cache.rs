@@ -25,8 +25,8 @@ use futures::{StreamExt, stream};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
-    registry::Registry,
 };
+use sextant_metrics::Registry;
 use tokio::sync::{OnceCell, broadcast};
 use tokio_stream::wrappers::BroadcastStream;
 

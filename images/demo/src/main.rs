@@ -44,9 +44,9 @@ use clap::Parser;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
 };
 use serde::Deserialize;
+use sextant_metrics::Registry;
 
 /// Command line of the demo server.
 #[derive(Debug, Parser)]
