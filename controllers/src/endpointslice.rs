@@ -322,6 +322,38 @@ async fn sync(svc: &Service, ctx: &Context) -> Result<Action, Error> {
         .filter(|p| !matches!(pods::phase(p), "Succeeded" | "Failed"))
         .collect();
 
+    // Failures are told on the Service, with upstream's reasons and messages.
+    if let Err(e) = sync_slices(svc, ctx, &selected).await {
+        let note = format!("Error updating Endpoint Slices for Service {ns}/{name}: {e}");
+        ctx.event(
+            "endpointslice-controller",
+            svc,
+            true,
+            "FailedToUpdateEndpointSlices",
+            note,
+        )
+        .await;
+        return Err(e);
+    }
+    if let Err(e) = sync_endpoints(svc, ctx, &selected).await {
+        let note = format!("Failed to update endpoint {ns}/{name}: {e}");
+        ctx.event(
+            "endpoint-controller",
+            svc,
+            true,
+            "FailedToUpdateEndpoint",
+            note,
+        )
+        .await;
+        return Err(e);
+    }
+    Ok(Action::await_change())
+}
+
+/// Makes the Service's EndpointSlices list `selected`.
+async fn sync_slices(svc: &Service, ctx: &Context, selected: &[&Pod]) -> Result<(), Error> {
+    let ns = svc.namespace().unwrap_or_else(|| "default".into());
+    let name = svc.name_any();
     let slices_api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
     let mut existing: Vec<EndpointSlice> = slices_api
         .list(&ListParams::default().labels(&format!(
@@ -330,7 +362,7 @@ async fn sync(svc: &Service, ctx: &Context) -> Result<Action, Error> {
         .await?
         .items;
     existing.sort_by_key(|s| s.name_any());
-    let desired = desired_slices(svc, &selected);
+    let desired = desired_slices(svc, selected);
     let mut labels: BTreeMap<String, String> = svc.labels().clone();
     labels.insert(SERVICE_NAME.into(), name.clone());
     labels.insert(MANAGED_BY.into(), CONTROLLER_NAME.into());
@@ -386,10 +418,16 @@ async fn sync(svc: &Service, ctx: &Context) -> Result<Action, Error> {
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
+}
 
-    // The Endpoints object, for clients that predate EndpointSlices.
+/// Makes the Service's Endpoints object (for clients that predate
+/// EndpointSlices) list `selected`.
+async fn sync_endpoints(svc: &Service, ctx: &Context, selected: &[&Pod]) -> Result<(), Error> {
+    let ns = svc.namespace().unwrap_or_else(|| "default".into());
+    let name = svc.name_any();
     let endpoints_api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
-    let subsets = subsets(svc, &selected);
+    let subsets = subsets(svc, selected);
     let mut ep_labels: HashMap<String, String> = svc.labels().clone().into_iter().collect();
     if svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
         ep_labels.insert("service.kubernetes.io/headless".into(), String::new());
@@ -433,7 +471,7 @@ async fn sync(svc: &Service, ctx: &Context) -> Result<Action, Error> {
             }
         }
     }
-    Ok(Action::await_change())
+    Ok(())
 }
 
 #[cfg(test)]

@@ -189,6 +189,7 @@ pub async fn start(
     let (endpoint_changes, policy_changes) = watch_changes();
     tasks.push(tokio::spawn(policy::run(
         client,
+        config.node_name.clone(),
         datapath.clone(),
         config.dir.join("endpoints"),
         host,

@@ -36,7 +36,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use sextant_apimachinery::labels;
 use sextant_ebpf_common::{
     lb::{PROTO_TCP, PROTO_UDP},
@@ -511,6 +511,126 @@ pub fn desired(inputs: &Inputs) -> Desired {
     out
 }
 
+/// Each policy (`namespace`, `name`) selecting pods of this node → those pods'
+/// names: what the node's agent reports enforcing in `PolicyEnforced` events.
+pub fn enforced_here(inputs: &Inputs) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let local: BTreeSet<(&str, &str)> = inputs
+        .local
+        .iter()
+        .map(|(_, ns, name)| (ns.as_str(), name.as_str()))
+        .collect();
+    let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for policy in inputs.policies {
+        let Some(spec) = &policy.spec else { continue };
+        let ns = policy.namespace().unwrap_or_default();
+        let pods: BTreeSet<String> = inputs
+            .pods
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+            .filter(|p| local.contains(&(ns.as_str(), p.name_any().as_str())))
+            .filter(|p| selects(spec.pod_selector.as_ref(), p.labels()))
+            .map(|p| p.name_any())
+            .collect();
+        if !pods.is_empty() {
+            out.insert((ns, policy.name_any()), pods);
+        }
+    }
+    out
+}
+
+/// Tells on each NetworkPolicy, as an Event, what this node's agent enforces
+/// for it: `Normal PolicyEnforced` when the set of this node's pods it selects
+/// changes, `Warning PolicyEnforcementFailed` when the maps could not be
+/// written. Upstream has no reasons for policies (kube-proxy and Cilium record
+/// none); these follow the kubelet's per-node style (docs/decisions/0008).
+struct PolicyEvents {
+    recorder: kube::runtime::events::Recorder,
+    node: String,
+    told: BTreeMap<(String, String), BTreeSet<String>>,
+    failure: Option<String>,
+}
+
+impl PolicyEvents {
+    fn new(client: kube::Client, node: String) -> Self {
+        let reporter = kube::runtime::events::Reporter {
+            controller: "sextant-dataplane".into(),
+            instance: Some(node.clone()),
+        };
+        Self {
+            recorder: kube::runtime::events::Recorder::new(client, reporter),
+            node,
+            told: BTreeMap::new(),
+            failure: None,
+        }
+    }
+
+    async fn publish(&self, policy: &NetworkPolicy, warning: bool, reason: &str, note: String) {
+        use kube::runtime::events::{Event, EventType};
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: "Enforce".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &policy.object_ref(&())).await {
+            tracing::debug!(error = %e, reason, "publishing a policy event failed");
+        }
+    }
+
+    /// After a successful write: tells the policies whose pods here changed.
+    async fn enforced(
+        &mut self,
+        now: BTreeMap<(String, String), BTreeSet<String>>,
+        policies: &[Arc<NetworkPolicy>],
+    ) {
+        self.failure = None;
+        for policy in policies {
+            let key = (policy.namespace().unwrap_or_default(), policy.name_any());
+            let Some(pods) = now.get(&key) else { continue };
+            if self.told.get(&key) == Some(pods) {
+                continue;
+            }
+            let names: Vec<&str> = pods.iter().map(String::as_str).collect();
+            let note = format!(
+                "Enforced on node {} for pod(s) {}",
+                self.node,
+                names.join(", ")
+            );
+            self.publish(policy, false, "PolicyEnforced", note).await;
+        }
+        self.told = now;
+    }
+
+    /// After a failed write: tells every policy selecting pods here, once per
+    /// distinct error.
+    async fn failed(
+        &mut self,
+        error: String,
+        now: &BTreeMap<(String, String), BTreeSet<String>>,
+        policies: &[Arc<NetworkPolicy>],
+    ) {
+        if self.failure.as_deref() == Some(error.as_str()) {
+            return;
+        }
+        for policy in policies {
+            let key = (policy.namespace().unwrap_or_default(), policy.name_any());
+            if now.contains_key(&key) {
+                let note = format!("Not enforced on node {}: {error}", self.node);
+                self.publish(policy, true, "PolicyEnforcementFailed", note)
+                    .await;
+            }
+        }
+        // Told again once it is enforced.
+        self.told.clear();
+        self.failure = Some(error);
+    }
+}
+
 /// Writes [`Desired`] into the maps, changing only what differs.
 pub struct Programmer {
     datapath: SharedDatapath,
@@ -630,6 +750,7 @@ fn local_endpoints(records_dir: &std::path::Path) -> Vec<(Ipv4Addr, String, Stri
 /// `changes` also carries endpoint additions and removals.
 pub async fn run(
     client: kube::Client,
+    node: String,
     datapath: SharedDatapath,
     records_dir: PathBuf,
     host: Option<Ipv4Addr>,
@@ -642,7 +763,8 @@ pub async fn run(
     let (changed, mut notified) = changes;
     let (pods, d1) = watch::cache(Api::<Pod>::all(client.clone()), changed.clone());
     let (namespaces, d2) = watch::cache(Api::<Namespace>::all(client.clone()), changed.clone());
-    let (policies, d3) = watch::cache(Api::<NetworkPolicy>::all(client), changed);
+    let (policies, d3) = watch::cache(Api::<NetworkPolicy>::all(client.clone()), changed);
+    let mut events = PolicyEvents::new(client, node);
     let _drivers = watch::Drivers(vec![d1, d2, d3]);
     if pods.wait_until_ready().await.is_err()
         || namespaces.wait_until_ready().await.is_err()
@@ -660,22 +782,31 @@ pub async fn run(
     loop {
         let local = local_endpoints(&records_dir);
         let (pods, namespaces, policies) = (pods.state(), namespaces.state(), policies.state());
-        let want = desired(&Inputs {
+        let inputs = Inputs {
             pods: &pods,
             namespaces: &namespaces,
             policies: &policies,
             local: &local,
             host,
-        });
+        };
+        let want = desired(&inputs);
+        let here = enforced_here(&inputs);
         match programmer.apply(&want) {
-            Ok(0) => {}
-            Ok(changed) => tracing::debug!(
-                changed,
-                endpoints = want.endpoints.len(),
-                rules = want.rules.len(),
-                "programmed network policy"
-            ),
-            Err(e) => tracing::error!(error = %e, "programming network policy"),
+            Ok(changed) => {
+                if changed > 0 {
+                    tracing::debug!(
+                        changed,
+                        endpoints = want.endpoints.len(),
+                        rules = want.rules.len(),
+                        "programmed network policy"
+                    );
+                }
+                events.enforced(here, &policies).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "programming network policy");
+                events.failed(e.to_string(), &here, &policies).await;
+            }
         }
         *names
             .write()
@@ -794,6 +925,41 @@ mod tests {
             (ip("10.42.0.2"), "default".into(), "web".into()),
             (ip("10.42.0.3"), "default".into(), "client".into()),
         ]
+    }
+
+    #[test]
+    fn a_policy_is_enforced_here_for_the_local_pods_it_selects() {
+        let (pods, namespaces) = world();
+        let local = local();
+        let policies = [
+            policy("all", json!({"podSelector": {}})),
+            policy(
+                "web",
+                json!({"podSelector": {"matchLabels": {"app": "web"}}}),
+            ),
+            // Selects only a pod of another node.
+            policy(
+                "other",
+                json!({"podSelector": {"matchLabels": {"role": "other"}}}),
+            ),
+        ];
+        let here = enforced_here(&Inputs {
+            pods: &pods,
+            namespaces: &namespaces,
+            policies: &policies,
+            local: &local,
+            host: None,
+        });
+        let key = |n: &str| ("default".to_owned(), n.to_owned());
+        let set = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| (*n).to_owned())
+                .collect::<BTreeSet<_>>()
+        };
+        assert_eq!(here.get(&key("all")), Some(&set(&["client", "web"])));
+        assert_eq!(here.get(&key("web")), Some(&set(&["web"])));
+        assert_eq!(here.get(&key("other")), None, "no pod of it on this node");
     }
 
     #[test]

@@ -599,7 +599,54 @@ async fn endpointslices_follow_pod_readiness() {
             .is_ok_and(|o| !o.status.success())
     })
     .await;
+
+    // A slice the controller cannot write (a quota allows none) is told on the
+    // Service with upstream's reason, and the quota's message.
+    k.ok_with(&["apply", "-f", "-"], Some(CAPPED)).unwrap();
+    let mut told = String::new();
+    until("a FailedToUpdateEndpointSlices event", || {
+        told = k
+            .ok(&[
+                "get",
+                "events",
+                "-n",
+                "capped",
+                "--field-selector",
+                "involvedObject.kind=Service,involvedObject.name=web,reason=FailedToUpdateEndpointSlices",
+                "-o",
+                r#"jsonpath={range .items[*]}{.type} {.message}{"\n"}{end}"#,
+            ])
+            .unwrap();
+        told.lines().any(|l| l.contains("exceeded quota: no-slices"))
+    })
+    .await;
+    assert!(
+        told.lines()
+            .all(|l| l
+                .starts_with("Warning Error updating Endpoint Slices for Service capped/web: ")),
+        "{told}"
+    );
 }
+
+/// A namespace whose quota allows no EndpointSlices, and a Service in it.
+const CAPPED: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: capped}
+---
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: no-slices, namespace: capped}
+spec:
+  hard: {count/endpointslices.discovery.k8s.io: "0"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: capped}
+spec:
+  selector: {app: web}
+  ports: [{port: 80}]
+"#;
 
 const STUCK: &str = r#"
 apiVersion: apps/v1

@@ -272,6 +272,34 @@ async fn network_policies_deny_allow_and_report_by_name() {
         .unwrap();
     settles(&k, "client", &web_a, true).await;
     settles(&k, "client", &web_b, true).await;
+    // Each node's agent tells on the policy which of its pods it enforces it for.
+    let mut told = String::new();
+    for _ in 0..50 {
+        told = k
+            .ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.kind=NetworkPolicy,involvedObject.name=allow-clients,reason=PolicyEnforced",
+                "-o",
+                "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+            ])
+            .unwrap();
+        if told.contains("for pod(s) web-a") && told.contains("for pod(s) web-b") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        told.contains(&format!(
+            "Enforced on node {} for pod(s) web-a",
+            a.node_name
+        )) && told.contains(&format!(
+            "Enforced on node {} for pod(s) web-b",
+            b.node_name
+        )),
+        "PolicyEnforced events: {told}"
+    );
     settles(&k, "other", &web_a, false).await;
     settles(&k, "other", &web_b, false).await;
     let allowed = find(&mut allowed_a, "allowed by allow-clients", |f| {
