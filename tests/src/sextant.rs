@@ -183,12 +183,17 @@ impl Kubectl {
         } else {
             crate::require_command("kubectl")?
         };
+        Self::with_binary(&binary, kubeconfig)
+    }
+
+    /// Another kubectl-compatible CLI (`sextantctl`) run the same way.
+    pub fn with_binary(binary: &Path, kubeconfig: &Path) -> Result<Self> {
         let cache = tempfile::Builder::new()
             .prefix("sextant-kubectl-")
             .tempdir()
             .map_err(io_err("temp dir"))?;
         Ok(Self {
-            binary,
+            binary: binary.to_owned(),
             kubeconfig: kubeconfig.to_owned(),
             cache,
         })

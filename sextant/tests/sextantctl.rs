@@ -1,0 +1,290 @@
+//! `sextantctl` against a real server, step for step beside kubectl 1.33: one
+//! scenario table, run with each CLI, must give the same outcomes (exit status,
+//! the objects, the table's columns and names, the error text). The table grows
+//! with the commands sextantctl learns (issue 8); today: `get` in every output
+//! format, across namespaces, by label, the errors for a missing object and an
+//! unknown type, the note for an empty list, and `config` reads. Then what only
+//! one side can check: `config use-context`/`set-context` edit a kubeconfig
+//! kubectl then reads, completion scripts for three shells, `--help` everywhere.
+// Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
+#![allow(clippy::unwrap_used)]
+
+use std::{path::Path, process::Output};
+
+use serde_json::Value;
+use sextant_tests::sextant::{Datastore, Kubectl, SextantServer};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
+const CTL: &str = env!("CARGO_BIN_EXE_sextantctl");
+
+/// The objects the scenario reads.
+const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: scenario}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: one, namespace: scenario, labels: {app: web}}
+data: {a: "1"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: two, namespace: scenario, labels: {app: db}}
+data: {b: "2"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: scenario}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#;
+
+/// How two outcomes are compared.
+#[derive(Clone, Copy, Debug)]
+enum Compare {
+    /// Standard output byte for byte.
+    Exact,
+    /// Standard output as JSON values.
+    Json,
+    /// Standard output as YAML values.
+    Yaml,
+    /// A table: the header and the first column of every row (ages differ).
+    Table,
+    /// Failure, standard error byte for byte.
+    Fails,
+    /// Success with nothing on stdout, standard error byte for byte.
+    Note,
+}
+
+/// One step of the scenario.
+struct Step {
+    args: &'static [&'static str],
+    compare: Compare,
+}
+
+const SCENARIO: &[Step] = &[
+    Step {
+        args: &["get", "namespaces"],
+        compare: Compare::Table,
+    },
+    Step {
+        args: &["get", "configmaps", "-n", "scenario"],
+        compare: Compare::Table,
+    },
+    Step {
+        args: &["get", "cm", "one", "two", "-n", "scenario"],
+        compare: Compare::Table,
+    },
+    Step {
+        args: &[
+            "get",
+            "cm",
+            "-n",
+            "scenario",
+            "-l",
+            "app=web",
+            "--no-headers",
+        ],
+        compare: Compare::Table,
+    },
+    Step {
+        args: &["get", "svc", "-A"],
+        compare: Compare::Table,
+    },
+    Step {
+        args: &["get", "services", "-n", "scenario", "-o", "wide"],
+        compare: Compare::Table,
+    },
+    Step {
+        args: &["get", "configmap", "one", "-n", "scenario", "-o", "json"],
+        compare: Compare::Json,
+    },
+    Step {
+        args: &["get", "configmaps", "-n", "scenario", "-o", "json"],
+        compare: Compare::Json,
+    },
+    Step {
+        args: &["get", "cm", "one", "-n", "scenario", "-o", "yaml"],
+        compare: Compare::Yaml,
+    },
+    Step {
+        args: &["get", "cm", "-n", "scenario", "-o", "name"],
+        compare: Compare::Exact,
+    },
+    Step {
+        args: &["get", "svc", "web", "-n", "scenario", "-o", "name"],
+        compare: Compare::Exact,
+    },
+    Step {
+        args: &["get", "cm", "missing", "-n", "scenario"],
+        compare: Compare::Fails,
+    },
+    Step {
+        args: &["get", "widgets"],
+        compare: Compare::Fails,
+    },
+    Step {
+        args: &["get", "deployments", "-n", "scenario"],
+        compare: Compare::Note,
+    },
+    Step {
+        args: &["config", "current-context"],
+        compare: Compare::Exact,
+    },
+    Step {
+        args: &["config", "get-contexts"],
+        compare: Compare::Exact,
+    },
+];
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The header and each row's first cell.
+fn table_shape(out: &str) -> Vec<String> {
+    out.lines()
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
+        .chain(
+            out.lines()
+                .take(1)
+                .map(|h| h.split_whitespace().collect::<Vec<_>>().join(" ")),
+        )
+        .collect()
+}
+
+/// What of an outcome must be equal.
+fn essence(compare: Compare, out: &Output) -> (bool, String) {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let ok = out.status.success();
+    let what = match compare {
+        Compare::Exact => stdout,
+        Compare::Json => serde_json::from_str::<Value>(&stdout)
+            .map_or_else(|e| format!("not JSON ({e}): {stdout}"), |v| v.to_string()),
+        Compare::Yaml => serde_saphyr::from_str::<Value>(&stdout)
+            .map_or_else(|e| format!("not YAML ({e}): {stdout}"), |v| v.to_string()),
+        Compare::Table => table_shape(&stdout).join("|"),
+        Compare::Fails | Compare::Note => format!("{stdout}{stderr}"),
+    };
+    (ok, what)
+}
+
+#[tokio::test]
+async fn sextantctl_and_kubectl_agree_step_for_step() {
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    let kubectl = server.kubectl().unwrap();
+    kubectl
+        .ok_with(&["apply", "-f", "-"], Some(OBJECTS))
+        .unwrap();
+    let ctl = Kubectl::with_binary(Path::new(CTL), &server.kubeconfig()).unwrap();
+
+    let mut differences = Vec::new();
+    for step in SCENARIO {
+        let theirs = kubectl.run(step.args, None).unwrap();
+        let ours = ctl.run(step.args, None).unwrap();
+        let (theirs_ok, theirs_what) = essence(step.compare, &theirs);
+        let (ours_ok, ours_what) = essence(step.compare, &ours);
+        let expected_ok = !matches!(step.compare, Compare::Fails);
+        assert_eq!(
+            theirs_ok,
+            expected_ok,
+            "kubectl {:?} itself: {}{}",
+            step.args,
+            text(&theirs.stdout),
+            text(&theirs.stderr)
+        );
+        if (theirs_ok, &theirs_what) != (ours_ok, &ours_what) {
+            differences.push(format!(
+                "{:?}:\n  kubectl    ({theirs_ok}): {theirs_what}\n  sextantctl ({ours_ok}): {ours_what}",
+                step.args
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+
+    // Editing contexts: sextantctl writes, kubectl reads it back.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("config");
+    std::fs::copy(server.kubeconfig(), &copy).unwrap();
+    let ctl2 = Kubectl::with_binary(Path::new(CTL), &copy).unwrap();
+    let kubectl2 =
+        Kubectl::with_binary(Path::new(sextant_tests::sextant::KUBECTL_1_33), &copy).unwrap();
+    let current = ctl2.ok(&["config", "current-context"]).unwrap();
+    let cluster = kubectl2
+        .ok(&[
+            "config",
+            "view",
+            "-o",
+            "jsonpath={.contexts[0].context.cluster}",
+        ])
+        .unwrap();
+    let user = kubectl2
+        .ok(&[
+            "config",
+            "view",
+            "-o",
+            "jsonpath={.contexts[0].context.user}",
+        ])
+        .unwrap();
+    assert_eq!(
+        ctl2.ok(&[
+            "config",
+            "set-context",
+            "scenario",
+            "--namespace",
+            "scenario",
+            "--cluster",
+            &cluster,
+            "--user",
+            &user
+        ])
+        .unwrap(),
+        "Context \"scenario\" created.\n"
+    );
+    ctl2.ok(&["config", "use-context", "scenario"]).unwrap();
+    assert_eq!(
+        kubectl2.ok(&["config", "current-context"]).unwrap(),
+        "scenario\n"
+    );
+    // The context's namespace applies to both, and the credentials still work.
+    let listed = ctl2.ok(&["get", "cm", "-o", "name"]).unwrap();
+    assert!(
+        listed.contains("configmap/one\n") && listed.contains("configmap/two\n"),
+        "{listed}"
+    );
+    assert_eq!(listed, kubectl2.ok(&["get", "cm", "-o", "name"]).unwrap());
+    ctl2.ok(&["config", "use-context", current.trim()]).unwrap();
+    let e = ctl2
+        .fails(&["--context", "nope", "get", "pods"], None)
+        .unwrap();
+    assert_eq!(
+        e,
+        "error loading kubeconfig: context \"nope\" does not exist\n"
+    );
+
+    // Completion scripts and help.
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ctl.ok(&["completion", shell]).unwrap();
+        assert!(
+            script.contains("sextantctl") && script.len() > 500,
+            "{shell}: {script}"
+        );
+    }
+    for args in [
+        &["--help"][..],
+        &["get", "--help"],
+        &["config", "--help"],
+        &["config", "use-context", "--help"],
+        &["config", "set-context", "--help"],
+        &["config", "get-contexts", "--help"],
+        &["config", "current-context", "--help"],
+        &["completion", "--help"],
+    ] {
+        let help = ctl.ok(args).unwrap();
+        assert!(help.contains("Usage: sextantctl"), "{args:?}: {help}");
+    }
+}
