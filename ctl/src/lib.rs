@@ -5,11 +5,14 @@
 //!
 //! Built so far: `config` (current-context, use-context, set-context,
 //! get-contexts), `get` (server-side Tables, `-o wide|json|yaml|name`, `-A`,
-//! `-l`), `completion bash|zsh|fish`. Errors are kubectl's: the server's Status
-//! reason and message, exit code 1.
+//! `-l`), `flows` (every node's flows, `--follow`, filters), `dataplane
+//! services|endpoints|policies` (each node's eBPF maps), `completion
+//! bash|zsh|fish`. Errors are kubectl's: the server's Status reason and
+//! message, exit code 1.
 
 pub mod discovery;
 pub mod error;
+pub mod flows;
 pub mod get;
 pub mod kubeconfig;
 pub mod output;
@@ -48,6 +51,11 @@ pub enum Command {
     /// Read and edit the kubeconfig.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print the dataplane's flows (every node's, or --node's): verdict, drop
+    /// reason, Service and NetworkPolicy; --follow keeps printing.
+    Flows(flows::FlowsArgs),
+    /// Show what a node's eBPF maps hold: services, endpoints or policies.
+    Dataplane(flows::DataplaneArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completion {
         /// The shell.
@@ -81,81 +89,70 @@ pub enum ConfigCommand {
     GetContexts,
 }
 
-/// What a command wrote: standard output and standard error.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    /// Standard output.
-    pub stdout: String,
-    /// Standard error.
-    pub stderr: String,
-}
-
-impl Outcome {
-    fn out(text: String) -> Self {
-        Self {
-            stdout: text,
-            stderr: String::new(),
-        }
-    }
-}
-
-/// Runs the command `cli` asks for. A command that printed part of its answer
-/// before failing returns that part with the error.
-pub async fn run(cli: Cli) -> (Outcome, Option<Error>) {
+/// Runs the command `cli` asks for, writing its answer to `out` (as it comes,
+/// for `flows --follow`) and notes to `err`. A command that printed part of its
+/// answer before failing returns the error after that part.
+pub async fn run(
+    cli: Cli,
+    out: &mut (dyn std::io::Write + Send),
+    err: &mut (dyn std::io::Write + Send),
+) -> Result<()> {
     let source = kubeconfig::Source {
         path: cli.kubeconfig.clone(),
         context: cli.context.clone(),
         namespace: cli.namespace.clone(),
     };
-    let line = |r: Result<String>| match r {
-        Ok(s) => (Outcome::out(s + "\n"), None),
-        Err(e) => (Outcome::default(), Some(e)),
-    };
-    match cli.command {
+    let text = match cli.command {
         Command::Completion { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "sextantctl", &mut buf);
-            (
-                Outcome::out(String::from_utf8_lossy(&buf).into_owned()),
-                None,
-            )
+            String::from_utf8_lossy(&buf).into_owned()
         }
         Command::Config(c) => match c {
-            ConfigCommand::CurrentContext => line(kubeconfig::current_context(&source)),
-            ConfigCommand::UseContext { name } => line(kubeconfig::use_context(&source, &name)),
+            ConfigCommand::CurrentContext => kubeconfig::current_context(&source)? + "\n",
+            ConfigCommand::UseContext { name } => kubeconfig::use_context(&source, &name)? + "\n",
             ConfigCommand::SetContext {
                 name,
                 cluster,
                 user,
-            } => line(kubeconfig::set_context(
-                &source,
-                name.as_deref(),
-                cli.namespace.as_deref(),
-                cluster.as_deref(),
-                user.as_deref(),
-            )),
-            ConfigCommand::GetContexts => match kubeconfig::get_contexts(&source) {
-                Ok(s) => (Outcome::out(s), None),
-                Err(e) => (Outcome::default(), Some(e)),
-            },
+            } => {
+                kubeconfig::set_context(
+                    &source,
+                    name.as_deref(),
+                    cli.namespace.as_deref(),
+                    cluster.as_deref(),
+                    user.as_deref(),
+                )? + "\n"
+            }
+            ConfigCommand::GetContexts => kubeconfig::get_contexts(&source)?,
         },
         Command::Get(args) => {
-            let session = match source.connect().await {
-                Ok(s) => s,
-                Err(e) => return (Outcome::default(), Some(e)),
-            };
-            match get::run(&session, &args).await {
-                Ok(p) => (
-                    Outcome {
-                        stdout: p.stdout,
-                        stderr: p.stderr,
-                    },
-                    p.error,
-                ),
-                Err(e) => (Outcome::default(), Some(e)),
-            }
+            let session = source.connect().await?;
+            let printed = get::run(&session, &args).await?;
+            write(out, &printed.stdout)?;
+            write(err, &printed.stderr)?;
+            return printed.error.map_or(Ok(()), Err);
         }
-    }
+        Command::Flows(args) => {
+            let session = source.connect().await?;
+            // Flows of every namespace unless -n says one.
+            return flows::run_flows(&session, cli.namespace.as_deref(), &args, out).await;
+        }
+        Command::Dataplane(args) => {
+            let session = source.connect().await?;
+            flows::run_dataplane(&session, &args).await?
+        }
+    };
+    write(out, &text)
+}
+
+fn write(to: &mut (dyn std::io::Write + Send), text: &str) -> Result<()> {
+    to.write_all(text.as_bytes())
+        .and_then(|()| to.flush())
+        .map_err(|source| Error::Io {
+            what: "writing the output".into(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -54,6 +54,9 @@ pub struct Config {
 pub struct Running {
     /// The Endpoints API's socket.
     pub socket: PathBuf,
+    /// What `sextantctl flows` and `sextantctl dataplane` read, for the kubelet
+    /// port ([`crate::inspect::router`]).
+    pub inspect: crate::inspect::Inspect,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -168,6 +171,12 @@ pub async fn start(
             policy_names.clone(),
         )));
     }
+    let inspect = crate::inspect::Inspect {
+        hub: hub.clone(),
+        datapath: datapath.clone(),
+        services: caches.services.clone(),
+        records_dir: config.dir.join("endpoints"),
+    };
     tasks.push(tokio::spawn(services::run(
         caches,
         datapath.clone(),
@@ -224,7 +233,11 @@ pub async fn start(
     }));
     install_cni(&config, &socket)?;
     tracing::info!(socket = %socket.display(), conf_dir = %config.cni_conf_dir.display(), "dataplane agent ready");
-    Ok(Running { socket, tasks })
+    Ok(Running {
+        socket,
+        inspect,
+        tasks,
+    })
 }
 
 /// Removes everything the agent made on this node: the pods' links and their

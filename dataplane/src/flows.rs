@@ -10,11 +10,12 @@ use std::{
     net::Ipv4Addr,
     path::PathBuf,
     pin::Pin,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Service;
 use kube::{ResourceExt, runtime::reflector::Store};
 use prometheus_client::{
@@ -96,32 +97,36 @@ impl Names {
         names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"))
     }
 
-    /// `namespace/name` of the Service with the frontend `vip:port`: its
-    /// ClusterIP or an external IP, else (the node's address) its nodePort.
+    /// `namespace/name` of the Service with the frontend `vip:port`.
     fn service(&self, vip: Ipv4Addr, port: u16) -> String {
-        let vip = vip.to_string();
-        let services = self.services.state();
-        let by_ip = services.iter().find(|s| {
-            s.spec.as_ref().is_some_and(|spec| {
-                spec.cluster_ip.as_deref() == Some(vip.as_str())
-                    || spec.external_ips.iter().flatten().any(|ip| *ip == vip)
-            })
-        });
-        let by_node_port = || {
-            services.iter().find(|s| {
-                s.spec.as_ref().is_some_and(|spec| {
-                    spec.ports
-                        .iter()
-                        .flatten()
-                        .any(|p| p.node_port == Some(i32::from(port)))
-                })
-            })
-        };
-        by_ip
-            .or_else(by_node_port)
-            .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
-            .unwrap_or_default()
+        service_name(&self.services.state(), vip, port)
     }
+}
+
+/// `namespace/name` of the Service with the frontend `vip:port`: its ClusterIP
+/// or an external IP, else (the node's address) its nodePort; empty if none.
+pub fn service_name(services: &[Arc<Service>], vip: Ipv4Addr, port: u16) -> String {
+    let vip = vip.to_string();
+    let by_ip = services.iter().find(|s| {
+        s.spec.as_ref().is_some_and(|spec| {
+            spec.cluster_ip.as_deref() == Some(vip.as_str())
+                || spec.external_ips.iter().flatten().any(|ip| *ip == vip)
+        })
+    });
+    let by_node_port = || {
+        services.iter().find(|s| {
+            s.spec.as_ref().is_some_and(|spec| {
+                spec.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.node_port == Some(i32::from(port)))
+            })
+        })
+    };
+    by_ip
+        .or_else(by_node_port)
+        .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
+        .unwrap_or_default()
 }
 
 fn addr(ip: u32) -> Ipv4Addr {
@@ -207,10 +212,15 @@ pub fn matches(req: &ObserveRequest, f: &Flow) -> bool {
     ns_ok && pod_ok && svc_ok && verdict_ok
 }
 
-/// The flow hub: the reader publishes, Observe streams subscribe.
+/// How many recent flows the hub keeps for `flows` without `--follow`.
+const RECENT: usize = 1000;
+
+/// The flow hub: the reader publishes, Observe streams subscribe; the last
+/// [`RECENT`] flows are kept for readers that ask what just happened.
 #[derive(Clone)]
 pub struct FlowHub {
     tx: broadcast::Sender<Flow>,
+    recent: Arc<Mutex<std::collections::VecDeque<Flow>>>,
 }
 
 impl std::fmt::Debug for FlowHub {
@@ -224,7 +234,54 @@ impl FlowHub {
     pub fn new() -> Self {
         Self {
             tx: broadcast::channel(4096).0,
+            recent: Arc::default(),
         }
+    }
+
+    /// Hands a flow to every subscriber and keeps it among the recent ones.
+    pub fn publish(&self, f: Flow) {
+        {
+            let mut recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(f.clone());
+        }
+        // No subscriber is fine.
+        let _ = self.tx.send(f);
+    }
+
+    /// The recent flows passing `filter`, oldest first.
+    pub fn recent(&self, filter: &ObserveRequest) -> Vec<Flow> {
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|f| matches(filter, f))
+            .cloned()
+            .collect()
+    }
+
+    /// New flows passing `filter`, as they come.
+    pub fn subscribe(
+        &self,
+        filter: ObserveRequest,
+    ) -> impl futures::Stream<Item = Flow> + Send + 'static {
+        futures::stream::unfold(self.tx.subscribe(), move |mut rx| {
+            let filter = filter.clone();
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(f) if matches(&filter, &f) => return Some((f, rx)),
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        })
     }
 }
 
@@ -298,8 +355,7 @@ pub async fn run(
                     },
                 })
                 .inc();
-            // No subscriber is fine.
-            let _ = hub.tx.send(f);
+            hub.publish(f);
         }
         guard.clear_ready();
     }
@@ -315,20 +371,7 @@ impl Observer for FlowHub {
         &self,
         req: Request<ObserveRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
-        let filter = req.into_inner();
-        let rx = self.tx.subscribe();
-        let stream = futures::stream::unfold(rx, move |mut rx| {
-            let filter = filter.clone();
-            async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(f) if matches(&filter, &f) => return Some((Ok(f), rx)),
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            }
-        });
+        let stream = self.subscribe(req.into_inner()).map(Ok);
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -345,6 +388,31 @@ mod tests {
             verdict: verdict.into(),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn the_hub_keeps_recent_flows_and_streams_new_ones() {
+        let hub = FlowHub::new();
+        for i in 0..(RECENT + 5) {
+            let verdict = if i % 2 == 0 { "dropped" } else { "forwarded" };
+            hub.publish(Flow {
+                time: format!("{i:06}"),
+                ..f("default/client", "", "", verdict)
+            });
+        }
+        let all = hub.recent(&ObserveRequest::default());
+        assert_eq!(all.len(), RECENT, "bounded");
+        assert_eq!(all[0].time, "000005", "the oldest were let go");
+        let dropped = ObserveRequest {
+            verdict: "dropped".into(),
+            ..Default::default()
+        };
+        assert!(hub.recent(&dropped).iter().all(|f| f.verdict == "dropped"));
+        let mut live = Box::pin(hub.subscribe(dropped));
+        hub.publish(f("default/client", "", "", "forwarded"));
+        hub.publish(f("default/other", "", "", "dropped"));
+        let next = live.next().await.unwrap();
+        assert_eq!(next.source_pod, "default/other", "filtered, in order");
     }
 
     #[test]

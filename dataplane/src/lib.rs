@@ -18,6 +18,7 @@ pub mod dns;
 pub mod ebpf;
 pub mod endpoints;
 pub mod flows;
+pub mod inspect;
 pub mod ipam;
 pub mod maglev;
 pub mod netns;

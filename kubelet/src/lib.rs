@@ -83,6 +83,7 @@ pub async fn run(
     tls: server::Tls,
     metrics: metrics::KubeletMetrics,
     registry: sextant_metrics::SharedRegistry,
+    node_routes: axum::Router,
 ) -> Result<(), Error> {
     let cri =
         cri::CriClient::connect_timed(&config.cri_socket, Some(metrics.runtime_latency.clone()))
@@ -106,7 +107,14 @@ pub async fn run(
         runtime_name: version.runtime_name,
         metrics,
     });
-    let (api_addr, api) = server::serve(config.kubelet_listen, &tls, rt.clone(), registry).await?;
+    let (api_addr, api) = server::serve(
+        config.kubelet_listen,
+        &tls,
+        rt.clone(),
+        registry,
+        node_routes,
+    )
+    .await?;
     tracing::info!(addr = %api_addr, "serving the kubelet API");
     // Heartbeat first: a Lease left stale by an earlier run would otherwise make
     // the node lifecycle controller mark the freshly registered node Unknown.

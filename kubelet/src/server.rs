@@ -63,12 +63,14 @@ impl std::fmt::Debug for Tls {
     }
 }
 
-/// Binds `addr` and serves the kubelet API until the returned task is dropped.
+/// Binds `addr` and serves the kubelet API, plus `node_routes`, until the
+/// returned task is dropped.
 pub async fn serve(
     addr: SocketAddr,
     tls: &Tls,
     rt: Arc<PodRuntime>,
     registry: sextant_metrics::SharedRegistry,
+    node_routes: Router,
 ) -> Result<(SocketAddr, JoinHandle<()>), Error> {
     let config = tls_config(tls)?;
     let listener = TcpListener::bind(addr)
@@ -112,6 +114,9 @@ pub async fn serve(
     // serves them: Prometheus's `role: node` finds them with the node's address
     // and `daemonEndpoints`, behind the same client-certificate check.
     let router = router.merge(sextant_metrics::router(registry));
+    // What else the node serves behind the same check (the dataplane's flows
+    // and maps for sextantctl).
+    let router = router.merge(node_routes);
     // Sample in the background too, so CPU rates are never older than this; it
     // lives and dies with the server task.
     let housekeeping = async move {

@@ -222,7 +222,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
     let mut registry = sextant_metrics::Registry::default();
     sextant_metrics::process::register(&mut registry);
     let metrics = sextant_kubelet::metrics::KubeletMetrics::register(&mut registry);
-    let _dataplane = match cni_dirs {
+    let dataplane = match cni_dirs {
         Some((cni_conf_dir, cni_bin_dir)) => {
             let config = dataplane_config(cni_conf_dir, cni_bin_dir)?;
             Some(sextant_dataplane::agent::start(client.clone(), config, &mut registry).await?)
@@ -232,6 +232,9 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
             None
         }
     };
+    let node_routes = dataplane.as_ref().map_or_else(axum::Router::new, |d| {
+        sextant_dataplane::inspect::router(d.inspect.clone())
+    });
     let registry = Arc::new(registry);
     let server = sextant_metrics::serve(args.metrics_listen, registry.clone()).await?;
     tracing::info!(addr = ?server.local_addr().ok(), "serving agent metrics");
@@ -260,7 +263,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Error> {
         runtime_metrics,
     };
     let result = tokio::select! {
-        r = sextant_kubelet::run(client, config, tls, metrics, registry) => r.map_err(Error::from),
+        r = sextant_kubelet::run(client, config, tls, metrics, registry, node_routes) => r.map_err(Error::from),
         _ = crate::shutdown_signal() => {
             tracing::info!("shutting down; pods keep running");
             Ok(())

@@ -25,6 +25,7 @@ use sextant_tests::{
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
+const CTL: &str = env!("CARGO_BIN_EXE_sextantctl");
 
 /// Two web servers (one per node), a client on node a and another pod on node b.
 fn workload(a: &str, b: &str) -> String {
@@ -46,11 +47,14 @@ spec:
 "#
         )
     };
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n\
+                   spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n";
     [
         pod("web-a", a, "{app: web}"),
         pod("web-b", b, "{app: web}"),
         pod("client", a, "{role: client}"),
         pod("other", b, "{role: other}"),
+        service.to_owned(),
     ]
     .join("---\n")
 }
@@ -217,6 +221,10 @@ async fn network_policies_deny_allow_and_report_by_name() {
     let web_b = format!("{}:8080", ip_of(&k, "web-b"));
     let outside = outside(cluster.host_ip);
 
+    // sextantctl follows every node's flows while the policies come and go.
+    let ctl = Kubectl::with_binary(Path::new(CTL), &cluster.server.kubeconfig()).unwrap();
+    let flows = ctl.spawn(&["flows", "--follow"]).unwrap();
+
     // No policy: everything flows.
     for (from, to) in [("client", &web_a), ("other", &web_a), ("client", &outside)] {
         assert!(reaches(&k, from, to), "{from} → {to} without policy");
@@ -316,6 +324,7 @@ async fn network_policies_deny_allow_and_report_by_name() {
         denied.direction, "ingress",
         "other comes from node b: {denied:?}"
     );
+    followed_flows(flows, &k);
 
     // The policy outlives its agent: killed, node a still judges as before (the
     // maps are pinned); restarted, it adopts them and computes the same identities.
@@ -369,11 +378,59 @@ async fn network_policies_deny_allow_and_report_by_name() {
     .unwrap();
     settles(&k, "client", &outside, true).await;
 
+    // What node a's maps hold for the Service: its VIP and both web pods.
+    let vip = k
+        .ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])
+        .unwrap();
+    let table = ctl
+        .ok(&["dataplane", "services", "--node", &a.node_name])
+        .unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.contains("default/web "))
+        .unwrap_or_else(|| panic!("no default/web row: {table}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    let mut backends: Vec<&str> = cells[3].split(',').collect();
+    backends.sort_unstable();
+    let mut want = vec![web_a.as_str(), web_b.as_str()];
+    want.sort_unstable();
+    assert_eq!(
+        (cells[0], cells[2], backends),
+        (a.node_name.as_str(), format!("{vip}:80/TCP").as_str(), want),
+        "{table}"
+    );
+    assert!(table.starts_with("NODE "), "{table}");
+
     // Deleting the policies opens everything again.
     k.ok(&["delete", "networkpolicy", "--all"]).unwrap();
     settles(&k, "other", &web_a, true).await;
     settles(&k, "other", &web_b, true).await;
     assert!(pings(&k, "other", &web_a_ip), "ping without policy");
+}
+
+/// Stops `sextantctl flows --follow` and checks it showed forwarded flows and
+/// flows dropped by default-deny and allowed by allow-clients, by name.
+fn followed_flows(mut flows: std::process::Child, k: &Kubectl) {
+    let _ = flows.kill();
+    let out = flows.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    let client = format!("default/client ({}:", ip_of(k, "client"));
+    let lines: Vec<&str> = out.lines().collect();
+    let shown = |pred: &dyn Fn(&str) -> bool| lines.iter().any(|l| pred(l));
+    assert!(
+        shown(&|l| l.contains(" FORWARDED") && !l.contains("policy=")),
+        "a forwarded flow without policy: {out}"
+    );
+    assert!(
+        shown(&|l| l.contains(" DROPPED (policy_denied) policy=default/default-deny")),
+        "a flow dropped by default-deny: {out}"
+    );
+    assert!(
+        shown(&|l| l.contains(&client)
+            && l.contains(" FORWARDED")
+            && l.contains("policy=default/allow-clients")),
+        "the client's flow allowed by allow-clients: {out}"
+    );
 }
 
 /// Whether one ping from `pod` to `ip` is answered within 2 s.
