@@ -5,11 +5,13 @@
 //!
 //! Built so far: `config` (current-context, use-context, set-context,
 //! get-contexts), `get` (server-side Tables, `-o wide|json|yaml|name`, `-A`,
-//! `-l`), `flows` (every node's flows, `--follow`, filters), `dataplane
+//! `-l`), `apply -f`/`create -f` (files, directories, `-R`, stdin,
+//! multi-document YAML), `delete`, `label`, `annotate`, `scale`, `flows` (every node's flows, `--follow`, filters), `dataplane
 //! services|endpoints|policies` (each node's eBPF maps), `completion
 //! bash|zsh|fish`. Errors are kubectl's: the server's Status reason and
 //! message, exit code 1.
 
+pub mod apply;
 pub mod discovery;
 pub mod error;
 pub mod flows;
@@ -48,6 +50,46 @@ pub struct Cli {
 pub enum Command {
     /// Display one or many resources (the server's table, or -o json|yaml|name|wide).
     Get(get::GetArgs),
+    /// Create or update objects from files, directories or stdin (client-side
+    /// apply, kubectl's last-applied annotation).
+    Apply(apply::Files),
+    /// Create objects from files, directories or stdin.
+    Create(apply::Files),
+    /// Delete objects by TYPE NAME..., TYPE/NAME... or -f.
+    Delete {
+        /// TYPE NAME... or TYPE/NAME...
+        args: Vec<String>,
+        /// Manifests naming the objects to delete.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+    },
+    /// Add (k=v), change (with --overwrite) or remove (k-) labels.
+    Label {
+        /// TYPE NAME... then the changes.
+        #[arg(required = true)]
+        args: Vec<String>,
+        /// Allow changing an existing label.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Add (k=v), change (with --overwrite) or remove (k-) annotations.
+    Annotate {
+        /// TYPE NAME... then the changes.
+        #[arg(required = true)]
+        args: Vec<String>,
+        /// Allow changing an existing annotation.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Set the replicas of a Deployment, ReplicaSet or StatefulSet.
+    Scale {
+        /// TYPE NAME or TYPE/NAME.
+        #[arg(required = true)]
+        args: Vec<String>,
+        /// The new replica count.
+        #[arg(long, required = true)]
+        replicas: i32,
+    },
     /// Read and edit the kubeconfig.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -132,6 +174,49 @@ pub async fn run(
             write(out, &printed.stdout)?;
             write(err, &printed.stderr)?;
             return printed.error.map_or(Ok(()), Err);
+        }
+        Command::Apply(files) => {
+            let objects = apply::read_objects(&files, &mut std::io::stdin())?;
+            apply::apply(&source.connect().await?, &objects).await?
+        }
+        Command::Create(files) => {
+            let objects = apply::read_objects(&files, &mut std::io::stdin())?;
+            apply::create(&source.connect().await?, &objects).await?
+        }
+        Command::Delete { args, files } => {
+            let session = source.connect().await?;
+            let targets = if files.is_empty() {
+                apply::targets(&args)?
+            } else {
+                let files = apply::Files {
+                    files,
+                    recursive: false,
+                };
+                apply::read_objects(&files, &mut std::io::stdin())?
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.object["kind"].as_str().unwrap_or_default().to_lowercase(),
+                            m.object["metadata"]["name"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                        )
+                    })
+                    .collect()
+            };
+            apply::delete(&session, &targets).await?
+        }
+        Command::Label { args, overwrite } => {
+            let session = source.connect().await?;
+            apply::set_meta(&session, apply::MetaMap::Labels, &args, overwrite).await?
+        }
+        Command::Annotate { args, overwrite } => {
+            let session = source.connect().await?;
+            apply::set_meta(&session, apply::MetaMap::Annotations, &args, overwrite).await?
+        }
+        Command::Scale { args, replicas } => {
+            apply::scale(&source.connect().await?, &args, replicas).await?
         }
         Command::Flows(args) => {
             let session = source.connect().await?;

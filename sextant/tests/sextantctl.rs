@@ -3,7 +3,9 @@
 //! the objects, the table's columns and names, the error text). The table grows
 //! with the commands sextantctl learns (issue 8); today: `get` in every output
 //! format, across namespaces, by label, the errors for a missing object and an
-//! unknown type, the note for an empty list, and `config` reads. Then what only
+//! unknown type, the note for an empty list, and `config` reads; and a table of
+//! changes each CLI runs in a namespace of its own: `apply` (created, unchanged,
+//! configured), `create`, `label`, `annotate`, `scale`, `delete`, their errors. Then what only
 //! one side can check: `config use-context`/`set-context` edit a kubeconfig
 //! kubectl then reads, completion scripts for three shells, `--help` everywhere.
 // Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
@@ -56,6 +58,38 @@ enum Compare {
     Fails,
     /// Success with nothing on stdout, standard error byte for byte.
     Note,
+    /// JSON or YAML objects, without what differs between any two objects
+    /// (uid, resourceVersion, creationTimestamp, managedFields) and with the
+    /// last-applied annotation compared as JSON.
+    Object,
+}
+
+/// An object (or a List's items) without what no two objects share.
+fn comparable(mut v: Value) -> Value {
+    if let Some(items) = v.get_mut("items").and_then(Value::as_array_mut) {
+        for item in items.iter_mut() {
+            *item = comparable(item.take());
+        }
+        return v;
+    }
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "managedFields",
+        ] {
+            meta.remove(k);
+        }
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            let key = "kubectl.kubernetes.io/last-applied-configuration";
+            if let Some(text) = a.get(key).and_then(Value::as_str) {
+                let parsed: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+                a.insert(key.into(), parsed);
+            }
+        }
+    }
+    v
 }
 
 /// One step of the scenario.
@@ -63,6 +97,145 @@ struct Step {
     args: &'static [&'static str],
     compare: Compare,
 }
+
+/// One step of the changing scenario: `{ns}` in the arguments and on stdin is
+/// the CLI's own namespace.
+struct Change {
+    args: &'static [&'static str],
+    stdin: Option<&'static str>,
+    compare: Compare,
+}
+
+const APP: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: one, labels: {app: web}}
+data: {a: "1"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: two}
+data: {b: "2"}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: main, image: sextant.local/demo:v1}]
+"#;
+
+const APP_CHANGED: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: one, labels: {app: web}}
+data: {a: "changed", added: "yes"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: two}
+data: {b: "2"}
+"#;
+
+const THREE: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: three}\n";
+
+const CHANGES: &[Change] = &[
+    Change {
+        args: &["apply", "-n", "{ns}", "-f", "-"],
+        stdin: Some(APP),
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["apply", "-n", "{ns}", "-f", "-"],
+        stdin: Some(APP),
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["apply", "-n", "{ns}", "-f", "-"],
+        stdin: Some(APP_CHANGED),
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["get", "cm", "one", "-n", "{ns}", "-o", "json"],
+        stdin: None,
+        compare: Compare::Object,
+    },
+    Change {
+        args: &["create", "-n", "{ns}", "-f", "-"],
+        stdin: Some(THREE),
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["create", "-n", "{ns}", "-f", "-"],
+        stdin: Some(THREE),
+        compare: Compare::Fails,
+    },
+    Change {
+        args: &["label", "-n", "{ns}", "cm", "one", "tier=front"],
+        stdin: None,
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["label", "-n", "{ns}", "cm", "one", "tier=back"],
+        stdin: None,
+        compare: Compare::Fails,
+    },
+    Change {
+        args: &["label", "-n", "{ns}", "cm/one", "tier=back", "--overwrite"],
+        stdin: None,
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["label", "-n", "{ns}", "cm", "one", "tier-"],
+        stdin: None,
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["annotate", "-n", "{ns}", "configmap", "two", "note=hello"],
+        stdin: None,
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["get", "cm", "-n", "{ns}", "-l", "app=web", "-o", "yaml"],
+        stdin: None,
+        compare: Compare::Object,
+    },
+    Change {
+        args: &["scale", "-n", "{ns}", "deployment", "web", "--replicas=3"],
+        stdin: None,
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["delete", "-n", "{ns}", "cm", "two", "three"],
+        stdin: None,
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["get", "cm", "two", "-n", "{ns}"],
+        stdin: None,
+        compare: Compare::Fails,
+    },
+    Change {
+        args: &["delete", "-n", "{ns}", "-f", "-"],
+        stdin: Some(REST),
+        compare: Compare::Exact,
+    },
+];
+
+/// What is left of the app after `delete cm two three`.
+const REST: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: one}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+"#;
 
 const SCENARIO: &[Step] = &[
     Step {
@@ -167,6 +340,10 @@ fn essence(compare: Compare, out: &Output) -> (bool, String) {
             .map_or_else(|e| format!("not YAML ({e}): {stdout}"), |v| v.to_string()),
         Compare::Table => table_shape(&stdout).join("|"),
         Compare::Fails | Compare::Note => format!("{stdout}{stderr}"),
+        Compare::Object => serde_saphyr::from_str::<Value>(&stdout).map_or_else(
+            |e| format!("not JSON/YAML ({e}): {stdout}"),
+            |v| comparable(v).to_string(),
+        ),
     };
     (ok, what)
 }
@@ -287,4 +464,45 @@ async fn sextantctl_and_kubectl_agree_step_for_step() {
         let help = ctl.ok(args).unwrap();
         assert!(help.contains("Usage: sextantctl"), "{args:?}: {help}");
     }
+}
+
+#[tokio::test]
+async fn sextantctl_and_kubectl_change_objects_alike() {
+    let server = SextantServer::start(Path::new(BINARY), Datastore::Embedded)
+        .await
+        .expect("server");
+    let kubectl = server.kubectl().unwrap();
+    let ctl = Kubectl::with_binary(Path::new(CTL), &server.kubeconfig()).unwrap();
+    let runs = [("by-kubectl", &kubectl), ("by-sextantctl", &ctl)];
+    let mut outcomes: Vec<Vec<(bool, String)>> = Vec::new();
+    for (ns, cli) in runs {
+        kubectl.ok(&["create", "namespace", ns]).unwrap();
+        let mut seen = Vec::new();
+        for step in CHANGES {
+            let args: Vec<String> = step.args.iter().map(|a| a.replace("{ns}", ns)).collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = cli.run(&args, step.stdin).unwrap();
+            let (ok, what) = essence(step.compare, &out);
+            seen.push((ok, what.replace(ns, "NS")));
+        }
+        outcomes.push(seen);
+    }
+    let mut differences = Vec::new();
+    for (i, step) in CHANGES.iter().enumerate() {
+        let (theirs, ours) = (&outcomes[0][i], &outcomes[1][i]);
+        assert_eq!(
+            theirs.0,
+            !matches!(step.compare, Compare::Fails),
+            "kubectl {:?} itself: {}",
+            step.args,
+            theirs.1
+        );
+        if theirs != ours {
+            differences.push(format!(
+                "{:?}:\n  kubectl    ({}): {:?}\n  sextantctl ({}): {:?}",
+                step.args, theirs.0, theirs.1, ours.0, ours.1
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
