@@ -1,7 +1,6 @@
-//! `sextantctl flows` and `sextantctl dataplane`: what only Sextant can show,
-//! read from each node's agent through the API server's node proxy
-//! (`/api/v1/nodes/<node>/proxy/flows`, `.../dataplane/<what>`), which the
-//! agent serves on its kubelet port.
+//! `sextantctl flows`: the dataplane's flows, read from each node's agent
+//! through the API server's node proxy (`/api/v1/nodes/<node>/proxy/flows`),
+//! which the agent serves on its kubelet port.
 
 use std::io::Write;
 
@@ -10,7 +9,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::{Api, ResourceExt as _, api::ListParams};
 use serde_json::Value;
 
-use crate::{Error, Result, kubeconfig::Session, output};
+use crate::{Error, Result, kubeconfig::Session};
 
 /// `--verdict`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -44,32 +43,8 @@ pub struct FlowsArgs {
     pub output: Option<String>,
 }
 
-/// What `dataplane` shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Table {
-    /// Each Service frontend (VIP, nodePort, external IP) and its backends.
-    Services,
-    /// The local pods the node delivers to.
-    Endpoints,
-    /// The local pods' enforced policy directions.
-    Policies,
-}
-
-/// The arguments of `dataplane`.
-#[derive(Clone, Debug, clap::Args)]
-pub struct DataplaneArgs {
-    /// Which map.
-    #[arg(value_enum)]
-    pub table: Table,
-    /// Only this node (default: every node).
-    #[arg(long)]
-    pub node: Option<String>,
-    /// The rows as JSON.
-    #[arg(short = 'o', long, value_parser = ["json"])]
-    pub output: Option<String>,
-}
-
-async fn nodes(session: &Session, only: Option<&str>) -> Result<Vec<String>> {
+/// The nodes to ask: `only`, else every node.
+pub(crate) async fn nodes(session: &Session, only: Option<&str>) -> Result<Vec<String>> {
     if let Some(n) = only {
         return Ok(vec![n.to_owned()]);
     }
@@ -204,68 +179,6 @@ fn write_flow(out: &mut (dyn Write + Send), flow: &Value, json: bool) -> Result<
             what: "writing flows".into(),
             source,
         })
-}
-
-/// Runs `dataplane`: one table (or JSON) of every asked node's map.
-pub async fn run_dataplane(session: &Session, args: &DataplaneArgs) -> Result<String> {
-    let path = match args.table {
-        Table::Services => "services",
-        Table::Endpoints => "endpoints",
-        Table::Policies => "policies",
-    };
-    let mut rows: Vec<Value> = Vec::new();
-    for node in nodes(session, args.node.as_deref()).await? {
-        let req = http::Request::get(format!("/api/v1/nodes/{node}/proxy/dataplane/{path}"))
-            .body(Vec::new())
-            .map_err(|e| Error::Client(e.to_string()))?;
-        let v: Value = session
-            .client
-            .request(req)
-            .await
-            .map_err(|e| Error::from_kube(e, &session.server))?;
-        let items = match args.table {
-            Table::Policies => v["endpoints"].as_array().cloned().unwrap_or_default(),
-            _ => v.as_array().cloned().unwrap_or_default(),
-        };
-        for mut item in items {
-            item["node"] = Value::String(node.clone());
-            rows.push(item);
-        }
-    }
-    if args.output.is_some() {
-        return serde_json::to_string_pretty(&rows)
-            .map(|s| s + "\n")
-            .map_err(|e| Error::Client(e.to_string()));
-    }
-    let s = |v: &Value, k: &str| match &v[k] {
-        Value::String(s) if s.is_empty() => "<none>".to_owned(),
-        Value::String(s) => s.clone(),
-        Value::Array(a) if a.is_empty() => "<none>".to_owned(),
-        Value::Array(a) => a
-            .iter()
-            .map(|x| x.as_str().unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join(","),
-        Value::Bool(b) => if *b { "enforced" } else { "-" }.to_owned(),
-        other => other.to_string(),
-    };
-    let (header, keys): (&[&str], &[&str]) = match args.table {
-        Table::Services => (
-            &["NODE", "SERVICE", "FRONTEND", "BACKENDS"],
-            &["node", "service", "frontend", "backends"],
-        ),
-        Table::Endpoints => (
-            &["NODE", "IP", "POD", "IFINDEX"],
-            &["node", "ip", "pod", "ifindex"],
-        ),
-        Table::Policies => (
-            &["NODE", "IP", "POD", "INGRESS", "EGRESS"],
-            &["node", "ip", "pod", "ingress", "egress"],
-        ),
-    };
-    let mut table = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];
-    table.extend(rows.iter().map(|r| keys.iter().map(|k| s(r, k)).collect()));
-    Ok(output::columns(&table))
 }
 
 #[cfg(test)]

@@ -6,17 +6,20 @@
 //! Built so far: `config` (current-context, use-context, set-context,
 //! get-contexts), `get` (server-side Tables, `-o wide|json|yaml|name`, `-A`,
 //! `-l`), `apply -f`/`create -f` (files, directories, `-R`, stdin,
-//! multi-document YAML), `delete`, `label`, `annotate`, `scale`, `flows` (every node's flows, `--follow`, filters), `dataplane
+//! multi-document YAML), `delete`, `label`, `annotate`, `scale`, `logs`
+//! (`-f`, `-l`, `--prefix`, `--since`, `--tail`, `-c`, `--previous`), `flows` (every node's flows, `--follow`, filters), `dataplane
 //! services|endpoints|policies` (each node's eBPF maps), `completion
 //! bash|zsh|fish`. Errors are kubectl's: the server's Status reason and
 //! message, exit code 1.
 
 pub mod apply;
+pub mod dataplane;
 pub mod discovery;
 pub mod error;
 pub mod flows;
 pub mod get;
 pub mod kubeconfig;
+pub mod logs;
 pub mod output;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -81,6 +84,8 @@ pub enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Print a pod's container log (-f follows; -l reads every matching pod).
+    Logs(logs::LogsArgs),
     /// Set the replicas of a Deployment, ReplicaSet or StatefulSet.
     Scale {
         /// TYPE NAME or TYPE/NAME.
@@ -97,7 +102,7 @@ pub enum Command {
     /// reason, Service and NetworkPolicy; --follow keeps printing.
     Flows(flows::FlowsArgs),
     /// Show what a node's eBPF maps hold: services, endpoints or policies.
-    Dataplane(flows::DataplaneArgs),
+    Dataplane(dataplane::DataplaneArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completion {
         /// The shell.
@@ -218,6 +223,10 @@ pub async fn run(
         Command::Scale { args, replicas } => {
             apply::scale(&source.connect().await?, &args, replicas).await?
         }
+        Command::Logs(args) => {
+            let session = source.connect().await?;
+            return logs::run(&session, &args, out, err).await;
+        }
         Command::Flows(args) => {
             let session = source.connect().await?;
             // Flows of every namespace unless -n says one.
@@ -225,7 +234,7 @@ pub async fn run(
         }
         Command::Dataplane(args) => {
             let session = source.connect().await?;
-            flows::run_dataplane(&session, &args).await?
+            dataplane::run(&session, &args).await?
         }
     };
     write(out, &text)

@@ -198,23 +198,6 @@ spec:
         command: [sh, -c, "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done"]
 "#;
 
-/// The lines `stdout` prints, as they come.
-fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 #[tokio::test]
 async fn pods_run_through_containerd() {
     let OneNodeCluster {
@@ -358,7 +341,7 @@ async fn pods_run_through_containerd() {
     let mut follow = k
         .spawn(&["logs", "-f", "app", "-c", "shell", "--tail=0"])
         .unwrap();
-    let rx = lines_of(follow.stdout.take().unwrap());
+    let rx = sextant_tests::lines_of(follow.stdout.take().unwrap());
     for _ in 0..2 {
         let line = rx
             .recv_timeout(Duration::from_secs(10))
@@ -376,7 +359,7 @@ async fn pods_run_through_containerd() {
     let mut follow = k
         .spawn(&["logs", "-f", "-l", "app=ticker", "--prefix", "--tail=1"])
         .unwrap();
-    let rx = lines_of(follow.stdout.take().unwrap());
+    let rx = sextant_tests::lines_of(follow.stdout.take().unwrap());
     let mut sources = std::collections::BTreeSet::new();
     let mut seen = Vec::new();
     while sources.len() < 2 {

@@ -5,7 +5,9 @@
 //! format, across namespaces, by label, the errors for a missing object and an
 //! unknown type, the note for an empty list, and `config` reads; and a table of
 //! changes each CLI runs in a namespace of its own: `apply` (created, unchanged,
-//! configured), `create`, `label`, `annotate`, `scale`, `delete`, their errors. Then what only
+//! configured), `create`, `label`, `annotate`, `scale`, `delete`, their errors;
+//! and on a one-node cluster, `logs` of one pod, of a Deployment, by label with
+//! `--prefix`, `--tail`, `--since`, `-c`, and `logs -f` following new lines. Then what only
 //! one side can check: `config use-context`/`set-context` edit a kubeconfig
 //! kubectl then reads, completion scripts for three shells, `--help` everywhere.
 // Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
@@ -14,7 +16,10 @@
 use std::{path::Path, process::Output};
 
 use serde_json::Value;
-use sextant_tests::sextant::{Datastore, Kubectl, SextantServer};
+use sextant_tests::{
+    agent::OneNodeCluster,
+    sextant::{Datastore, Kubectl, SextantServer},
+};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_sextant");
 const CTL: &str = env!("CARGO_BIN_EXE_sextantctl");
@@ -505,4 +510,156 @@ async fn sextantctl_and_kubectl_change_objects_alike() {
         }
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
+/// Two pods that print three lines, then one more a second later.
+const PRINTERS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: printer}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: printer}}
+  template:
+    metadata: {labels: {app: printer}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: sextant.local/demo:v1
+        command: [sh, -c, "echo one; echo two; echo three; sleep 1; echo later; sleep 3600"]
+"#;
+
+const LOGS: &[Step] = &[
+    Step {
+        args: &["logs", "{pod}"],
+        compare: Compare::Exact,
+    },
+    Step {
+        args: &["logs", "pod/{pod}", "-c", "main", "--tail=2"],
+        compare: Compare::Exact,
+    },
+    Step {
+        args: &["logs", "{pod}", "--since=1h"],
+        compare: Compare::Exact,
+    },
+    Step {
+        args: &["logs", "-l", "app=printer", "--prefix"],
+        compare: Compare::Exact,
+    },
+    Step {
+        args: &["logs", "deploy/printer", "--tail=1"],
+        compare: Compare::Exact,
+    },
+    Step {
+        args: &["logs", "missing"],
+        compare: Compare::Fails,
+    },
+];
+
+#[tokio::test]
+async fn sextantctl_and_kubectl_read_logs_alike() {
+    let cluster = OneNodeCluster::start(Path::new(BINARY))
+        .await
+        .expect("one-node cluster");
+    let kubectl = cluster.server.kubectl().unwrap();
+    let ctl = Kubectl::with_binary(Path::new(CTL), &cluster.server.kubeconfig()).unwrap();
+    kubectl
+        .ok_with(&["apply", "-f", "-"], Some(PRINTERS))
+        .unwrap();
+    kubectl
+        .ok(&["rollout", "status", "deploy/printer", "--timeout=60s"])
+        .unwrap();
+    let pods = kubectl
+        .ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=printer",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .unwrap();
+    let pod = pods.split_whitespace().next().unwrap().to_owned();
+    // Every pod has printed all it will for an hour.
+    sextant_tests::wait_for(
+        "four lines from both pods",
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(200),
+        || {
+            let out = kubectl.run(&["logs", "-l", "app=printer"], None).ok();
+            async move {
+                out.filter(|o| String::from_utf8_lossy(&o.stdout).lines().count() == 8)
+                    .map(|_| ())
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    let mut differences = Vec::new();
+    for step in LOGS {
+        let args: Vec<String> = step.args.iter().map(|a| a.replace("{pod}", &pod)).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let theirs = kubectl.run(&args, None).unwrap();
+        let ours = ctl.run(&args, None).unwrap();
+        let (theirs_ok, theirs_what) = essence(step.compare, &theirs);
+        let (ours_ok, ours_what) = essence(step.compare, &ours);
+        assert_eq!(
+            theirs_ok,
+            !matches!(step.compare, Compare::Fails),
+            "kubectl {args:?} itself: {theirs_what}"
+        );
+        if (theirs_ok, &theirs_what) != (ours_ok, &ours_what) {
+            differences.push(format!(
+                "{args:?}:\n  kubectl    ({theirs_ok}): {theirs_what:?}\n  sextantctl ({ours_ok}): {ours_what:?}"
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+
+    // Following: one old line (--tail=1), then new ones as the pod prints them.
+    kubectl
+        .ok(&[
+            "run",
+            "ticker",
+            "--image=sextant.local/demo:v1",
+            "--restart=Never",
+            "--command",
+            "--",
+            "sh",
+            "-c",
+            "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done",
+        ])
+        .unwrap();
+    kubectl
+        .ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/ticker",
+            "--timeout=60s",
+        ])
+        .unwrap();
+    let mut follow = ctl
+        .spawn(&["logs", "-f", "ticker", "--prefix", "--tail=1"])
+        .unwrap();
+    let rx = sextant_tests::lines_of(follow.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match rx.recv_timeout(std::time::Duration::from_secs(15)) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let ticks: Vec<u64> = seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("[pod/ticker/ticker] tick "))
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        ticks.len() == 4 && ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "one old line, then each new one in order: {seen:?}"
+    );
 }

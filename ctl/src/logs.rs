@@ -1,0 +1,240 @@
+//! `sextantctl logs`: a pod's container log through the API server
+//! (`pods/<name>/log`, which the server takes from the node's kubelet), one pod
+//! by name (`web-1`, `pod/web-1`, `deploy/web` picks one of its pods) or every
+//! pod matching `-l` at once, `--prefix` naming each line's pod and container.
+
+use std::io::Write;
+
+use futures::{AsyncBufReadExt as _, StreamExt as _};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::{Api, ResourceExt as _, api::ListParams};
+
+use crate::{Error, Result, kubeconfig::Session};
+
+/// The arguments of `logs`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The pod (`NAME`, `pod/NAME`) or a Deployment (`deploy/NAME`: one of its pods).
+    pub target: Option<String>,
+    /// The container (default: the pod's first).
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+    /// Keep streaming new lines.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    pub tail: Option<i64>,
+    /// Only lines newer than this (`30s`, `5m`, `2h`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// The previous (terminated) container's log.
+    #[arg(short = 'p', long)]
+    pub previous: bool,
+    /// Every pod matching this label selector.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// Begin each line with `[pod/<name>/<container>]`.
+    #[arg(long)]
+    pub prefix: bool,
+}
+
+/// `30s`, `5m`, `2h`, `1h30m` in seconds.
+pub fn seconds(text: &str) -> Result<i64> {
+    let bad = || {
+        Error::Usage(format!(
+            "invalid argument \"{text}\" for \"--since\" flag: a duration such as 30s, 5m or 2h"
+        ))
+    };
+    let mut total = 0i64;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: i64 = number.parse().map_err(|_| bad())?;
+        number.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+    }
+    if !number.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// The pods to read and their container.
+async fn pods(
+    session: &Session,
+    args: &LogsArgs,
+    err: &mut (dyn Write + Send),
+) -> Result<Vec<Pod>> {
+    let api: Api<Pod> = Api::namespaced(session.client.clone(), &session.namespace);
+    let kube_err = |e| Error::from_kube(e, &session.server);
+    if let Some(selector) = &args.selector {
+        let mut list = api
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(kube_err)?
+            .items;
+        list.sort_by_key(|p| p.name_any());
+        if list.is_empty() {
+            return Err(Error::Usage(format!(
+                "no pods found in {} matching {selector}",
+                session.namespace
+            )));
+        }
+        return Ok(list);
+    }
+    let target = args
+        .target
+        .as_deref()
+        .ok_or_else(|| Error::Usage("expected POD or TYPE/NAME, or -l".into()))?;
+    let (kind, name) = target.split_once('/').unwrap_or(("pod", target));
+    match kind {
+        "pod" | "pods" | "po" => match api.get(name).await {
+            Ok(p) => Ok(vec![p]),
+            // kubectl's wording for a missing pod here.
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::Usage(format!(
+                "error from server (NotFound): pods \"{name}\" not found in namespace \"{}\"",
+                session.namespace
+            ))),
+            Err(e) => Err(kube_err(e)),
+        },
+        "deploy" | "deployment" | "deployments" => {
+            let d = Api::<Deployment>::namespaced(session.client.clone(), &session.namespace)
+                .get(name)
+                .await
+                .map_err(kube_err)?;
+            let labels = d
+                .spec
+                .and_then(|s| s.selector.match_labels)
+                .unwrap_or_default()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut list = api
+                .list(&ListParams::default().labels(&labels))
+                .await
+                .map_err(kube_err)?
+                .items;
+            list.sort_by_key(|p| p.name_any());
+            let first = list
+                .first()
+                .cloned()
+                .ok_or_else(|| Error::Usage(format!("no pods of deployment {name} found")))?;
+            if list.len() > 1 {
+                let _ = writeln!(
+                    err,
+                    "Found {} pods, using pod/{}",
+                    list.len(),
+                    first.name_any()
+                );
+            }
+            Ok(vec![first])
+        }
+        other => Err(Error::Usage(format!(
+            "cannot get the logs of a {other}: give a pod, pod/NAME or deploy/NAME"
+        ))),
+    }
+}
+
+/// Runs `logs`, writing lines as they come.
+pub async fn run(
+    session: &Session,
+    args: &LogsArgs,
+    out: &mut (dyn Write + Send),
+    err: &mut (dyn Write + Send),
+) -> Result<()> {
+    let since = args.since.as_deref().map(seconds).transpose()?;
+    let pods = pods(session, args, err).await?;
+    let mut streams = Vec::new();
+    for pod in &pods {
+        let name = pod.name_any();
+        let container = match &args.container {
+            Some(c) => c.clone(),
+            None => pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .map(|c| c.name.clone())
+                .unwrap_or_default(),
+        };
+        let mut query = format!("container={container}");
+        if args.follow {
+            query.push_str("&follow=true");
+        }
+        if args.previous {
+            query.push_str("&previous=true");
+        }
+        if let Some(n) = args.tail {
+            query.push_str(&format!("&tailLines={n}"));
+        }
+        if let Some(s) = since {
+            query.push_str(&format!("&sinceSeconds={s}"));
+        }
+        let path = format!(
+            "/api/v1/namespaces/{}/pods/{name}/log?{query}",
+            session.namespace
+        );
+        let req = http::Request::get(path)
+            .body(Vec::new())
+            .map_err(|e| Error::Client(e.to_string()))?;
+        let body = session
+            .client
+            .request_stream(req)
+            .await
+            .map_err(|e| Error::from_kube(e, &session.server))?;
+        let prefix = if args.prefix {
+            format!("[pod/{name}/{container}] ")
+        } else {
+            String::new()
+        };
+        streams.push(
+            body.lines()
+                .map(move |l| l.map(|l| format!("{prefix}{l}")))
+                .boxed(),
+        );
+    }
+    // Following, lines come as they are written; otherwise pod after pod, as
+    // kubectl prints them.
+    let mut all = if args.follow {
+        futures::stream::select_all(streams).boxed()
+    } else {
+        futures::stream::iter(streams).flatten().boxed()
+    };
+    while let Some(line) = all.next().await {
+        let line = line.map_err(|source| Error::Io {
+            what: "reading the log".into(),
+            source,
+        })?;
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(|source| Error::Io {
+                what: "writing the log".into(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_seconds() {
+        assert_eq!(seconds("30s").ok(), Some(30));
+        assert_eq!(seconds("5m").ok(), Some(300));
+        assert_eq!(seconds("1h30m").ok(), Some(5400));
+        for bad in ["", "5", "1d", "m", "0s"] {
+            assert!(seconds(bad).is_err(), "{bad}");
+        }
+    }
+}
