@@ -7,7 +7,8 @@
 //! get-contexts), `get` (server-side Tables, `-o wide|json|yaml|name`, `-A`,
 //! `-l`), `apply -f`/`create -f` (files, directories, `-R`, stdin,
 //! multi-document YAML), `delete`, `label`, `annotate`, `scale`, `logs`
-//! (`-f`, `-l`, `--prefix`, `--since`, `--tail`, `-c`, `--previous`), `flows` (every node's flows, `--follow`, filters), `dataplane
+//! (`-f`, `-l`, `--prefix`, `--since`, `--tail`, `-c`, `--previous`), `rollout
+//! status` (kubectl's progress lines), `wait --for`, `flows` (every node's flows, `--follow`, filters), `dataplane
 //! services|endpoints|policies` (each node's eBPF maps), `completion
 //! bash|zsh|fish`. Errors are kubectl's: the server's Status reason and
 //! message, exit code 1.
@@ -21,6 +22,7 @@ pub mod get;
 pub mod kubeconfig;
 pub mod logs;
 pub mod output;
+pub mod wait;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -84,6 +86,21 @@ pub enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Manage rollouts.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Wait until objects meet a condition (--for=condition=Ready) or are deleted (--for=delete).
+    Wait {
+        /// TYPE/NAME... or TYPE NAME...
+        #[arg(required = true)]
+        args: Vec<String>,
+        /// `condition=NAME[=VALUE]` or `delete`.
+        #[arg(long = "for", required = true)]
+        condition: String,
+        /// How long to wait (default 30s).
+        #[arg(long)]
+        timeout: Option<String>,
+    },
     /// Print a pod's container log (-f follows; -l reads every matching pod).
     Logs(logs::LogsArgs),
     /// Set the replicas of a Deployment, ReplicaSet or StatefulSet.
@@ -107,6 +124,20 @@ pub enum Command {
     Completion {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `rollout` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Follow a Deployment's rollout until it is done, a line per change.
+    Status {
+        /// TYPE/NAME or TYPE NAME.
+        #[arg(required = true)]
+        args: Vec<String>,
+        /// Give up after this long (`90s`, `5m`).
+        #[arg(long)]
+        timeout: Option<String>,
     },
 }
 
@@ -222,6 +253,18 @@ pub async fn run(
         }
         Command::Scale { args, replicas } => {
             apply::scale(&source.connect().await?, &args, replicas).await?
+        }
+        Command::Rollout(RolloutCommand::Status { args, timeout }) => {
+            let session = source.connect().await?;
+            return wait::rollout_status(&session, &args, timeout.as_deref(), out).await;
+        }
+        Command::Wait {
+            args,
+            condition,
+            timeout,
+        } => {
+            let session = source.connect().await?;
+            wait::wait(&session, &args, &condition, timeout.as_deref()).await?
         }
         Command::Logs(args) => {
             let session = source.connect().await?;

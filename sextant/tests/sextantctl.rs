@@ -7,7 +7,9 @@
 //! changes each CLI runs in a namespace of its own: `apply` (created, unchanged,
 //! configured), `create`, `label`, `annotate`, `scale`, `delete`, their errors;
 //! and on a one-node cluster, `logs` of one pod, of a Deployment, by label with
-//! `--prefix`, `--tail`, `--since`, `-c`, and `logs -f` following new lines. Then what only
+//! `--prefix`, `--tail`, `--since`, `-c`, `rollout status` and `wait --for`;
+//! then sextantctl alone: a rollout's progress lines, `logs -f` following new
+//! lines. Then what only
 //! one side can check: `config use-context`/`set-context` edit a kubeconfig
 //! kubectl then reads, completion scripts for three shells, `--help` everywhere.
 // Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
@@ -63,6 +65,8 @@ enum Compare {
     Fails,
     /// Success with nothing on stdout, standard error byte for byte.
     Note,
+    /// The last line of standard output (progress lines before it vary).
+    LastLine,
     /// JSON or YAML objects, without what differs between any two objects
     /// (uid, resourceVersion, creationTimestamp, managedFields) and with the
     /// last-applied annotation compared as JSON.
@@ -339,6 +343,7 @@ fn essence(compare: Compare, out: &Output) -> (bool, String) {
     let ok = out.status.success();
     let what = match compare {
         Compare::Exact => stdout,
+        Compare::LastLine => stdout.lines().last().unwrap_or_default().to_owned(),
         Compare::Json => serde_json::from_str::<Value>(&stdout)
             .map_or_else(|e| format!("not JSON ({e}): {stdout}"), |v| v.to_string()),
         Compare::Yaml => serde_saphyr::from_str::<Value>(&stdout)
@@ -555,6 +560,32 @@ const LOGS: &[Step] = &[
         args: &["logs", "missing"],
         compare: Compare::Fails,
     },
+    Step {
+        args: &["rollout", "status", "deploy/printer", "--timeout=60s"],
+        compare: Compare::LastLine,
+    },
+    Step {
+        args: &["rollout", "status", "deployment", "printer"],
+        compare: Compare::LastLine,
+    },
+    Step {
+        args: &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/{pod}",
+            "--timeout=30s",
+        ],
+        compare: Compare::Exact,
+    },
+    Step {
+        args: &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/missing",
+            "--timeout=5s",
+        ],
+        compare: Compare::Fails,
+    },
 ];
 
 #[tokio::test]
@@ -617,6 +648,27 @@ async fn sextantctl_and_kubectl_read_logs_alike() {
         }
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));
+
+    // A rollout in progress: kubectl's progress lines, one per change, then done.
+    kubectl
+        .ok(&["scale", "deploy/printer", "--replicas=3"])
+        .unwrap();
+    let progress = ctl
+        .ok(&["rollout", "status", "deploy/printer", "--timeout=60s"])
+        .unwrap();
+    let lines: Vec<&str> = progress.lines().collect();
+    assert_eq!(
+        lines.last(),
+        Some(&"deployment \"printer\" successfully rolled out"),
+        "{progress}"
+    );
+    for l in &lines[..lines.len() - 1] {
+        assert!(
+            l.starts_with("Waiting for deployment \"printer\" rollout to finish: ")
+                || *l == "Waiting for deployment spec update to be observed...",
+            "{progress}"
+        );
+    }
 
     // Following: one old line (--tail=1), then new ones as the pod prints them.
     kubectl
