@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     Error, Result,
     discovery::{self, ResourceType},
-    kubeconfig::Session,
+    session::Session,
 };
 
 /// kubectl's annotation holding what was last applied.
@@ -196,39 +196,6 @@ fn equivalent(want: &[Value], have: &[Value]) -> bool {
         })
 }
 
-async fn call(session: &Session, req: http::Request<Vec<u8>>) -> Result<Value> {
-    session
-        .client
-        .request::<Value>(req)
-        .await
-        .map_err(|e| Error::from_kube(e, &session.server))
-}
-
-fn request(
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: &Value,
-) -> Result<http::Request<Vec<u8>>> {
-    http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::CONTENT_TYPE, content_type)
-        .body(body.to_string().into_bytes())
-        .map_err(|e| Error::Client(e.to_string()))
-}
-
-async fn get_opt(session: &Session, path: &str) -> Result<Option<Value>> {
-    let req = http::Request::get(path)
-        .body(Vec::new())
-        .map_err(|e| Error::Client(e.to_string()))?;
-    match session.client.request::<Value>(req).await {
-        Ok(v) => Ok(Some(v)),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-        Err(e) => Err(Error::from_kube(e, &session.server)),
-    }
-}
-
 /// kubectl's wording for a failed write of an object read from `source`.
 fn when(e: Error, doing: &str, source: &str) -> Error {
     match e {
@@ -271,16 +238,14 @@ pub async fn apply(session: &Session, objects: &[Manifest]) -> Result<String> {
         }
         let last = applied.to_string();
         let path = format!("{collection}/{name}");
-        let verb = match get_opt(session, &path).await? {
+        let verb = match session.get_opt(&path).await? {
             None => {
                 let mut body = applied.clone();
                 body["metadata"]["annotations"][LAST_APPLIED] = Value::String(last);
-                call(
-                    session,
-                    request("POST", &collection, "application/json", &body)?,
-                )
-                .await
-                .map_err(|e| when(e, "creating", source))?;
+                session
+                    .write("POST", &collection, "application/json", &body)
+                    .await
+                    .map_err(|e| when(e, "creating", source))?;
                 "created"
             }
             Some(live) => {
@@ -295,12 +260,10 @@ pub async fn apply(session: &Session, objects: &[Manifest]) -> Result<String> {
                     let meta = patch.entry("metadata").or_insert_with(|| json!({}));
                     meta["annotations"][LAST_APPLIED] = Value::String(last);
                     let body = Value::Object(patch);
-                    call(
-                        session,
-                        request("PATCH", &path, "application/merge-patch+json", &body)?,
-                    )
-                    .await
-                    .map_err(|e| when(e, "applying patch to", source))?;
+                    session
+                        .write("PATCH", &path, "application/merge-patch+json", &body)
+                        .await
+                        .map_err(|e| when(e, "applying patch to", source))?;
                     "configured"
                 }
             }
@@ -317,12 +280,10 @@ pub async fn create(session: &Session, objects: &[Manifest]) -> Result<String> {
     for Manifest { source, object } in objects {
         let (rt, collection, name) = type_of(&types, object, &session.namespace)?;
         let body = placed(&rt, object, &session.namespace);
-        call(
-            session,
-            request("POST", &collection, "application/json", &body)?,
-        )
-        .await
-        .map_err(|e| when(e, "creating", source))?;
+        session
+            .write("POST", &collection, "application/json", &body)
+            .await
+            .map_err(|e| when(e, "creating", source))?;
         out.push_str(&format!("{}/{name} created\n", rt.name_prefix()));
     }
     Ok(out)
@@ -369,7 +330,7 @@ pub async fn delete(session: &Session, targets: &[(String, String)]) -> Result<S
         let req = http::Request::delete(&path)
             .body(Vec::new())
             .map_err(|e| Error::Client(e.to_string()))?;
-        call(session, req).await?;
+        session.send::<Value>(req).await?;
         out.push_str(&format!("{} \"{name}\" deleted\n", rt.name_prefix()));
     }
     Ok(out)
@@ -409,13 +370,11 @@ pub async fn set_meta(
     for (t, name) in targets(&objs)? {
         let rt = discovery::resolve(&types, &t)?;
         let path = format!("{}/{name}", rt.path(Some(&session.namespace)));
-        let live = get_opt(session, &path)
-            .await?
-            .ok_or_else(|| Error::Server {
-                reason: "NotFound".into(),
-                message: format!("{} \"{name}\" not found", rt.plural),
-                code: 404,
-            })?;
+        let live = session.get_opt(&path).await?.ok_or_else(|| Error::Server {
+            reason: "NotFound".into(),
+            message: format!("{} \"{name}\" not found", rt.plural),
+            code: 404,
+        })?;
         let mut map = Map::new();
         for c in &changes {
             if let Some((k, v)) = c.split_once('=') {
@@ -437,11 +396,9 @@ pub async fn set_meta(
             _ => verb,
         };
         let body = json!({"metadata": {field: map}});
-        call(
-            session,
-            request("PATCH", &path, "application/merge-patch+json", &body)?,
-        )
-        .await?;
+        session
+            .write("PATCH", &path, "application/merge-patch+json", &body)
+            .await?;
         out.push_str(&format!("{}/{name} {verb}\n", rt.name_prefix()));
     }
     Ok(out)
@@ -455,11 +412,9 @@ pub async fn scale(session: &Session, args: &[String], replicas: i32) -> Result<
         let rt = discovery::resolve(&types, &t)?;
         let path = format!("{}/{name}/scale", rt.path(Some(&session.namespace)));
         let body = json!({"spec": {"replicas": replicas}});
-        call(
-            session,
-            request("PATCH", &path, "application/merge-patch+json", &body)?,
-        )
-        .await?;
+        session
+            .write("PATCH", &path, "application/merge-patch+json", &body)
+            .await?;
         out.push_str(&format!("{}/{name} scaled\n", rt.name_prefix()));
     }
     Ok(out)

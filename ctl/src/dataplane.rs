@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::{Error, Result, flows::nodes, kubeconfig::Session, output};
+use crate::{Error, Result, flows::nodes, output, session::Session};
 
 /// What `dataplane` shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -40,14 +40,12 @@ pub async fn run(session: &Session, args: &DataplaneArgs) -> Result<String> {
     };
     let mut rows: Vec<Value> = Vec::new();
     for node in nodes(session, args.node.as_deref()).await? {
-        let req = http::Request::get(format!("/api/v1/nodes/{node}/proxy/dataplane/{path}"))
-            .body(Vec::new())
-            .map_err(|e| Error::Client(e.to_string()))?;
         let v: Value = session
-            .client
-            .request(req)
-            .await
-            .map_err(|e| Error::from_kube(e, &session.server))?;
+            .get(
+                &format!("/api/v1/nodes/{node}/proxy/dataplane/{path}"),
+                None,
+            )
+            .await?;
         let items = match args.table {
             Table::Policies => v["endpoints"].as_array().cloned().unwrap_or_default(),
             _ => v.as_array().cloned().unwrap_or_default(),

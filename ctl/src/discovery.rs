@@ -4,7 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{APIGroupList, APIResourceList};
 
-use crate::{Error, Result, kubeconfig::Session};
+use crate::{Error, Result, session::Session};
 
 /// One resource type.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,17 +59,6 @@ impl ResourceType {
     }
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(session: &Session, path: &str) -> Result<T> {
-    let request = http::Request::get(path)
-        .body(Vec::new())
-        .map_err(|e| Error::Client(e.to_string()))?;
-    session
-        .client
-        .request::<T>(request)
-        .await
-        .map_err(|e| Error::from_kube(e, &session.server))
-}
-
 /// Every resource type the server serves (subresources left out), core first,
 /// then groups in the server's order, each at its preferred version.
 pub async fn discover(session: &Session) -> Result<Vec<ResourceType>> {
@@ -77,9 +66,9 @@ pub async fn discover(session: &Session) -> Result<Vec<ResourceType>> {
     lists.push((
         String::new(),
         "v1".into(),
-        get_json(session, "/api/v1").await?,
+        session.get("/api/v1", None).await?,
     ));
-    let groups: APIGroupList = get_json(session, "/apis").await?;
+    let groups: APIGroupList = session.get("/apis", None).await?;
     for g in groups.groups {
         let Some(version) = g
             .preferred_version
@@ -88,7 +77,9 @@ pub async fn discover(session: &Session) -> Result<Vec<ResourceType>> {
         else {
             continue;
         };
-        let list = get_json(session, &format!("/apis/{}/{version}", g.name)).await?;
+        let list = session
+            .get(&format!("/apis/{}/{version}", g.name), None)
+            .await?;
         lists.push((g.name, version, list));
     }
     Ok(lists

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::{Api, ResourceExt as _, api::ListParams};
 use serde_json::Value;
 
-use crate::{Error, Result, kubeconfig::Session};
+use crate::{Error, Result, session::Session};
 
 /// `--verdict`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -5,8 +5,8 @@ use serde_json::Value;
 
 use crate::{
     Error, Result, discovery,
-    kubeconfig::Session,
     output::{self, Format},
+    session::Session,
 };
 
 /// What kubectl sends to get a Table, falling back to the object.
@@ -44,7 +44,7 @@ pub struct Printed {
     pub error: Option<Error>,
 }
 
-async fn request(
+async fn list(
     session: &Session,
     path: &str,
     accept: &str,
@@ -61,26 +61,7 @@ async fn request(
         http::header::ACCEPT,
         http::HeaderValue::from_str(accept).map_err(|e| Error::Client(e.to_string()))?,
     );
-    session
-        .client
-        .request::<Value>(req)
-        .await
-        .map_err(|e| Error::from_kube(e, &session.server))
-}
-
-async fn get_one(session: &Session, path: &str, accept: &str) -> Result<Value> {
-    let mut req = http::Request::get(path)
-        .body(Vec::new())
-        .map_err(|e| Error::Client(e.to_string()))?;
-    req.headers_mut().insert(
-        http::header::ACCEPT,
-        http::HeaderValue::from_str(accept).map_err(|e| Error::Client(e.to_string()))?,
-    );
-    session
-        .client
-        .request::<Value>(req)
-        .await
-        .map_err(|e| Error::from_kube(e, &session.server))
+    session.send(req).await
 }
 
 /// Runs `get`.
@@ -100,10 +81,10 @@ pub async fn run(session: &Session, args: &GetArgs) -> Result<Printed> {
     // The tables (or objects) of the named objects, or the whole list.
     let mut found: Vec<Value> = Vec::new();
     if args.names.is_empty() {
-        found.push(request(session, &path, accept, args.selector.as_deref()).await?);
+        found.push(list(session, &path, accept, args.selector.as_deref()).await?);
     } else {
         for name in &args.names {
-            match get_one(session, &format!("{path}/{name}"), accept).await {
+            match session.get(&format!("{path}/{name}"), Some(accept)).await {
                 Ok(v) => found.push(v),
                 Err(e) => {
                     if printed.error.is_none() {

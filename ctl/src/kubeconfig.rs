@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use kube::config::{Context, KubeConfigOptions, Kubeconfig, NamedContext};
 
-use crate::{Error, Result};
+use crate::{Error, Result, session::Session};
 
 /// Where the kubeconfig comes from and which context to use.
 #[derive(Clone, Debug, Default)]
@@ -18,26 +18,6 @@ pub struct Source {
     pub context: Option<String>,
     /// `-n`/`--namespace`.
     pub namespace: Option<String>,
-}
-
-/// A connected client and what a command needs to know about it.
-#[derive(Clone)]
-pub struct Session {
-    /// The API client.
-    pub client: kube::Client,
-    /// The namespace commands default to.
-    pub namespace: String,
-    /// The server URL (for error messages).
-    pub server: String,
-}
-
-impl std::fmt::Debug for Session {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("namespace", &self.namespace)
-            .field("server", &self.server)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Source {

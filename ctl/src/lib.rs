@@ -22,6 +22,7 @@ pub mod get;
 pub mod kubeconfig;
 pub mod logs;
 pub mod output;
+pub mod session;
 pub mod wait;
 
 use clap::{CommandFactory, Parser, Subcommand};

@@ -9,7 +9,7 @@ use futures::{AsyncBufReadExt as _, StreamExt as _};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{Api, ResourceExt as _, api::ListParams};
 
-use crate::{Error, Result, kubeconfig::Session};
+use crate::{Error, Result, session::Session};
 
 /// The arguments of `logs`.
 #[derive(Clone, Debug, clap::Args)]

@@ -6,7 +6,7 @@ use std::{io::Write, time::Duration};
 
 use serde_json::Value;
 
-use crate::{Error, Result, apply::targets, discovery, kubeconfig::Session};
+use crate::{Error, Result, apply::targets, discovery, session::Session};
 
 /// How often the object is read again while waiting.
 const POLL: Duration = Duration::from_millis(500);
@@ -20,17 +20,6 @@ fn timeout(text: &str) -> Result<Duration> {
                 "invalid --timeout {text:?}: a duration such as 30s or 5m"
             ))
         })
-}
-
-async fn get(session: &Session, path: &str) -> Result<Option<Value>> {
-    let req = http::Request::get(path)
-        .body(Vec::new())
-        .map_err(|e| Error::Client(e.to_string()))?;
-    match session.client.request::<Value>(req).await {
-        Ok(v) => Ok(Some(v)),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-        Err(e) => Err(Error::from_kube(e, &session.server)),
-    }
 }
 
 /// kubectl's status of a Deployment rollout: `Ok(true)` done, `Ok(false)` with
@@ -114,7 +103,7 @@ pub async fn rollout_status(
     let path = format!("{}/{name}", rt.path(Some(&session.namespace)));
     let mut last = String::new();
     loop {
-        let d = get(session, &path).await?.ok_or_else(|| Error::Server {
+        let d = session.get_opt(&path).await?.ok_or_else(|| Error::Server {
             reason: "NotFound".into(),
             message: format!("deployments.apps \"{name}\" not found"),
             code: 404,
@@ -156,7 +145,7 @@ pub async fn wait(
         let path = format!("{}/{name}", rt.path(Some(&session.namespace)));
         let shown = format!("{}/{name}", rt.name_prefix());
         loop {
-            let obj = get(session, &path).await?;
+            let obj = session.get_opt(&path).await?;
             let met = match (condition, &obj) {
                 ("delete", None) => {
                     out.push_str(&format!("{shown} deleted\n"));
