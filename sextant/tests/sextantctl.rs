@@ -67,6 +67,9 @@ enum Compare {
     Note,
     /// The last line of standard output (progress lines before it vary).
     LastLine,
+    /// Prefixed log lines, each pod's in order; the pods in any order (kubectl
+    /// orders pods by readiness and age, a tie at one-second resolution).
+    PerPod,
     /// JSON or YAML objects, without what differs between any two objects
     /// (uid, resourceVersion, creationTimestamp, managedFields) and with the
     /// last-applied annotation compared as JSON.
@@ -344,6 +347,14 @@ fn essence(compare: Compare, out: &Output) -> (bool, String) {
     let what = match compare {
         Compare::Exact => stdout,
         Compare::LastLine => stdout.lines().last().unwrap_or_default().to_owned(),
+        Compare::PerPod => {
+            let mut by_pod: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+            for line in stdout.lines() {
+                let pod = line.split(']').next().unwrap_or_default();
+                by_pod.entry(pod).or_default().push(line);
+            }
+            format!("{by_pod:?}")
+        }
         Compare::Json => serde_json::from_str::<Value>(&stdout)
             .map_or_else(|e| format!("not JSON ({e}): {stdout}"), |v| v.to_string()),
         Compare::Yaml => serde_saphyr::from_str::<Value>(&stdout)
@@ -550,7 +561,7 @@ const LOGS: &[Step] = &[
     },
     Step {
         args: &["logs", "-l", "app=printer", "--prefix"],
-        compare: Compare::Exact,
+        compare: Compare::PerPod,
     },
     Step {
         args: &["logs", "deploy/printer", "--tail=1"],
