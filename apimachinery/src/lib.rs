@@ -2,9 +2,10 @@
 //! dependency on any of them (decision 0006): resource quantities as numbers
 //! ([`quantity`]), what counts against a ResourceQuota ([`quota`]), whether a
 //! pod may run on a node ([`scheduling`]: node selectors, affinity, taints)
-//! label selectors ([`labels`]) and the names of the `local-path` volume
+//! label selectors ([`labels`]), ages as kubectl prints them ([`duration`]) and the names of the `local-path` volume
 //! protocol ([`local_path`]).
 
+pub mod duration;
 pub mod labels;
 pub mod local_path;
 pub mod quantity;

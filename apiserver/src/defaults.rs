@@ -292,6 +292,31 @@ fn container(c: &mut Value) {
             set(p, "protocol", json!("TCP"));
         }
     }
+    for kind in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(p) = object(c, kind) {
+            probe(p);
+        }
+    }
+}
+
+/// Upstream's `SetDefaults_Probe` and `SetDefaults_HTTPGetAction`.
+fn probe(p: &mut Value) {
+    for (field, value) in [
+        ("timeoutSeconds", 1),
+        ("periodSeconds", 10),
+        ("successThreshold", 1),
+        ("failureThreshold", 3),
+    ] {
+        if p.get(field).and_then(Value::as_i64).is_none_or(|v| v == 0)
+            && let Some(o) = p.as_object_mut()
+        {
+            o.insert(field.to_owned(), json!(value));
+        }
+    }
+    if let Some(h) = object(p, "httpGet") {
+        set(h, "path", json!("/"));
+        set(h, "scheme", json!("HTTP"));
+    }
 }
 
 /// `strategy.rollingUpdate.<field>`, when absent.
@@ -330,6 +355,24 @@ mod tests {
     fn defaulted(group: &str, plural: &str, mut obj: Value) -> Value {
         apply(find(group, "v1", plural).unwrap(), &mut obj);
         obj
+    }
+
+    #[test]
+    fn probes_get_upstreams_timings_and_http_scheme() {
+        let pod = defaulted(
+            "",
+            "pods",
+            json!({"spec": {"containers": [{"name": "c", "image": "i:1",
+                "readinessProbe": {"httpGet": {"port": 80}, "periodSeconds": 2},
+                "livenessProbe": {"exec": {"command": ["true"]}}}]}}),
+        );
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(
+            c["readinessProbe"],
+            json!({"httpGet": {"port": 80, "path": "/", "scheme": "HTTP"}, "periodSeconds": 2,
+                "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3})
+        );
+        assert_eq!(c["livenessProbe"]["periodSeconds"], 10);
     }
 
     #[test]

@@ -14,7 +14,8 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{Request, State},
+    extract::{RawQuery, Request, State},
+    http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{any, get},
@@ -574,11 +575,34 @@ fn router(
         ))
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.current_revision().await {
-        Ok(_) => "ok".into_response(),
-        Err(e) => ApiError::unavailable(format!("store: {e}")).into_response(),
+/// `/readyz`: ready when the datastore answers. `?verbose` lists the checks
+/// as upstream does (`[+]name ok` lines, then `readyz check passed`).
+async fn readyz(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let verbose = query.as_deref().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "verbose" || p.starts_with("verbose="))
+    });
+    let store = state.store.current_revision().await;
+    if !verbose {
+        return match store {
+            Ok(_) => "ok".into_response(),
+            Err(e) => ApiError::unavailable(format!("store: {e}")).into_response(),
+        };
     }
+    let (mark, result) = match &store {
+        Ok(_) => ('+', "ok".to_owned()),
+        Err(e) => ('-', format!("failed: {e}")),
+    };
+    let text = format!(
+        "[+]ping ok\n[{mark}]datastore {result}\nreadyz check {}\n",
+        if store.is_ok() { "passed" } else { "failed" }
+    );
+    let code = if store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    (code, text).into_response()
 }
 
 async fn version() -> Json<serde_json::Value> {
