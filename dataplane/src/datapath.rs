@@ -40,8 +40,8 @@ use sextant_ebpf_common::{
     endpoints::{ENDPOINTS_MAP, Endpoint},
     flows::FLOWS_MAP,
     lb::{
-        AFFINITY_MAP, BACKENDS_MAP, CT_MAP, Lb4Backend, Lb4BackendKey, Lb4Key, Lb4Service,
-        NODEPORT_NAT_MAP, SERVICES_MAP, TRAFFIC_MAP,
+        AFFINITY_MAP, BACKENDS_MAP, CT_MAP, Ct4Entry, Ct4Key, Lb4Backend, Lb4BackendKey, Lb4Key,
+        Lb4Service, NODEPORT_NAT_MAP, Nat4Entry, SERVICES_MAP, TRAFFIC_MAP,
     },
     metrics::{Counter, Family, METRICS_MAP, PacketCount},
     policy::{
@@ -407,6 +407,60 @@ impl Datapath {
                 })
             })
             .collect()
+    }
+
+    /// Every tracked flow direction in the conntrack map.
+    pub fn conntrack(&mut self) -> Result<Vec<(Ct4Key, Ct4Entry)>> {
+        let map: BpfHashMap<&mut MapData, Ct4Key, Ct4Entry> = map_mut(&mut self.ebpf, CT_MAP)?;
+        map.iter()
+            .map(|r| {
+                r.map_err(|source| Error::Map {
+                    name: CT_MAP,
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    /// Every NodePort flow direction XDP rewrites.
+    pub fn nodeport_nat(&mut self) -> Result<Vec<(Ct4Key, Nat4Entry)>> {
+        let map: BpfHashMap<&mut MapData, Ct4Key, Nat4Entry> =
+            map_mut(&mut self.ebpf, NODEPORT_NAT_MAP)?;
+        map.iter()
+            .map(|r| {
+                r.map_err(|source| Error::Map {
+                    name: NODEPORT_NAT_MAP,
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    /// The programs attached on this node, as (interface, program), from the
+    /// pinned links (this agent's and any earlier one's).
+    pub fn attachments(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .pins_with_prefix("")
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .filter_map(|name| {
+                // `<ifname>_<program>_<pid>`; interface names may hold `_`.
+                let (rest, _pid) = name.rsplit_once('_')?;
+                POD_PROGRAMS
+                    .into_iter()
+                    .chain(UPLINK_PROGRAMS)
+                    .map(|(p, _)| p)
+                    .chain([UPLINK_XDP])
+                    .find_map(|p| {
+                        rest.strip_suffix(p)
+                            .and_then(|i| i.strip_suffix('_'))
+                            .map(|i| (i.to_owned(), p.to_owned()))
+                    })
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Every service frontend the map holds.

@@ -10,6 +10,9 @@
 //! - `GET /dataplane/endpoints`: the local pods the endpoint map delivers to.
 //! - `GET /dataplane/policies`: the local pods' enforced directions and the
 //!   policy rules' count per endpoint identity.
+//! - `GET /dataplane/ct`: the tracked flows (conntrack map: service DNAT and
+//!   its reverse, policy-tracked flows) and XDP's NodePort NAT entries.
+//! - `GET /dataplane/status`: the attached programs and each map's entries.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf};
 
@@ -60,6 +63,8 @@ pub fn router(inspect: Inspect) -> Router {
         .route("/dataplane/services", get(services_handler))
         .route("/dataplane/endpoints", get(endpoints_handler))
         .route("/dataplane/policies", get(policies_handler))
+        .route("/dataplane/ct", get(conntrack_handler))
+        .route("/dataplane/status", get(status_handler))
         .with_state(inspect)
 }
 
@@ -173,6 +178,120 @@ async fn services_handler(State(i): State<Inspect>) -> Response {
             .cmp(&(b["service"].as_str(), b["frontend"].as_str()))
     });
     Json(out).into_response()
+}
+
+fn addr(ip: u32, port: u16) -> String {
+    format!(
+        "{}:{}",
+        Ipv4Addr::from(ip.to_ne_bytes()),
+        u16::from_be(port)
+    )
+}
+
+async fn conntrack_handler(State(i): State<Inspect>) -> Response {
+    use sextant_ebpf_common::lb::{CT_CLOSING, CT_DNAT, CT_HAIRPIN, CT_REVNAT, NAT_REPLY};
+    let read = {
+        let mut dp = i
+            .datapath
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        dp.conntrack().and_then(|c| Ok((c, dp.nodeport_nat()?)))
+    };
+    let (ct, nat) = match read {
+        Ok(r) => r,
+        Err(e) => return failed(&e),
+    };
+    let pods = pods_by_ip(&i.records_dir);
+    let pod = |ip: u32| {
+        pods.get(&Ipv4Addr::from(ip.to_ne_bytes()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let flags = |f: u8, names: &[(u8, &'static str)]| -> Vec<&'static str> {
+        names
+            .iter()
+            .filter(|(bit, _)| f & bit != 0)
+            .map(|(_, n)| *n)
+            .collect()
+    };
+    let mut out: Vec<Value> = ct
+        .iter()
+        .map(|(k, e)| {
+            let (action, rewrite) = match e.action {
+                CT_DNAT => ("dnat", format!("dst={}", addr(e.addr, e.port))),
+                CT_REVNAT => ("revnat", format!("src={}", addr(e.addr, e.port))),
+                _ => ("tracked", String::new()),
+            };
+            json!({
+                "protocol": proto_name(k.proto),
+                "source": addr(k.saddr, k.sport),
+                "destination": addr(k.daddr, k.dport),
+                "source_pod": pod(k.saddr),
+                "destination_pod": pod(k.daddr),
+                "action": action,
+                "rewrite": rewrite,
+                "flags": flags(e.flags, &[(CT_CLOSING, "closing"), (CT_HAIRPIN, "hairpin")]),
+            })
+        })
+        .chain(nat.iter().map(|(k, e)| {
+            json!({
+                "protocol": proto_name(k.proto),
+                "source": addr(k.saddr, k.sport),
+                "destination": addr(k.daddr, k.dport),
+                "source_pod": pod(k.saddr),
+                "destination_pod": pod(k.daddr),
+                "action": "nodeport-nat",
+                "rewrite": format!("src={} dst={}", addr(e.saddr, e.sport), addr(e.daddr, e.dport)),
+                "flags": flags(e.flags, &[(CT_CLOSING, "closing"), (NAT_REPLY, "reply")]),
+            })
+        }))
+        .collect();
+    out.sort_by(|a, b| {
+        (
+            a["protocol"].as_str(),
+            a["source"].as_str(),
+            a["destination"].as_str(),
+        )
+            .cmp(&(
+                b["protocol"].as_str(),
+                b["source"].as_str(),
+                b["destination"].as_str(),
+            ))
+    });
+    Json(out).into_response()
+}
+
+async fn status_handler(State(i): State<Inspect>) -> Response {
+    let (attached, counts) = {
+        let mut dp = i
+            .datapath
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let counts = (
+            dp.services().map(|v| v.len()),
+            dp.backends().map(|v| v.len()),
+            dp.endpoints().map(|v| v.len()),
+            dp.conntrack().map(|v| v.len()),
+            dp.policy_endpoints().map(|v| v.len()),
+        );
+        (dp.attachments(), counts)
+    };
+    let n = |r: crate::Result<usize>| r.map_or(Value::Null, |n| json!(n));
+    let mut programs: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (ifname, program) in attached {
+        programs.entry(program).or_default().push(ifname);
+    }
+    Json(json!({
+        "programs": programs,
+        "maps": {
+            "services": n(counts.0),
+            "backends": n(counts.1),
+            "endpoints": n(counts.2),
+            "conntrack": n(counts.3),
+            "policy_endpoints": n(counts.4),
+        },
+    }))
+    .into_response()
 }
 
 /// Local pods by address, from the endpoint records.

@@ -431,19 +431,31 @@ async fn relay_channels(client: WebSocket, url: String, v5: bool, streams: Strea
     writer.abort();
 }
 
-/// `GET /portForward/<namespace>/<pod>`: a SPDY session in a WebSocket.
+/// `GET /portForward/<namespace>/<pod>[?ports=80,443]`: a SPDY session in a
+/// WebSocket (kubectl), or the channel protocol for the `ports` named in the
+/// query (`v4.channel.k8s.io`: kube-rs, sextantctl).
 pub(crate) async fn port_forward(
     State(rt): State<Arc<PodRuntime>>,
     Path((namespace, pod)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let ws = ws.protocols([SPDY_PORT_FORWARD]);
-    if ws.selected_protocol().is_none() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("port-forward needs the WebSocket protocol {SPDY_PORT_FORWARD}"),
-        );
-    }
+    let ws = ws.protocols([SPDY_PORT_FORWARD, V4_CHANNEL]);
+    let channels = match ws.selected_protocol() {
+        Some(p) if p == SPDY_PORT_FORWARD => None,
+        Some(_) => match channel_ports(query.as_deref()) {
+            Ok(ports) => Some(ports),
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        },
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "port-forward needs the WebSocket protocol {SPDY_PORT_FORWARD} or {V4_CHANNEL}"
+                ),
+            );
+        }
+    };
     let sandbox = match pods::ready_sandbox(&rt, &namespace, &pod).await {
         Ok(Some(s)) => s.id,
         Ok(None) => {
@@ -454,7 +466,94 @@ pub(crate) async fn port_forward(
         }
         Err(e) => return internal(e),
     };
-    ws.on_upgrade(move |socket| port_forward_session(socket, rt, sandbox))
+    match channels {
+        None => ws.on_upgrade(move |socket| port_forward_session(socket, rt, sandbox)),
+        Some(ports) => {
+            ws.on_upgrade(move |socket| port_forward_channels(socket, rt, sandbox, ports))
+        }
+    }
+}
+
+/// The `ports` of a channel-protocol port-forward (`ports=80,443` or repeated).
+fn channel_ports(query: Option<&str>) -> Result<Vec<i32>, String> {
+    let mut ports = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if k == "ports" {
+            for p in v.split(',') {
+                let port: u16 = p
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("invalid port {p:?} in the ports parameter"))?;
+                ports.push(i32::from(port));
+            }
+        }
+    }
+    if ports.is_empty() {
+        return Err("port-forward needs at least one port in the ports parameter".into());
+    }
+    Ok(ports)
+}
+
+/// The channel protocol is the runtime's own (port `i` on channels `2i` data
+/// and `2i+1` error, each opened by the port in two bytes): the kubelet asks
+/// for the same ports and relays messages both ways unchanged.
+async fn port_forward_channels(
+    socket: WebSocket,
+    rt: Arc<PodRuntime>,
+    sandbox: String,
+    ports: Vec<i32>,
+) {
+    let request = cri::PortForwardRequest {
+        pod_sandbox_id: sandbox.clone(),
+        port: ports,
+    };
+    let (mut to_client, mut from_client) = socket.split();
+    let url = match rt.cri.runtime.clone().port_forward(request).await {
+        Ok(r) => r.into_inner().url,
+        Err(e) => {
+            tracing::debug!(error = %e.message(), %sandbox, "port-forward");
+            let _ = to_client.send(normal_close()).await;
+            return;
+        }
+    };
+    let (mut to_runtime, mut from_runtime) = match connect_runtime(&url).await {
+        Ok(s) => s.split(),
+        Err(e) => {
+            tracing::debug!(error = %e, %sandbox, "port-forward");
+            let _ = to_client.send(normal_close()).await;
+            return;
+        }
+    };
+    let upstream = async {
+        while let Some(Ok(message)) = from_client.next().await {
+            let message = match message {
+                Message::Binary(b) => tungstenite::Message::Binary(b),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if to_runtime.send(message).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_runtime.close().await;
+    };
+    let downstream = async {
+        while let Some(Ok(message)) = from_runtime.next().await {
+            let message = match message {
+                tungstenite::Message::Binary(b) => Message::Binary(b),
+                tungstenite::Message::Close(_) => break,
+                _ => continue,
+            };
+            if to_client.send(message).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_client.send(normal_close()).await;
+    };
+    tokio::select! {
+        () = upstream => {}
+        () = downstream => {}
+    }
 }
 
 /// A stream pair being opened: kubectl opens the error stream, waits for the
