@@ -1,4 +1,4 @@
-//! `sextantctl dataplane services|endpoints|policies`: what each node's eBPF
+//! `sextantctl dataplane services|endpoints|policies|ct`: what each node's eBPF
 //! maps hold, read from its agent through the API server's node proxy
 //! (`/api/v1/nodes/<node>/proxy/dataplane/<what>`).
 
@@ -15,6 +15,9 @@ pub enum Table {
     Endpoints,
     /// The local pods' enforced policy directions.
     Policies,
+    /// The tracked flows: service DNAT and reverse NAT, policy-tracked flows,
+    /// and XDP's NodePort NAT.
+    Ct,
 }
 
 /// The arguments of `dataplane`.
@@ -37,6 +40,7 @@ pub async fn run(session: &Session, args: &DataplaneArgs) -> Result<String> {
         Table::Services => "services",
         Table::Endpoints => "endpoints",
         Table::Policies => "policies",
+        Table::Ct => "ct",
     };
     let mut rows: Vec<Value> = Vec::new();
     for node in nodes(session, args.node.as_deref()).await? {
@@ -84,6 +88,30 @@ pub async fn run(session: &Session, args: &DataplaneArgs) -> Result<String> {
         Table::Policies => (
             &["NODE", "IP", "POD", "INGRESS", "EGRESS"],
             &["node", "ip", "pod", "ingress", "egress"],
+        ),
+        Table::Ct => (
+            &[
+                "NODE",
+                "PROTO",
+                "SOURCE",
+                "DESTINATION",
+                "ACTION",
+                "REWRITE",
+                "FLAGS",
+                "SOURCE-POD",
+                "DESTINATION-POD",
+            ],
+            &[
+                "node",
+                "protocol",
+                "source",
+                "destination",
+                "action",
+                "rewrite",
+                "flags",
+                "source_pod",
+                "destination_pod",
+            ],
         ),
     };
     let mut table = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];

@@ -33,6 +33,10 @@ pub enum Error {
     /// Anything else the client library reported.
     #[error("error: {0}")]
     Client(String),
+    /// The command run by `exec` exited with this code (kubectl's message; the
+    /// CLI exits with the same code).
+    #[error("command terminated with exit code {0}")]
+    Exited(u8),
     /// Local I/O (reading a file, writing the kubeconfig).
     #[error("error: {what}: {source}")]
     Io {
@@ -66,9 +70,12 @@ impl Error {
         }
     }
 
-    /// The process exit code (kubectl exits 1 on every failure).
+    /// The process exit code: kubectl's 1, or the exit code of `exec`'s command.
     pub fn exit_code(&self) -> u8 {
-        1
+        match self {
+            Self::Exited(code) => *code,
+            _ => 1,
+        }
     }
 }
 

@@ -55,27 +55,6 @@ pub(crate) async fn nodes(session: &Session, only: Option<&str>) -> Result<Vec<S
     Ok(list.items.iter().map(|n| n.name_any()).collect())
 }
 
-fn query(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| format!("{k}={}", percent(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// Percent-encodes a query value (names and `namespace/name` only need `/`).
-fn percent(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
 /// A flow as one line of text.
 pub fn flow_line(f: &Value) -> String {
     let s = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
@@ -123,7 +102,7 @@ pub async fn run_flows(
         Some(Verdict::Dropped) => "dropped",
         None => "",
     };
-    let q = query(&[
+    let q = crate::session::query(&[
         ("namespace", namespace.unwrap_or_default()),
         ("pod", args.pod.as_deref().unwrap_or_default()),
         ("service", args.service.as_deref().unwrap_or_default()),
@@ -202,12 +181,12 @@ mod tests {
              default/web-a (10.42.0.2:8080) DROPPED (policy_denied) policy=default/default-deny"
         );
         assert_eq!(
-            query(&[
+            crate::session::query(&[
                 ("namespace", "a b"),
                 ("pod", ""),
                 ("service", "default/web")
             ]),
-            "namespace=a%20b&service=default%2Fweb"
+            "namespace=a+b&service=default%2Fweb"
         );
     }
 }

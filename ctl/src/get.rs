@@ -26,7 +26,7 @@ pub struct GetArgs {
     #[arg(short = 'l', long)]
     pub selector: Option<String>,
     /// Output format; the server's table when not given.
-    #[arg(short = 'o', long, value_enum)]
+    #[arg(short = 'o', long, value_parser = Format::parse)]
     pub output: Option<Format>,
     /// Leave out the header row.
     #[arg(long)]
@@ -71,7 +71,7 @@ pub async fn run(session: &Session, args: &GetArgs) -> Result<Printed> {
     let namespace = (!args.all_namespaces).then_some(session.namespace.as_str());
     let path = rt.path(namespace);
     let mut printed = Printed::default();
-    let table_output = matches!(args.output, None | Some(Format::Wide));
+    let table_output = Format::is_table(args.output.as_ref());
     let accept = if table_output {
         TABLE
     } else {
@@ -115,7 +115,7 @@ pub async fn run(session: &Session, args: &GetArgs) -> Result<Printed> {
         merged["rows"] = Value::Array(rows);
         printed.stdout = output::table(
             &merged,
-            args.output == Some(Format::Wide),
+            matches!(args.output, Some(Format::Wide)),
             args.all_namespaces && rt.namespaced,
             !args.no_headers,
         );
@@ -137,9 +137,23 @@ pub async fn run(session: &Session, args: &GetArgs) -> Result<Printed> {
             objects.push(v);
         }
     }
-    printed.stdout = match args.output {
+    printed.stdout = match &args.output {
         Some(Format::Json) => output::json(&objects, single)?,
         Some(Format::Yaml) => output::yaml(&objects, single)?,
+        // kubectl's template sees the object, or a List of them.
+        Some(Format::JsonPath(t)) => {
+            let list;
+            let target = if single {
+                objects.first().unwrap_or(&Value::Null)
+            } else {
+                list = serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": objects});
+                &list
+            };
+            t.render(target)?
+        }
+        Some(Format::CustomColumns(cols)) => {
+            output::custom_columns(&objects, cols, !args.no_headers)?
+        }
         _ => objects
             .iter()
             .map(|o| {

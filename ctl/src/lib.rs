@@ -3,26 +3,40 @@
 //! `--context`, `-n`), prints what the server prints (Tables), and will add what
 //! only Sextant can show: flows and the eBPF dataplane's state (issue 8).
 //!
-//! Built so far: `config` (current-context, use-context, set-context,
-//! get-contexts), `get` (server-side Tables, `-o wide|json|yaml|name`, `-A`,
-//! `-l`), `apply -f`/`create -f` (files, directories, `-R`, stdin,
-//! multi-document YAML), `delete`, `label`, `annotate`, `scale`, `logs`
-//! (`-f`, `-l`, `--prefix`, `--since`, `--tail`, `-c`, `--previous`), `rollout
-//! status` (kubectl's progress lines), `wait --for`, `flows` (every node's flows, `--follow`, filters), `dataplane
-//! services|endpoints|policies` (each node's eBPF maps), `completion
-//! bash|zsh|fish`. Errors are kubectl's: the server's Status reason and
-//! message, exit code 1.
+//! Commands: `config` (current-context, use-context, set-context,
+//! get-contexts), `get` (server-side Tables, `-o wide|json|yaml|name|jsonpath=
+//! |custom-columns=`, `-A`, `-l`), `describe` (kubectl's layout for Pods,
+//! Deployments, Services, ConfigMaps, ServiceAccounts, Namespaces and Nodes, its
+//! generic describer for the rest), `apply -f`/`create -f` (files, directories,
+//! `-R`, stdin, multi-document YAML), `delete`, `edit`, `patch`, `label`,
+//! `annotate`, `scale`, `rollout status|history|undo|pause|resume|restart`,
+//! `logs` (`-f`, `-l`, `--prefix`, `--since`, `--tail`, `-c`, `--previous`),
+//! `exec` and `attach` (`-it`: raw terminal, window size followed),
+//! `port-forward`, `top pods|nodes`, `wait --for`, and what only Sextant shows:
+//! `flows` (every node's flows, `--follow`, filters), `dataplane
+//! services|endpoints|policies|ct` (each node's eBPF maps), `cluster status`,
+//! `debug pod`; `completion bash|zsh|fish`. Errors are kubectl's: the server's
+//! Status reason and message, exit code 1 (`exec`: the command's exit code).
 
 pub mod apply;
+pub mod cluster;
 pub mod dataplane;
+pub mod describe;
 pub mod discovery;
 pub mod error;
+pub mod exec;
 pub mod flows;
 pub mod get;
+pub mod jsonpath;
 pub mod kubeconfig;
 pub mod logs;
 pub mod output;
+pub mod patch;
+pub mod portforward;
+pub mod rollout;
 pub mod session;
+pub mod target;
+pub mod top;
 pub mod wait;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -56,6 +70,18 @@ pub struct Cli {
 pub enum Command {
     /// Display one or many resources (the server's table, or -o json|yaml|name|wide).
     Get(get::GetArgs),
+    /// Show an object in detail, with its events (kubectl's layout).
+    Describe {
+        /// TYPE [NAME...] or TYPE/NAME...
+        #[arg(required = true)]
+        args: Vec<String>,
+        /// With TYPE alone: only objects matching this label selector.
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+    },
+    /// CPU and memory of pods or nodes (the Metrics API).
+    #[command(subcommand)]
+    Top(top::TopCommand),
     /// Create or update objects from files, directories or stdin (client-side
     /// apply, kubectl's last-applied annotation).
     Apply(apply::Files),
@@ -113,6 +139,20 @@ pub enum Command {
         #[arg(long, required = true)]
         replicas: i32,
     },
+    /// Run a command in a container (`exec POD -- CMD ARGS...`; -it for a terminal).
+    Exec(exec::ExecArgs),
+    /// Attach to a container's main process (its output; -i its stdin).
+    Attach(exec::AttachArgs),
+    /// Forward local ports to a pod's ports (`8080:80`, `80`, `:80`).
+    PortForward(portforward::PortForwardArgs),
+    /// Change an object with a strategic merge, JSON merge or JSON patch.
+    Patch(patch::PatchArgs),
+    /// Edit an object in $KUBE_EDITOR or $EDITOR and write it back.
+    Edit {
+        /// TYPE NAME or TYPE/NAME.
+        #[arg(required = true)]
+        args: Vec<String>,
+    },
     /// Read and edit the kubeconfig.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -121,6 +161,13 @@ pub enum Command {
     Flows(flows::FlowsArgs),
     /// Show what a node's eBPF maps hold: services, endpoints or policies.
     Dataplane(dataplane::DataplaneArgs),
+    /// The cluster at a glance: API server and datastore health, controller
+    /// and scheduler leaders, each node's readiness and eBPF programs.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Troubleshooting views.
+    #[command(subcommand)]
+    Debug(DebugCommand),
     /// Print a shell completion script (bash, zsh or fish).
     Completion {
         /// The shell.
@@ -139,6 +186,62 @@ pub enum RolloutCommand {
         /// Give up after this long (`90s`, `5m`).
         #[arg(long)]
         timeout: Option<String>,
+    },
+    /// List a Deployment's revisions, or show one (--revision).
+    History {
+        /// TYPE/NAME or TYPE NAME.
+        #[arg(required = true)]
+        args: Vec<String>,
+        /// Show this revision's pod template.
+        #[arg(long)]
+        revision: Option<i64>,
+    },
+    /// Roll a Deployment back to its previous revision (or --to-revision).
+    Undo {
+        /// TYPE/NAME or TYPE NAME.
+        #[arg(required = true)]
+        args: Vec<String>,
+        /// The revision to go back to (0: the previous).
+        #[arg(long)]
+        to_revision: Option<i64>,
+    },
+    /// Stop a Deployment's rollout where it is.
+    Pause {
+        /// TYPE/NAME or TYPE NAME.
+        #[arg(required = true)]
+        args: Vec<String>,
+    },
+    /// Let a paused Deployment roll out again.
+    Resume {
+        /// TYPE/NAME or TYPE NAME.
+        #[arg(required = true)]
+        args: Vec<String>,
+    },
+    /// Replace every pod of a Deployment, DaemonSet or StatefulSet.
+    Restart {
+        /// TYPE/NAME or TYPE NAME.
+        #[arg(required = true)]
+        args: Vec<String>,
+    },
+}
+
+/// `cluster` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Components and versions, datastore health, nodes and their dataplane.
+    Status,
+}
+
+/// `debug` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// A pod on one screen: state, probes, events, last log lines, recent flows.
+    Pod {
+        /// The pod (`NAME`, `pod/NAME`, `deploy/NAME`).
+        name: String,
+        /// How many events, log lines and flows.
+        #[arg(long, default_value_t = 10)]
+        lines: usize,
     },
 }
 
@@ -255,10 +358,51 @@ pub async fn run(
         Command::Scale { args, replicas } => {
             apply::scale(&source.connect().await?, &args, replicas).await?
         }
-        Command::Rollout(RolloutCommand::Status { args, timeout }) => {
+        Command::Rollout(r) => {
             let session = source.connect().await?;
-            return wait::rollout_status(&session, &args, timeout.as_deref(), out).await;
+            match r {
+                RolloutCommand::Status { args, timeout } => {
+                    return wait::rollout_status(&session, &args, timeout.as_deref(), out).await;
+                }
+                RolloutCommand::History { args, revision } => {
+                    rollout::history_of(&session, &args, revision).await?
+                }
+                RolloutCommand::Undo { args, to_revision } => {
+                    rollout::undo(&session, &args, to_revision).await?
+                }
+                RolloutCommand::Pause { args } => {
+                    rollout::set_paused(&session, &args, true).await?
+                }
+                RolloutCommand::Resume { args } => {
+                    rollout::set_paused(&session, &args, false).await?
+                }
+                RolloutCommand::Restart { args } => rollout::restart(&session, &args).await?,
+            }
         }
+        Command::Exec(args) => {
+            let session = source.connect().await?;
+            return exec::exec(&session, &args, out, err).await;
+        }
+        Command::Attach(args) => {
+            let session = source.connect().await?;
+            return exec::attach(&session, &args, out, err).await;
+        }
+        Command::PortForward(args) => {
+            let session = source.connect().await?;
+            return portforward::run(&session, &args, out, err).await;
+        }
+        Command::Describe { args, selector } => {
+            describe::describe(&source.connect().await?, &args, selector.as_deref(), err).await?
+        }
+        Command::Top(t) => top::run(&source.connect().await?, &t).await?,
+        Command::Cluster(ClusterCommand::Status) => {
+            cluster::status(&source.connect().await?).await?
+        }
+        Command::Debug(DebugCommand::Pod { name, lines }) => {
+            cluster::debug_pod(&source.connect().await?, &name, lines).await?
+        }
+        Command::Patch(args) => patch::patch(&source.connect().await?, &args).await?,
+        Command::Edit { args } => patch::edit(&source.connect().await?, &args).await?,
         Command::Wait {
             args,
             condition,

@@ -6,10 +6,10 @@
 use std::io::Write;
 
 use futures::{AsyncBufReadExt as _, StreamExt as _};
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
-use kube::{Api, ResourceExt as _, api::ListParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt as _;
 
-use crate::{Error, Result, session::Session};
+use crate::{Error, Result, session::Session, target};
 
 /// The arguments of `logs`.
 #[derive(Clone, Debug, clap::Args)]
@@ -68,21 +68,15 @@ pub fn seconds(text: &str) -> Result<i64> {
     Ok(total)
 }
 
-/// The pods to read and their container.
+/// The pods to read: every pod `-l` matches (kubectl's order), or the one
+/// the target names.
 async fn pods(
     session: &Session,
     args: &LogsArgs,
     err: &mut (dyn Write + Send),
 ) -> Result<Vec<Pod>> {
-    let api: Api<Pod> = Api::namespaced(session.client.clone(), &session.namespace);
-    let kube_err = |e| Error::from_kube(e, &session.server);
     if let Some(selector) = &args.selector {
-        let mut list = api
-            .list(&ListParams::default().labels(selector))
-            .await
-            .map_err(kube_err)?
-            .items;
-        list.sort_by_key(|p| p.name_any());
+        let list = target::pods_matching(session, selector).await?;
         if list.is_empty() {
             return Err(Error::Usage(format!(
                 "no pods found in {} matching {selector}",
@@ -91,57 +85,20 @@ async fn pods(
         }
         return Ok(list);
     }
-    let target = args
+    let name = args
         .target
         .as_deref()
         .ok_or_else(|| Error::Usage("expected POD or TYPE/NAME, or -l".into()))?;
-    let (kind, name) = target.split_once('/').unwrap_or(("pod", target));
-    match kind {
-        "pod" | "pods" | "po" => match api.get(name).await {
-            Ok(p) => Ok(vec![p]),
-            // kubectl's wording for a missing pod here.
-            Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::Usage(format!(
+    match target::pod(session, name, Some(err)).await {
+        // kubectl's wording for a missing pod here.
+        Err(Error::Server { code: 404, .. }) if !name.contains('/') || name.starts_with("pod") => {
+            let name = name.rsplit('/').next().unwrap_or(name);
+            Err(Error::Usage(format!(
                 "error from server (NotFound): pods \"{name}\" not found in namespace \"{}\"",
                 session.namespace
-            ))),
-            Err(e) => Err(kube_err(e)),
-        },
-        "deploy" | "deployment" | "deployments" => {
-            let d = Api::<Deployment>::namespaced(session.client.clone(), &session.namespace)
-                .get(name)
-                .await
-                .map_err(kube_err)?;
-            let labels = d
-                .spec
-                .and_then(|s| s.selector.match_labels)
-                .unwrap_or_default()
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            let mut list = api
-                .list(&ListParams::default().labels(&labels))
-                .await
-                .map_err(kube_err)?
-                .items;
-            list.sort_by_key(|p| p.name_any());
-            let first = list
-                .first()
-                .cloned()
-                .ok_or_else(|| Error::Usage(format!("no pods of deployment {name} found")))?;
-            if list.len() > 1 {
-                let _ = writeln!(
-                    err,
-                    "Found {} pods, using pod/{}",
-                    list.len(),
-                    first.name_any()
-                );
-            }
-            Ok(vec![first])
+            )))
         }
-        other => Err(Error::Usage(format!(
-            "cannot get the logs of a {other}: give a pod, pod/NAME or deploy/NAME"
-        ))),
+        other => other.map(|p| vec![p]),
     }
 }
 
@@ -157,15 +114,7 @@ pub async fn run(
     let mut streams = Vec::new();
     for pod in &pods {
         let name = pod.name_any();
-        let container = match &args.container {
-            Some(c) => c.clone(),
-            None => pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.containers.first())
-                .map(|c| c.name.clone())
-                .unwrap_or_default(),
-        };
+        let container = target::container(pod, args.container.as_deref());
         let mut query = format!("container={container}");
         if args.follow {
             query.push_str("&follow=true");

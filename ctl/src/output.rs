@@ -4,10 +4,10 @@
 
 use serde_json::Value;
 
-use crate::{Error, Result};
+use crate::{Error, Result, jsonpath::Template};
 
 /// The output formats of `get`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Debug)]
 pub enum Format {
     /// The server's Table with its extra (priority > 0) columns.
     Wide,
@@ -17,6 +17,86 @@ pub enum Format {
     Yaml,
     /// `<type>/<name>` per object.
     Name,
+    /// A kubectl JSONPath template over the object (or the List).
+    JsonPath(Template),
+    /// Columns of `HEADER:.path`, one row per object.
+    CustomColumns(Vec<(String, Template)>),
+}
+
+impl Format {
+    /// Reads `-o`: `wide`, `json`, `yaml`, `name`, `jsonpath=TEMPLATE`,
+    /// `custom-columns=HEADER:PATH,...`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let fail = |e: Error| e.to_string();
+        Ok(match text.split_once('=') {
+            Some(("jsonpath", t)) => Self::JsonPath(Template::parse(t).map_err(fail)?),
+            Some(("custom-columns", spec)) => {
+                let mut cols = Vec::new();
+                for col in spec.split(',') {
+                    let (header, path) = col.split_once(':').ok_or_else(|| {
+                        format!("expected <header>:<json-path-expr> in custom-columns, got {col:?}")
+                    })?;
+                    let path = path.trim().trim_start_matches('{').trim_end_matches('}');
+                    cols.push((header.to_owned(), Template::path(path).map_err(fail)?));
+                }
+                Self::CustomColumns(cols)
+            }
+            _ => match text {
+                "wide" => Self::Wide,
+                "json" => Self::Json,
+                "yaml" => Self::Yaml,
+                "name" => Self::Name,
+                other => {
+                    return Err(format!(
+                        "unable to match a printer suitable for the output format {other:?}, the allowed formats are: custom-columns,json,jsonpath,name,wide,yaml"
+                    ));
+                }
+            },
+        })
+    }
+
+    /// Whether the server's Table is what gets printed.
+    pub fn is_table(format: Option<&Self>) -> bool {
+        matches!(format, None | Some(Self::Wide))
+    }
+}
+
+/// `custom-columns`: a header row, then per object each column's results
+/// joined by commas, `<none>` when there are none.
+pub fn custom_columns(
+    objects: &[Value],
+    cols: &[(String, Template)],
+    headers: bool,
+) -> Result<String> {
+    let mut rows = Vec::new();
+    if headers {
+        rows.push(cols.iter().map(|(h, _)| h.clone()).collect());
+    }
+    for o in objects {
+        let mut row = Vec::new();
+        for (_, t) in cols {
+            let values = t.values(o)?;
+            row.push(if values.is_empty() {
+                "<none>".to_owned()
+            } else {
+                values.join(",")
+            });
+        }
+        rows.push(row);
+    }
+    Ok(columns(&rows))
+}
+
+/// Tab-separated cells aligned as kubectl's describers and `rollout history`
+/// align them (Go's `tabwriter`, padding 2): column by column, in blocks of
+/// consecutive lines that have the column.
+pub fn aligned(text: &str) -> String {
+    use std::io::Write as _;
+    let mut tw = tabwriter::TabWriter::new(Vec::new()).padding(2).minwidth(0);
+    let _ = tw.write_all(text.as_bytes());
+    tw.into_inner()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|_| text.to_owned())
 }
 
 /// Rows as aligned columns: each cell but the last padded to its column's

@@ -26,6 +26,15 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// A query string of the pairs whose value is not empty, percent-encoded.
+pub fn query(pairs: &[(&str, &str)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs.iter().filter(|(_, v)| !v.is_empty()) {
+        q.append_pair(k, v);
+    }
+    q.finish()
+}
+
 impl Session {
     /// Sends `req` and decodes the JSON answer.
     pub async fn send<T: DeserializeOwned>(&self, req: http::Request<Vec<u8>>) -> Result<T> {
