@@ -35,6 +35,11 @@ pub fn apply(rt: &ResourceType, obj: &mut Value) {
             }
         }
         ("", "PodTemplate") => template(obj, "Always"),
+        ("", "Service") => {
+            if let Some(spec) = object(obj, "spec") {
+                service_spec(spec);
+            }
+        }
         ("apps", "Deployment") => {
             let Some(spec) = object(obj, "spec") else {
                 return;
@@ -299,6 +304,28 @@ fn container(c: &mut Value) {
     }
 }
 
+/// Upstream's `SetDefaults_Service`: the type, session affinity, traffic
+/// policies, and each port's protocol and target port.
+fn service_spec(spec: &mut Value) {
+    set(spec, "type", json!("ClusterIP"));
+    set(spec, "sessionAffinity", json!("None"));
+    let kind = spec["type"].as_str().unwrap_or_default().to_owned();
+    if kind != "ExternalName" {
+        set(spec, "internalTrafficPolicy", json!("Cluster"));
+    }
+    if kind == "NodePort" || kind == "LoadBalancer" {
+        set(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports.iter_mut().filter(|p| p.is_object()) {
+            set(p, "protocol", json!("TCP"));
+            if let Some(port) = p.get("port").cloned() {
+                set(p, "targetPort", port);
+            }
+        }
+    }
+}
+
 /// Upstream's `SetDefaults_Probe` and `SetDefaults_HTTPGetAction`.
 fn probe(p: &mut Value) {
     for (field, value) in [
@@ -355,6 +382,21 @@ mod tests {
     fn defaulted(group: &str, plural: &str, mut obj: Value) -> Value {
         apply(find(group, "v1", plural).unwrap(), &mut obj);
         obj
+    }
+
+    #[test]
+    fn services_get_upstreams_type_affinity_and_ports() {
+        let svc = defaulted(
+            "",
+            "services",
+            json!({"spec": {"ports": [{"port": 80}, {"port": 53, "protocol": "UDP", "targetPort": "dns"}]}}),
+        );
+        assert_eq!(
+            svc["spec"],
+            json!({"type": "ClusterIP", "sessionAffinity": "None", "internalTrafficPolicy": "Cluster",
+                "ports": [{"port": 80, "protocol": "TCP", "targetPort": 80},
+                          {"port": 53, "protocol": "UDP", "targetPort": "dns"}]})
+        );
     }
 
     #[test]

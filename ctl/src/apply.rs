@@ -199,14 +199,17 @@ fn equivalent(want: &[Value], have: &[Value]) -> bool {
 /// kubectl's wording for a failed write of an object read from `source`.
 fn when(e: Error, doing: &str, source: &str) -> Error {
     match e {
+        // kubectl prints these with their reason, Invalid too.
         Error::Server {
             reason,
             message,
             code,
+            ..
         } => Error::Server {
             reason,
             message: format!("error when {doing} \"{source}\": {message}"),
             code,
+            details: None,
         },
         other => other,
     }
@@ -374,6 +377,7 @@ pub async fn set_meta(
             reason: "NotFound".into(),
             message: format!("{} \"{name}\" not found", rt.plural),
             code: 404,
+            details: None,
         })?;
         let mut map = Map::new();
         for c in &changes {

@@ -167,6 +167,10 @@ pub async fn status(session: &Session) -> Result<String> {
                     s["maps"]["conntrack"].to_string(),
                 )
             }
+            // An agent without the eBPF dataplane (reference CNI plugins) has no such page.
+            Err(crate::Error::Server { code: 404, .. }) => {
+                ("off".to_owned(), "<none>".into(), "<none>".into())
+            }
             Err(e) => (
                 format!(
                     "unreachable ({})",

@@ -1170,7 +1170,8 @@ fn endpoints_text(slices: &[EndpointSlice], port: &str) -> String {
             }
         }
     }
-    if list.is_empty() {
+    // kubectl: `<none>` without slices, empty with slices and no ready endpoint.
+    if slices.is_empty() {
         return "<none>".into();
     }
     let mut text = list.join(",");

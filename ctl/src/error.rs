@@ -1,11 +1,43 @@
 //! The one error type of `sextantctl`, printed the way kubectl prints its own:
 //! the server's Status message with its reason, never a stack trace.
 
+use kube::core::response::StatusDetails;
+
+/// A Status as kubectl's `CheckErr` prints it: `Invalid` as "The <Kind>
+/// "<name>" is invalid: <field>: <message>" (one line per cause when there
+/// are several), `Unauthorized` as a login hint, the rest with their reason.
+fn server_text(reason: &str, message: &str, details: Option<&StatusDetails>) -> String {
+    match (reason, details) {
+        ("Unauthorized", _) => format!("error: You must be logged in to the server ({message})"),
+        ("Invalid", None) if message.is_empty() => "The request is invalid".into(),
+        ("Invalid", None) => format!("The request is invalid: {message}"),
+        ("Invalid", Some(d)) => {
+            let (kind, name) = (&d.kind, &d.name);
+            let causes: Vec<String> = d
+                .causes
+                .iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect();
+            let head = if !kind.is_empty() || !name.is_empty() {
+                format!("The {kind} {name:?} is invalid")
+            } else {
+                "The request is invalid".into()
+            };
+            match causes.as_slice() {
+                [] => head,
+                [one] => format!("{head}: {one}"),
+                many => format!("{head}: \n* {}", many.join("\n* ")),
+            }
+        }
+        _ => format!("Error from server ({reason}): {message}"),
+    }
+}
+
 /// What can go wrong in a command.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server answered with a Status (401, 403, 404, 409, 422, ...).
-    #[error("Error from server ({reason}): {message}")]
+    #[error("{}", server_text(reason, message, details.as_deref()))]
     Server {
         /// The Status reason (`NotFound`, `AlreadyExists`, `Invalid`, ...).
         reason: String,
@@ -13,6 +45,9 @@ pub enum Error {
         message: String,
         /// The HTTP code.
         code: u16,
+        /// The Status details (kind, name, causes), for kubectl's wording of
+        /// `Invalid`.
+        details: Option<Box<StatusDetails>>,
     },
     /// The server could not be reached.
     #[error(
@@ -61,6 +96,7 @@ impl Error {
                 },
                 message: status.message.clone(),
                 code: status.code,
+                details: status.details.clone().map(Box::new),
             },
             kube::Error::HyperError(_) | kube::Error::Service(_) => Self::Unreachable {
                 server: server.to_owned(),

@@ -402,7 +402,7 @@ pub async fn run(
             cluster::debug_pod(&source.connect().await?, &name, lines).await?
         }
         Command::Patch(args) => patch::patch(&source.connect().await?, &args).await?,
-        Command::Edit { args } => patch::edit(&source.connect().await?, &args).await?,
+        Command::Edit { args } => patch::edit(&source.connect().await?, &args, err).await?,
         Command::Wait {
             args,
             condition,
@@ -445,5 +445,21 @@ mod tests {
     fn the_command_line_is_consistent() {
         // clap's own checks: no two arguments share a flag, every id resolves.
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_says_what_it_does() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let here = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(here.clone());
+                }
+                walk(sub, &here, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "sextantctl", &mut missing);
+        assert!(missing.is_empty(), "commands without help: {missing:?}");
     }
 }

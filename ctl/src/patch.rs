@@ -119,7 +119,11 @@ fn editor() -> String {
 
 /// Runs `edit TYPE NAME`: `<type>/<name> edited`, or kubectl's "Edit
 /// cancelled" when nothing changed.
-pub async fn edit(session: &Session, args: &[String]) -> Result<String> {
+pub async fn edit(
+    session: &Session,
+    args: &[String],
+    err: &mut (dyn std::io::Write + Send),
+) -> Result<String> {
     let mut out = String::new();
     for (path, prefix, name) in located(session, args).await? {
         let mut live: Value = session.get(&path, None).await?;
@@ -177,7 +181,8 @@ pub async fn edit(session: &Session, args: &[String]) -> Result<String> {
             }
         };
         if object == live {
-            out.push_str("Edit cancelled, no changes made.\n");
+            // kubectl says so on stderr.
+            let _ = writeln!(err, "Edit cancelled, no changes made.");
             continue;
         }
         match session

@@ -107,6 +107,7 @@ pub async fn rollout_status(
             reason: "NotFound".into(),
             message: format!("deployments.apps \"{name}\" not found"),
             code: 404,
+            details: None,
         })?;
         let (done, message) = deployment_status(&name, &d)?;
         // Each state once, as kubectl prints it while it watches.
@@ -157,6 +158,7 @@ pub async fn wait(
                         reason: "NotFound".into(),
                         message: format!("{} \"{name}\" not found", rt.plural),
                         code: 404,
+                        details: None,
                     });
                 }
                 (c, Some(o)) => {

@@ -401,6 +401,46 @@ async fn network_policies_deny_allow_and_report_by_name() {
     );
     assert!(table.starts_with("NODE "), "{table}");
 
+    // Through the VIP: node a's conntrack map holds the client's DNAT entry,
+    // and the client's debug view shows the flow.
+    let frontend = format!("{vip}:80");
+    settles(&k, "client", &frontend, true).await;
+    let ct = ctl
+        .ok(&["dataplane", "ct", "--node", &a.node_name])
+        .unwrap();
+    assert!(
+        ct.starts_with("NODE ")
+            && ct.lines().any(|l| {
+                l.contains(&format!(" {frontend} "))
+                    && l.contains(" dnat ")
+                    && l.contains("default/client")
+            }),
+        "the client's DNAT entry to {frontend}:\n{ct}"
+    );
+    let debug = ctl.ok(&["debug", "pod", "client"]).unwrap();
+    assert!(
+        debug.contains(&format!("via {frontend}")) && debug.contains("Pod:    default/client"),
+        "{debug}"
+    );
+    // Every node's programs are attached and its maps readable.
+    let status = ctl.ok(&["cluster", "status"]).unwrap();
+    for agent in &cluster.agents {
+        let row = status
+            .lines()
+            .find(|l| l.starts_with(&format!("{} ", agent.node_name)))
+            .unwrap_or_default();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert!(
+            cells.get(1) == Some(&"True")
+                && cells.get(5) == Some(&"ok")
+                && cells
+                    .get(6)
+                    .is_some_and(|p| p.contains("from_pod(") && p.contains("from_uplink(")),
+            "{} ready, its programs attached:\n{status}",
+            agent.node_name
+        );
+    }
+
     // Deleting the policies opens everything again.
     k.ok(&["delete", "networkpolicy", "--all"]).unwrap();
     settles(&k, "other", &web_a, true).await;

@@ -1,17 +1,22 @@
 //! `sextantctl` against a real server, step for step beside kubectl 1.33: one
 //! scenario table, run with each CLI, must give the same outcomes (exit status,
-//! the objects, the table's columns and names, the error text). The table grows
-//! with the commands sextantctl learns (issue 8); today: `get` in every output
-//! format, across namespaces, by label, the errors for a missing object and an
-//! unknown type, the note for an empty list, and `config` reads; and a table of
-//! changes each CLI runs in a namespace of its own: `apply` (created, unchanged,
-//! configured), `create`, `label`, `annotate`, `scale`, `delete`, their errors;
-//! and on a one-node cluster, `logs` of one pod, of a Deployment, by label with
-//! `--prefix`, `--tail`, `--since`, `-c`, `rollout status` and `wait --for`;
-//! then sextantctl alone: a rollout's progress lines, `logs -f` following new
-//! lines. Then what only
-//! one side can check: `config use-context`/`set-context` edit a kubeconfig
-//! kubectl then reads, completion scripts for three shells, `--help` everywhere.
+//! the objects, the table's columns and names, the error text). Read steps:
+//! `get` in every output format (tables, `-o wide|json|yaml|name|jsonpath|
+//! custom-columns`), across namespaces, by label, `describe` of ConfigMaps,
+//! Services, a Namespace and a Lease (generic describer), the errors for a
+//! missing object and an unknown type, `config` reads. Changes, each CLI in a
+//! namespace of its own: `apply` (created, unchanged, configured), `create`,
+//! `label`, `annotate`, `patch` (strategic, merge, JSON, YAML, errors), `edit`
+//! (`EDITOR`), `scale`, `delete`. On a one-node cluster (real containerd):
+//! `logs`, `describe pod|deploy|node`, `exec` (streams, exit code, stdin),
+//! `top`, `rollout status`, `wait`, and `rollout` from release through
+//! restart, history, undo, pause and resume. Then sextantctl alone: a rollout's
+//! progress lines, `logs -f`, `attach`, `port-forward` to a pod and a Service,
+//! `cluster status`, `debug pod`, and in a real terminal (tmux) `exec -it`
+//! (TTY size, resize, exit code) and the rollout progress display. Then what
+//! only one side can check: `config use-context`/`set-context` edit a
+//! kubeconfig kubectl then reads, completion scripts for three shells,
+//! `--help` everywhere.
 // Scenario helpers are not #[test] fns; a panic in them is a failed assertion.
 #![allow(clippy::unwrap_used)]
 
@@ -48,6 +53,11 @@ metadata: {name: web, namespace: scenario}
 spec:
   selector: {app: web}
   ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata: {name: static, namespace: scenario, labels: {app: web}}
+spec: {holderIdentity: someone, leaseDurationSeconds: 15}
 "#;
 
 /// How two outcomes are compared.
@@ -70,6 +80,13 @@ enum Compare {
     /// Prefixed log lines, each pod's in order; the pods in any order (kubectl
     /// orders pods by readiness and age, a tie at one-second resolution).
     PerPod,
+    /// `describe` output with ages and clock times masked and runs of spaces
+    /// folded (column widths follow the ages).
+    Describe,
+    /// Standard output and standard error, each byte for byte.
+    Streams,
+    /// Failure with the same exit code, standard error byte for byte.
+    ExitCode,
     /// JSON or YAML objects, without what differs between any two objects
     /// (uid, resourceVersion, creationTimestamp, managedFields) and with the
     /// last-applied annotation compared as JSON.
@@ -104,6 +121,47 @@ fn comparable(mut v: Value) -> Value {
     v
 }
 
+/// Whether `token` is an age as kubectl prints one (`5s`, `3h20m`, `(x2`).
+fn is_age(token: &str) -> bool {
+    let t = token.trim_matches(|c| c == '(' || c == ')');
+    let mut digits = 0;
+    let mut pairs = 0;
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            digits += 1;
+        } else if "smhdy".contains(c) && digits > 0 {
+            digits = 0;
+            pairs += 1;
+        } else {
+            return false;
+        }
+    }
+    pairs > 0 && digits == 0
+}
+
+/// `describe` text as compared: ages and times masked, spacing folded.
+fn describe_shape(out: &str) -> String {
+    out.lines()
+        .map(|l| {
+            l.split_whitespace()
+                .map(|t| {
+                    if is_age(t) {
+                        "<age>"
+                    } else if t.matches(':').count() >= 2
+                        && t.starts_with(|c: char| c.is_ascii_digit())
+                    {
+                        "<time>"
+                    } else {
+                        t
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// One step of the scenario.
 struct Step {
     args: &'static [&'static str],
@@ -115,6 +173,7 @@ struct Step {
 struct Change {
     args: &'static [&'static str],
     stdin: Option<&'static str>,
+    env: &'static [(&'static str, &'static str)],
     compare: Compare,
 }
 
@@ -159,81 +218,186 @@ const CHANGES: &[Change] = &[
     Change {
         args: &["apply", "-n", "{ns}", "-f", "-"],
         stdin: Some(APP),
+        env: &[],
         compare: Compare::Exact,
     },
     Change {
         args: &["apply", "-n", "{ns}", "-f", "-"],
         stdin: Some(APP),
+        env: &[],
         compare: Compare::Exact,
     },
     Change {
         args: &["apply", "-n", "{ns}", "-f", "-"],
         stdin: Some(APP_CHANGED),
+        env: &[],
         compare: Compare::Exact,
     },
     Change {
         args: &["get", "cm", "one", "-n", "{ns}", "-o", "json"],
         stdin: None,
+        env: &[],
         compare: Compare::Object,
     },
     Change {
         args: &["create", "-n", "{ns}", "-f", "-"],
         stdin: Some(THREE),
+        env: &[],
         compare: Compare::Exact,
     },
     Change {
         args: &["create", "-n", "{ns}", "-f", "-"],
         stdin: Some(THREE),
+        env: &[],
         compare: Compare::Fails,
     },
     Change {
         args: &["label", "-n", "{ns}", "cm", "one", "tier=front"],
         stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
     Change {
         args: &["label", "-n", "{ns}", "cm", "one", "tier=back"],
         stdin: None,
+        env: &[],
         compare: Compare::Fails,
     },
     Change {
         args: &["label", "-n", "{ns}", "cm/one", "tier=back", "--overwrite"],
         stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
     Change {
         args: &["label", "-n", "{ns}", "cm", "one", "tier-"],
         stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
     Change {
         args: &["annotate", "-n", "{ns}", "configmap", "two", "note=hello"],
         stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
     Change {
         args: &["get", "cm", "-n", "{ns}", "-l", "app=web", "-o", "yaml"],
         stdin: None,
+        env: &[],
         compare: Compare::Object,
+    },
+    Change {
+        args: &[
+            "patch",
+            "-n",
+            "{ns}",
+            "cm",
+            "one",
+            "-p",
+            r#"{"data":{"p":"1"}}"#,
+        ],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["patch", "-n", "{ns}", "cm/one", "-p", "data: {p: '1'}"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &[
+            "patch",
+            "-n",
+            "{ns}",
+            "cm",
+            "one",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"p":null,"m":"2"}}"#,
+        ],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &[
+            "patch",
+            "-n",
+            "{ns}",
+            "cm",
+            "one",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/data/m"}]"#,
+        ],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &[
+            "patch",
+            "-n",
+            "{ns}",
+            "cm",
+            "one",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/data/nothing"}]"#,
+        ],
+        stdin: None,
+        env: &[],
+        compare: Compare::Fails,
+    },
+    Change {
+        args: &["patch", "-n", "{ns}", "cm", "missing", "-p", "{}"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Fails,
+    },
+    Change {
+        args: &["edit", "-n", "{ns}", "cm", "one"],
+        stdin: None,
+        env: &[("EDITOR", "sed -i s/changed/edited/")],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["edit", "-n", "{ns}", "configmap/one"],
+        stdin: None,
+        env: &[("EDITOR", "true")],
+        compare: Compare::Streams,
+    },
+    Change {
+        args: &["get", "cm", "one", "-n", "{ns}", "-o", "jsonpath={.data}"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
     },
     Change {
         args: &["scale", "-n", "{ns}", "deployment", "web", "--replicas=3"],
         stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
     Change {
         args: &["delete", "-n", "{ns}", "cm", "two", "three"],
         stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
     Change {
         args: &["get", "cm", "two", "-n", "{ns}"],
         stdin: None,
+        env: &[],
         compare: Compare::Fails,
     },
     Change {
         args: &["delete", "-n", "{ns}", "-f", "-"],
         stdin: Some(REST),
+        env: &[],
         compare: Compare::Exact,
     },
 ];
@@ -315,6 +479,75 @@ const SCENARIO: &[Step] = &[
         compare: Compare::Note,
     },
     Step {
+        args: &[
+            "get",
+            "cm",
+            "-n",
+            "scenario",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+        compare: Compare::Exact,
+    },
+    Step {
+        args: &[
+            "get",
+            "cm",
+            "one",
+            "-n",
+            "scenario",
+            "-o",
+            "jsonpath=a is {.data.a}, labels {.metadata.labels}",
+        ],
+        compare: Compare::Exact,
+    },
+    Step {
+        args: &[
+            "get",
+            "cm",
+            "-n",
+            "scenario",
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name}{"\t"}{.metadata.labels.app}{"\n"}{end}"#,
+        ],
+        compare: Compare::Exact,
+    },
+    Step {
+        args: &[
+            "get",
+            "svc",
+            "-n",
+            "scenario",
+            "-o",
+            "custom-columns=NAME:.metadata.name,PORT:.spec.ports[*].port,APP:.spec.selector.app,NONE:.spec.nope",
+        ],
+        compare: Compare::Exact,
+    },
+    Step {
+        args: &["describe", "cm", "one", "-n", "scenario"],
+        compare: Compare::Describe,
+    },
+    Step {
+        args: &["describe", "svc/web", "-n", "scenario"],
+        compare: Compare::Describe,
+    },
+    Step {
+        args: &["describe", "configmaps", "-n", "scenario", "-l", "app"],
+        compare: Compare::Describe,
+    },
+    Step {
+        args: &["describe", "namespace", "scenario"],
+        compare: Compare::Describe,
+    },
+    Step {
+        args: &["describe", "lease", "static", "-n", "scenario"],
+        compare: Compare::Describe,
+    },
+    Step {
+        args: &["describe", "cm", "missing", "-n", "scenario"],
+        compare: Compare::Fails,
+    },
+    Step {
         args: &["config", "current-context"],
         compare: Compare::Exact,
     },
@@ -340,6 +573,11 @@ fn table_shape(out: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether the step is expected to fail.
+fn fails(compare: Compare) -> bool {
+    matches!(compare, Compare::Fails | Compare::ExitCode)
+}
+
 /// What of an outcome must be equal.
 fn essence(compare: Compare, out: &Output) -> (bool, String) {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
@@ -361,6 +599,9 @@ fn essence(compare: Compare, out: &Output) -> (bool, String) {
             .map_or_else(|e| format!("not YAML ({e}): {stdout}"), |v| v.to_string()),
         Compare::Table => table_shape(&stdout).join("|"),
         Compare::Fails | Compare::Note => format!("{stdout}{stderr}"),
+        Compare::Describe => describe_shape(&stdout),
+        Compare::Streams => format!("stdout:{stdout}|stderr:{stderr}"),
+        Compare::ExitCode => format!("exit {:?}: {stdout}{stderr}", out.status.code()),
         Compare::Object => serde_saphyr::from_str::<Value>(&stdout).map_or_else(
             |e| format!("not JSON/YAML ({e}): {stdout}"),
             |v| comparable(v).to_string(),
@@ -386,7 +627,7 @@ async fn sextantctl_and_kubectl_agree_step_for_step() {
         let ours = ctl.run(step.args, None).unwrap();
         let (theirs_ok, theirs_what) = essence(step.compare, &theirs);
         let (ours_ok, ours_what) = essence(step.compare, &ours);
-        let expected_ok = !matches!(step.compare, Compare::Fails);
+        let expected_ok = !fails(step.compare);
         assert_eq!(
             theirs_ok,
             expected_ok,
@@ -481,6 +722,26 @@ async fn sextantctl_and_kubectl_agree_step_for_step() {
         &["config", "get-contexts", "--help"],
         &["config", "current-context", "--help"],
         &["completion", "--help"],
+        &["describe", "--help"],
+        &["exec", "--help"],
+        &["attach", "--help"],
+        &["port-forward", "--help"],
+        &["patch", "--help"],
+        &["edit", "--help"],
+        &["top", "pods", "--help"],
+        &["top", "nodes", "--help"],
+        &["rollout", "history", "--help"],
+        &["rollout", "undo", "--help"],
+        &["rollout", "pause", "--help"],
+        &["rollout", "resume", "--help"],
+        &["rollout", "restart", "--help"],
+        &["rollout", "status", "--help"],
+        &["dataplane", "--help"],
+        &["flows", "--help"],
+        &["cluster", "status", "--help"],
+        &["debug", "pod", "--help"],
+        &["logs", "--help"],
+        &["wait", "--help"],
     ] {
         let help = ctl.ok(args).unwrap();
         assert!(help.contains("Usage: sextantctl"), "{args:?}: {help}");
@@ -494,26 +755,33 @@ async fn sextantctl_and_kubectl_change_objects_alike() {
         .expect("server");
     let kubectl = server.kubectl().unwrap();
     let ctl = Kubectl::with_binary(Path::new(CTL), &server.kubeconfig()).unwrap();
-    let runs = [("by-kubectl", &kubectl), ("by-sextantctl", &ctl)];
+    let differences = per_namespace(&kubectl, &ctl, CHANGES);
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
+/// Runs `table` with each CLI in a namespace of its own (`{ns}`, created
+/// here as `by-kubectl` and `by-sextantctl`); the steps whose outcomes differ.
+fn per_namespace(kubectl: &Kubectl, ctl: &Kubectl, table: &[Change]) -> Vec<String> {
     let mut outcomes: Vec<Vec<(bool, String)>> = Vec::new();
-    for (ns, cli) in runs {
-        kubectl.ok(&["create", "namespace", ns]).unwrap();
+    for (who, cli) in [("by-kubectl", kubectl), ("by-sextantctl", ctl)] {
+        let ns = who.to_owned();
+        kubectl.ok(&["create", "namespace", &ns]).unwrap();
         let mut seen = Vec::new();
-        for step in CHANGES {
-            let args: Vec<String> = step.args.iter().map(|a| a.replace("{ns}", ns)).collect();
+        for step in table {
+            let args: Vec<String> = step.args.iter().map(|a| a.replace("{ns}", &ns)).collect();
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let out = cli.run(&args, step.stdin).unwrap();
+            let out = cli.run_env(&args, step.stdin, step.env).unwrap();
             let (ok, what) = essence(step.compare, &out);
-            seen.push((ok, what.replace(ns, "NS")));
+            seen.push((ok, what.replace(&ns, "NS")));
         }
         outcomes.push(seen);
     }
     let mut differences = Vec::new();
-    for (i, step) in CHANGES.iter().enumerate() {
+    for (i, step) in table.iter().enumerate() {
         let (theirs, ours) = (&outcomes[0][i], &outcomes[1][i]);
         assert_eq!(
             theirs.0,
-            !matches!(step.compare, Compare::Fails),
+            !fails(step.compare),
             "kubectl {:?} itself: {}",
             step.args,
             theirs.1
@@ -525,8 +793,167 @@ async fn sextantctl_and_kubectl_change_objects_alike() {
             ));
         }
     }
-    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    differences
 }
+
+/// A Deployment whose rollouts each CLI drives in its own namespace.
+const RELEASED: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: app}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: released}}
+  template:
+    metadata: {labels: {app: released}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: sextant.local/demo:v1
+        command: [sleep, "3600"]
+"#;
+
+/// `rollout` from first release to restart, undo, pause and resume.
+const ROLLOUTS: &[Change] = &[
+    Change {
+        args: &["apply", "-n", "{ns}", "-f", "-"],
+        stdin: Some(RELEASED),
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &[
+            "rollout",
+            "status",
+            "-n",
+            "{ns}",
+            "deploy/app",
+            "--timeout=60s",
+        ],
+        stdin: None,
+        env: &[],
+        compare: Compare::LastLine,
+    },
+    Change {
+        args: &["rollout", "history", "-n", "{ns}", "deploy/app"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["rollout", "restart", "-n", "{ns}", "deployment/app"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &[
+            "rollout",
+            "status",
+            "-n",
+            "{ns}",
+            "deploy/app",
+            "--timeout=60s",
+        ],
+        stdin: None,
+        env: &[],
+        compare: Compare::LastLine,
+    },
+    Change {
+        args: &["rollout", "history", "-n", "{ns}", "deployment", "app"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["rollout", "undo", "-n", "{ns}", "deploy/app"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &[
+            "rollout",
+            "status",
+            "-n",
+            "{ns}",
+            "deploy/app",
+            "--timeout=60s",
+        ],
+        stdin: None,
+        env: &[],
+        compare: Compare::LastLine,
+    },
+    Change {
+        args: &["rollout", "history", "-n", "{ns}", "deploy/app"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &[
+            "rollout",
+            "history",
+            "-n",
+            "{ns}",
+            "deploy/app",
+            "--revision=3",
+        ],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &[
+            "rollout",
+            "undo",
+            "-n",
+            "{ns}",
+            "deploy/app",
+            "--to-revision=9",
+        ],
+        stdin: None,
+        env: &[],
+        compare: Compare::Fails,
+    },
+    Change {
+        args: &["rollout", "pause", "-n", "{ns}", "deploy/app"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["rollout", "pause", "-n", "{ns}", "deploy/app"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Fails,
+    },
+    Change {
+        args: &["rollout", "resume", "-n", "{ns}", "deploy/app"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["rollout", "resume", "-n", "{ns}", "deploy/app"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Fails,
+    },
+    Change {
+        args: &["exec", "-n", "{ns}", "deploy/app", "--", "echo", "released"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Streams,
+    },
+    Change {
+        args: &["delete", "-n", "{ns}", "deploy/app"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
+    },
+];
 
 /// Two pods that print three lines, then one more a second later.
 const PRINTERS: &str = r#"
@@ -546,56 +973,136 @@ spec:
         command: [sh, -c, "echo one; echo two; echo three; sleep 1; echo later; sleep 3600"]
 "#;
 
-const LOGS: &[Step] = &[
-    Step {
+const LIVE: &[Change] = &[
+    Change {
         args: &["logs", "{pod}"],
+        stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
-    Step {
+    Change {
         args: &["logs", "pod/{pod}", "-c", "main", "--tail=2"],
+        stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
-    Step {
+    Change {
         args: &["logs", "{pod}", "--since=1h"],
+        stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
-    Step {
+    Change {
         args: &["logs", "-l", "app=printer", "--prefix"],
+        stdin: None,
+        env: &[],
         compare: Compare::PerPod,
     },
-    Step {
+    Change {
         args: &["logs", "deploy/printer", "--tail=1"],
+        stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
-    Step {
+    Change {
         args: &["logs", "missing"],
+        stdin: None,
+        env: &[],
         compare: Compare::Fails,
     },
-    Step {
+    Change {
         args: &["rollout", "status", "deploy/printer", "--timeout=60s"],
+        stdin: None,
+        env: &[],
         compare: Compare::LastLine,
     },
-    Step {
+    Change {
         args: &["rollout", "status", "deployment", "printer"],
+        stdin: None,
+        env: &[],
         compare: Compare::LastLine,
     },
-    Step {
+    Change {
         args: &[
             "wait",
             "--for=condition=Ready",
             "pod/{pod}",
             "--timeout=30s",
         ],
+        stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
-    Step {
+    Change {
         args: &[
             "wait",
             "--for=condition=Ready",
             "pod/missing",
             "--timeout=5s",
         ],
+        stdin: None,
+        env: &[],
         compare: Compare::Fails,
+    },
+    Change {
+        args: &["describe", "pod", "{pod}"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Describe,
+    },
+    Change {
+        args: &["describe", "deploy", "printer"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Describe,
+    },
+    Change {
+        args: &["describe", "node"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Describe,
+    },
+    Change {
+        args: &["exec", "{pod}", "--", "sh", "-c", "echo out; echo err >&2"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Streams,
+    },
+    Change {
+        args: &["exec", "{pod}", "-c", "main", "--", "sh", "-c", "exit 3"],
+        stdin: None,
+        env: &[],
+        compare: Compare::ExitCode,
+    },
+    Change {
+        args: &["exec", "-i", "{pod}", "--", "sh", "-c", "cat; echo end"],
+        stdin: Some("one\ntwo\n"),
+        env: &[],
+        compare: Compare::Streams,
+    },
+    Change {
+        args: &["exec", "deploy/printer", "--", "echo", "hi"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Streams,
+    },
+    Change {
+        args: &["exec", "missing", "--", "true"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Fails,
+    },
+    Change {
+        args: &["top", "pods", "-l", "app=printer"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Table,
+    },
+    Change {
+        args: &["top", "node"],
+        stdin: None,
+        env: &[],
+        compare: Compare::Table,
     },
 ];
 
@@ -640,16 +1147,16 @@ async fn sextantctl_and_kubectl_read_logs_alike() {
     .unwrap();
 
     let mut differences = Vec::new();
-    for step in LOGS {
+    for step in LIVE {
         let args: Vec<String> = step.args.iter().map(|a| a.replace("{pod}", &pod)).collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let theirs = kubectl.run(&args, None).unwrap();
-        let ours = ctl.run(&args, None).unwrap();
+        let theirs = kubectl.run_env(&args, step.stdin, step.env).unwrap();
+        let ours = ctl.run_env(&args, step.stdin, step.env).unwrap();
         let (theirs_ok, theirs_what) = essence(step.compare, &theirs);
         let (ours_ok, ours_what) = essence(step.compare, &ours);
         assert_eq!(
             theirs_ok,
-            !matches!(step.compare, Compare::Fails),
+            !fails(step.compare),
             "kubectl {args:?} itself: {theirs_what}"
         );
         if (theirs_ok, &theirs_what) != (ours_ok, &ours_what) {
@@ -658,6 +1165,10 @@ async fn sextantctl_and_kubectl_read_logs_alike() {
             ));
         }
     }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+
+    // Rollouts, each CLI in its own namespace.
+    let differences = per_namespace(&kubectl, &ctl, ROLLOUTS);
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 
     // A rollout in progress: kubectl's progress lines, one per change, then done.
@@ -724,5 +1235,192 @@ async fn sextantctl_and_kubectl_read_logs_alike() {
     assert!(
         ticks.len() == 4 && ticks.windows(2).all(|w| w[1] == w[0] + 1),
         "one old line, then each new one in order: {seen:?}"
+    );
+
+    // attach: the main process's output as it comes.
+    let mut attached = ctl.spawn(&["attach", "ticker", "-q"]).unwrap();
+    let rx = sextant_tests::lines_of(attached.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match rx.recv_timeout(std::time::Duration::from_secs(15)) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = attached.kill();
+    let _ = attached.wait();
+    assert!(
+        seen.len() == 2 && seen.iter().all(|l| l.starts_with("tick ")),
+        "attach shows the ticks: {seen:?}"
+    );
+
+    sextantctl_only(&cluster, &kubectl, &ctl).await;
+}
+
+/// A web server pod and its Service, for port-forward and the dataplane views.
+const WEB: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: sextant.local/demo:v1
+    ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+"#;
+
+/// An HTTP GET to `addr` (through a port-forward); the response.
+fn http_get(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET /env HTTP/1.0\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    answer
+}
+
+/// What sextantctl has beyond kubectl, and the terminal: port-forward (pod and
+/// Service), cluster status, debug pod, `exec -it` and the rollout progress
+/// display in tmux.
+async fn sextantctl_only(cluster: &OneNodeCluster, kubectl: &Kubectl, ctl: &Kubectl) {
+    kubectl.ok_with(&["apply", "-f", "-"], Some(WEB)).unwrap();
+    kubectl
+        .ok(&["wait", "--for=condition=Ready", "pod/web", "--timeout=60s"])
+        .unwrap();
+
+    // port-forward: a free local port each, to the pod's port and via the Service.
+    for target in [["pod/web", ":8080"], ["svc/web", ":80"]] {
+        let mut forward = ctl.spawn(&["port-forward", target[0], target[1]]).unwrap();
+        let rx = sextant_tests::lines_of(forward.stdout.take().unwrap());
+        let first = rx
+            .recv_timeout(std::time::Duration::from_secs(15))
+            .unwrap_or_default();
+        let addr = first
+            .strip_prefix("Forwarding from ")
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(first.ends_with(" -> 8080"), "{target:?}: {first}");
+        // Two connections in a row: each gets its own stream.
+        for _ in 0..2 {
+            let answer = http_get(&addr);
+            assert!(
+                answer.starts_with("HTTP/1.") && answer.contains("\"HOSTNAME\":\"web\""),
+                "{target:?} through {addr}: {answer}"
+            );
+        }
+        let handled = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap_or_default();
+        let _ = forward.kill();
+        let _ = forward.wait();
+        assert!(handled.starts_with("Handling connection for "), "{handled}");
+    }
+
+    // cluster status: the server, its datastore, the leaders, the node (this
+    // node runs the reference CNI plugins; `network_policy` checks the eBPF
+    // programs' column on dataplane nodes).
+    let status = ctl.ok(&["cluster", "status"]).unwrap();
+    let node = &cluster.agent.node_name;
+    for want in [
+        "readyz check passed",
+        "[+]datastore ok",
+        "Datastore:    embedded",
+        "Controllers:  leader ",
+        "Scheduler:    leader ",
+    ] {
+        assert!(status.contains(want), "{want:?} in:\n{status}");
+    }
+    let row = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{node} ")))
+        .unwrap_or_default();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // The reference CNI plugins here: no eBPF dataplane on this node.
+    assert!(
+        cells.get(1) == Some(&"True") && cells.get(5) == Some(&"off"),
+        "node {node} ready, without the eBPF dataplane:\n{status}"
+    );
+
+    // debug pod: state, probes, events, log lines and flows on one screen.
+    let debug = ctl.ok(&["debug", "pod", "web", "--lines", "5"]).unwrap();
+    for want in [
+        "Pod:    default/web",
+        "Phase:  Running",
+        "Containers:",
+        "Probe failures: 0 Unhealthy event(s)",
+        "Events:",
+        "Started",
+        "Log of main (last 5 lines):",
+        "Flows (last 5):",
+    ] {
+        assert!(debug.contains(want), "{want:?} in:\n{debug}");
+    }
+
+    // exec -it in a real terminal: a TTY of the terminal's size, resized with
+    // it, and the shell's exit code as sextantctl's.
+    let command = format!(
+        "KUBECONFIG={} {CTL} exec -it web -- sh; echo exit=$?",
+        cluster.server.kubeconfig().display()
+    );
+    let term = sextant_tests::terminal::Terminal::start(&command, 120, 30).unwrap();
+    let wait = std::time::Duration::from_secs(20);
+    term.wait_for("/ #", wait).unwrap();
+    term.type_line("stty size; tty; echo hello-$((6*7))")
+        .unwrap();
+    let screen = term.wait_for("hello-42", wait).unwrap();
+    assert!(
+        screen.contains("30 120") && screen.contains("/dev/pts/"),
+        "a 120x30 TTY:\n{screen}"
+    );
+    // The new size reaches the container a moment after the window changes.
+    term.resize(100, 20).unwrap();
+    let resized = (0..20).any(|_| {
+        term.type_line("stty size").unwrap();
+        term.wait_for("20 100", std::time::Duration::from_secs(1))
+            .is_ok()
+    });
+    assert!(resized, "resized to 100x20:\n{}", term.screen().unwrap());
+    term.type_line("exit 4").unwrap();
+    term.wait_for("exit=4", wait).unwrap();
+    drop(term);
+
+    // The rollout progress display in a terminal: pods count as available
+    // only after minReadySeconds, so there is progress to show.
+    kubectl
+        .ok_with(
+            &["apply", "-f", "-"],
+            Some(&PRINTERS.replace("replicas: 2", "replicas: 2\n  minReadySeconds: 3")),
+        )
+        .unwrap();
+    kubectl
+        .ok(&["rollout", "status", "deploy/printer", "--timeout=90s"])
+        .unwrap();
+    kubectl
+        .ok(&["scale", "deploy/printer", "--replicas=4"])
+        .unwrap();
+    let command = format!(
+        "KUBECONFIG={} {CTL} rollout status deploy/printer --timeout=90s; echo exit=$?",
+        cluster.server.kubeconfig().display()
+    );
+    let term = sextant_tests::terminal::Terminal::start(&command, 160, 40).unwrap();
+    let screen = term
+        .wait_for("exit=0", std::time::Duration::from_secs(90))
+        .unwrap();
+    assert!(
+        screen.contains("Waiting for deployment \"printer\" rollout to finish: ")
+            && screen.contains("deployment \"printer\" successfully rolled out"),
+        "progress, then done:\n{screen}"
     );
 }

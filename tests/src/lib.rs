@@ -1,5 +1,6 @@
-//! Test harness: starts real etcd, containerd, Prometheus and network-namespace
-//! nodes, and cleans every one of them up on drop — also when the test panics.
+//! Test harness: starts real etcd, containerd, Prometheus, network-namespace
+//! nodes and terminals (tmux), and cleans every one of them up on drop — also
+//! when the test panics.
 //!
 //! Every resource gets a name unique to this process ([`unique_name`]) so two test
 //! runs can share a machine. Prerequisites are checked with [`require_command`]:
@@ -16,6 +17,7 @@ pub mod netns;
 pub mod process;
 pub mod prometheus;
 pub mod sextant;
+pub mod terminal;
 
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener},
@@ -159,6 +161,7 @@ fn install_hint(command: &str) -> String {
         "iptables" | "iptables-restore" => "iptables",
         "skopeo" => "skopeo",
         "ethtool" => "ethtool",
+        "tmux" => "tmux",
         _ => "",
     };
     if package.is_empty() {

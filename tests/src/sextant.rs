@@ -228,7 +228,13 @@ impl Kubectl {
         self.run_env(args, stdin, &[])
     }
 
-    fn run_env(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Result<Output> {
+    /// Runs kubectl with `stdin` and extra environment variables; everything it did.
+    pub fn run_env(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Result<Output> {
         let mut cmd = self.command(args);
         cmd.envs(env.iter().copied())
             .stdin(Stdio::piped())

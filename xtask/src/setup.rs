@@ -49,6 +49,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "GRO on test bridges' veth ports: a veth receives XDP_TX frames only with NAPI on",
     ),
     ("util-linux", "nsenter"),
+    (
+        "tmux",
+        "a real terminal for sextantctl's exec -it and progress tests",
+    ),
     ("libc6-dev", "static glibc for the image binaries"),
 ];
 
