@@ -2,7 +2,8 @@
 //! dependency on any of them (decision 0006): resource quantities as numbers
 //! ([`quantity`]), what counts against a ResourceQuota ([`quota`]), whether a
 //! pod may run on a node ([`scheduling`]: node selectors, affinity, taints)
-//! label selectors ([`labels`]), ages as kubectl prints them ([`duration`]) and the names of the `local-path` volume
+//! label selectors ([`labels`]), ages as kubectl prints them ([`duration`]),
+//! strategic merge patch keys and kubectl's three-way patch ([`strategic`]) and the names of the `local-path` volume
 //! protocol ([`local_path`]).
 
 pub mod duration;
@@ -11,3 +12,4 @@ pub mod local_path;
 pub mod quantity;
 pub mod quota;
 pub mod scheduling;
+pub mod strategic;

@@ -3,44 +3,13 @@
 //! merge key merge item by item, and the directives `$patch: delete|replace`,
 //! `$retainKeys`, `$deleteFromPrimitiveList/<list>` and `$setElementOrder/<list>`.
 //!
-//! Merge keys come from upstream's `patchMergeKey` tags, keyed by list name; `ports`
-//! merges by `containerPort` in containers and by `port` in Services, told apart by
-//! the items themselves.
+//! Merge keys come from upstream's `patchMergeKey` tags, keyed by list name
+//! (`sextant_apimachinery::strategic`, shared with the CLI's apply).
 
 use serde_json::{Map, Value};
+use sextant_apimachinery::strategic::{merge_key, merges_as_set};
 
 use crate::resources::ResourceType;
-
-/// The merge key of a list field, if it merges rather than replaces.
-fn merge_key(field: &str, items: &[&Value]) -> Option<&'static str> {
-    Some(match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "env"
-        | "volumes"
-        | "imagePullSecrets" => "name",
-        "volumeMounts" => "mountPath",
-        "volumeDevices" => "devicePath",
-        "conditions" => "type",
-        "hostAliases" => "ip",
-        "ownerReferences" => "uid",
-        "topologySpreadConstraints" => "topologyKey",
-        "ports" => {
-            if items.iter().any(|i| i.get("containerPort").is_some()) {
-                "containerPort"
-            } else {
-                "port"
-            }
-        }
-        _ => return None,
-    })
-}
-
-/// Primitive lists that merge as sets instead of being replaced.
-fn merges_as_set(field: &str) -> bool {
-    field == "finalizers"
-}
 
 /// Applies `patch` to `doc`.
 pub fn apply(doc: &mut Value, patch: &Value, _rt: &ResourceType) -> Result<(), String> {

@@ -1,17 +1,20 @@
 //! Writing objects as kubectl does: `apply -f` (client-side apply: the last
 //! applied configuration in the `kubectl.kubernetes.io/last-applied-configuration`
-//! annotation, a three-way JSON merge patch from it, the file and the live
-//! object), `create -f`, `delete`, `label`, `annotate` and `scale`, each
+//! annotation, a three-way patch from it, the file and the live object:
+//! strategic for built-in types, JSON merge for custom resources), `create
+//! -f`, `delete`, `label`, `annotate` and `scale`, each
 //! answering with kubectl's line (`configmap/one created`, `... configured`,
 //! `... unchanged`, `configmap "one" deleted`, `... labeled`, `... scaled`).
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
+use sextant_apimachinery::strategic::{Lists, three_way};
 
 use crate::{
     Error, Result,
     discovery::{self, ResourceType},
+    output::Printed,
     session::Session,
 };
 
@@ -151,65 +154,42 @@ fn type_of(
     Ok((rt, path, name.to_owned()))
 }
 
-/// The JSON merge patch taking `current` to `modified`, deleting what
-/// `original` had and `modified` no longer has (kubectl's three-way patch, with
-/// lists replaced whole).
-pub fn three_way(original: &Value, modified: &Value, current: &Value) -> Map<String, Value> {
-    let mut patch = Map::new();
-    let (Some(m), cur) = (modified.as_object(), current.as_object()) else {
-        return patch;
-    };
-    for (k, want) in m {
-        let have = cur.and_then(|c| c.get(k));
-        match (want, have) {
-            (Value::Object(_), Some(h @ Value::Object(_))) => {
-                let inner = three_way(&original[k], want, h);
-                if !inner.is_empty() {
-                    patch.insert(k.clone(), Value::Object(inner));
-                }
-            }
-            (Value::Array(w), Some(Value::Array(h))) if equivalent(w, h) => {}
-            _ if have == Some(want) => {}
-            _ => {
-                patch.insert(k.clone(), want.clone());
-            }
-        }
-    }
-    if let Some(o) = original.as_object() {
-        for k in o.keys() {
-            if !m.contains_key(k) && cur.is_some_and(|c| c.contains_key(k)) {
-                patch.insert(k.clone(), Value::Null);
-            }
-        }
-    }
-    patch
-}
-
-/// Whether the live list `have` already is `want`: item by item, objects
-/// holding at least `want`'s fields (the server defaults the rest, as in a
-/// pod template's containers).
-fn equivalent(want: &[Value], have: &[Value]) -> bool {
-    want.len() == have.len()
-        && want.iter().zip(have).all(|(w, h)| match (w, h) {
-            (Value::Object(_), Value::Object(_)) => three_way(&Value::Null, w, h).is_empty(),
-            _ => w == h,
-        })
-}
+/// Groups whose types kubectl knows: their objects get a strategic merge
+/// patch (lists merged by key); other groups' (custom resources) a JSON merge patch.
+const BUILT_IN_GROUPS: &[&str] = &[
+    "",
+    "admissionregistration.k8s.io",
+    "apiextensions.k8s.io",
+    "apps",
+    "autoscaling",
+    "batch",
+    "certificates.k8s.io",
+    "coordination.k8s.io",
+    "discovery.k8s.io",
+    "events.k8s.io",
+    "flowcontrol.apiserver.k8s.io",
+    "networking.k8s.io",
+    "node.k8s.io",
+    "policy",
+    "rbac.authorization.k8s.io",
+    "scheduling.k8s.io",
+    "storage.k8s.io",
+];
 
 /// kubectl's wording for a failed write of an object read from `source`.
 fn when(e: Error, doing: &str, source: &str) -> Error {
     match e {
-        // kubectl prints these with their reason, Invalid too.
+        // An Invalid with details still prints as "The <Kind> ... is invalid".
         Error::Server {
             reason,
             message,
             code,
-            ..
+            details,
         } => Error::Server {
             reason,
             message: format!("error when {doing} \"{source}\": {message}"),
             code,
-            details: None,
+            details,
         },
         other => other,
     }
@@ -224,72 +204,96 @@ fn placed(rt: &ResourceType, obj: &Value, namespace: &str) -> Value {
     obj
 }
 
-/// `apply -f`: one line per object.
-pub async fn apply(session: &Session, objects: &[Manifest]) -> Result<String> {
+/// `apply -f`: one line per object; a failed object does not stop the rest.
+pub async fn apply(session: &Session, objects: &[Manifest]) -> Result<Printed> {
     let types = discovery::discover(session).await?;
-    let mut out = String::new();
-    for Manifest { source, object } in objects {
-        let (rt, collection, name) = type_of(&types, object, &session.namespace)?;
-        let mut applied = placed(&rt, object, &session.namespace);
-        // kubectl records the object with its annotations minus its own (an
-        // empty map when there are none).
-        if let Some(meta) = applied.get_mut("metadata").and_then(Value::as_object_mut) {
-            let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
-            if let Some(a) = annotations.as_object_mut() {
-                a.remove(LAST_APPLIED);
-            }
+    let mut printed = Printed::default();
+    for manifest in objects {
+        match apply_one(session, &types, manifest).await {
+            Ok(line) => printed.stdout.push_str(&line),
+            Err(e) => printed.errors.push(e),
         }
-        let last = applied.to_string();
-        let path = format!("{collection}/{name}");
-        let verb = match session.get_opt(&path).await? {
-            None => {
-                let mut body = applied.clone();
-                body["metadata"]["annotations"][LAST_APPLIED] = Value::String(last);
-                session
-                    .write("POST", &collection, "application/json", &body)
-                    .await
-                    .map_err(|e| when(e, "creating", source))?;
-                "created"
-            }
-            Some(live) => {
-                let original = live["metadata"]["annotations"][LAST_APPLIED]
-                    .as_str()
-                    .and_then(|t| serde_json::from_str(t).ok())
-                    .unwrap_or(Value::Null);
-                let mut patch = three_way(&original, &applied, &live);
-                if patch.is_empty() {
-                    "unchanged"
-                } else {
-                    let meta = patch.entry("metadata").or_insert_with(|| json!({}));
-                    meta["annotations"][LAST_APPLIED] = Value::String(last);
-                    let body = Value::Object(patch);
-                    session
-                        .write("PATCH", &path, "application/merge-patch+json", &body)
-                        .await
-                        .map_err(|e| when(e, "applying patch to", source))?;
-                    "configured"
-                }
-            }
-        };
-        out.push_str(&format!("{}/{name} {verb}\n", rt.name_prefix()));
     }
-    Ok(out)
+    Ok(printed)
 }
 
-/// `create -f`: one line per object; an existing one is the server's 409.
-pub async fn create(session: &Session, objects: &[Manifest]) -> Result<String> {
-    let types = discovery::discover(session).await?;
-    let mut out = String::new();
-    for Manifest { source, object } in objects {
-        let (rt, collection, name) = type_of(&types, object, &session.namespace)?;
-        let body = placed(&rt, object, &session.namespace);
-        session
-            .write("POST", &collection, "application/json", &body)
-            .await
-            .map_err(|e| when(e, "creating", source))?;
-        out.push_str(&format!("{}/{name} created\n", rt.name_prefix()));
+/// Applies one object: `<type>/<name> created|configured|unchanged`.
+async fn apply_one(
+    session: &Session,
+    types: &[ResourceType],
+    Manifest { source, object }: &Manifest,
+) -> Result<String> {
+    let (rt, collection, name) = type_of(types, object, &session.namespace)?;
+    let mut applied = placed(&rt, object, &session.namespace);
+    // kubectl records the object with its annotations minus its own (an
+    // empty map when there are none).
+    if let Some(meta) = applied.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+        if let Some(a) = annotations.as_object_mut() {
+            a.remove(LAST_APPLIED);
+        }
     }
-    Ok(out)
+    let last = applied.to_string();
+    let path = format!("{collection}/{name}");
+    let verb = match session.get_opt(&path).await? {
+        None => {
+            let mut body = applied.clone();
+            body["metadata"]["annotations"][LAST_APPLIED] = Value::String(last);
+            session
+                .write("POST", &collection, "application/json", &body)
+                .await
+                .map_err(|e| when(e, "creating", source))?;
+            "created"
+        }
+        Some(live) => {
+            let original = live["metadata"]["annotations"][LAST_APPLIED]
+                .as_str()
+                .and_then(|t| serde_json::from_str(t).ok())
+                .unwrap_or(Value::Null);
+            let (lists, content_type) = if BUILT_IN_GROUPS.contains(&rt.group.as_str()) {
+                (Lists::Strategic, "application/strategic-merge-patch+json")
+            } else {
+                (Lists::Replace, "application/merge-patch+json")
+            };
+            let mut patch = three_way(&original, &applied, &live, lists);
+            if patch.is_empty() {
+                "unchanged"
+            } else {
+                let meta = patch.entry("metadata").or_insert_with(|| json!({}));
+                meta["annotations"][LAST_APPLIED] = Value::String(last);
+                let body = Value::Object(patch);
+                session
+                    .write("PATCH", &path, content_type, &body)
+                    .await
+                    .map_err(|e| when(e, "applying patch to", source))?;
+                "configured"
+            }
+        }
+    };
+    Ok(format!("{}/{name} {verb}\n", rt.name_prefix()))
+}
+
+/// `create -f`: one line per object; an existing one is the server's 409, and
+/// the others are still created.
+pub async fn create(session: &Session, objects: &[Manifest]) -> Result<Printed> {
+    let types = discovery::discover(session).await?;
+    let mut printed = Printed::default();
+    for Manifest { source, object } in objects {
+        let created = async {
+            let (rt, collection, name) = type_of(&types, object, &session.namespace)?;
+            let body = placed(&rt, object, &session.namespace);
+            session
+                .write("POST", &collection, "application/json", &body)
+                .await
+                .map_err(|e| when(e, "creating", source))?;
+            Ok::<_, Error>(format!("{}/{name} created\n", rt.name_prefix()))
+        };
+        match created.await {
+            Ok(line) => printed.stdout.push_str(&line),
+            Err(e) => printed.errors.push(e),
+        }
+    }
+    Ok(printed)
 }
 
 /// `TYPE NAME...` or `TYPE/NAME...`: the objects a command acts on.
@@ -323,20 +327,25 @@ pub fn targets(args: &[String]) -> Result<Vec<(String, String)>> {
     }
 }
 
-/// `delete TYPE NAME...` / `delete -f`: `<type> "<name>" deleted` each.
-pub async fn delete(session: &Session, targets: &[(String, String)]) -> Result<String> {
+/// `delete TYPE NAME...` / `delete -f`: `<type> "<name>" deleted` each; a
+/// missing object is reported after the others are deleted.
+pub async fn delete(session: &Session, targets: &[(String, String)]) -> Result<Printed> {
     let types = discovery::discover(session).await?;
-    let mut out = String::new();
+    let mut printed = Printed::default();
     for (t, name) in targets {
         let rt = discovery::resolve(&types, t)?;
         let path = format!("{}/{name}", rt.path(Some(&session.namespace)));
         let req = http::Request::delete(&path)
             .body(Vec::new())
             .map_err(|e| Error::Client(e.to_string()))?;
-        session.send::<Value>(req).await?;
-        out.push_str(&format!("{} \"{name}\" deleted\n", rt.name_prefix()));
+        match session.send::<Value>(req).await {
+            Ok(_) => printed
+                .stdout
+                .push_str(&format!("{} \"{name}\" deleted\n", rt.name_prefix())),
+            Err(e) => printed.errors.push(e),
+        }
     }
-    Ok(out)
+    Ok(printed)
 }
 
 /// Which metadata map `label`/`annotate` edit.
@@ -429,24 +438,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    #[test]
-    fn three_way_patches_add_change_and_delete() {
-        let original = json!({"data": {"a": "1", "gone": "x"}, "metadata": {"name": "c"}});
-        let modified = json!({"data": {"a": "2", "new": "y"}, "metadata": {"name": "c"}});
-        let current = json!({
-            "data": {"a": "1", "gone": "x", "theirs": "z"},
-            "metadata": {"name": "c", "uid": "u", "resourceVersion": "7"},
-        });
-        let patch = three_way(&original, &modified, &current);
-        assert_eq!(
-            Value::Object(patch),
-            json!({"data": {"a": "2", "new": "y", "gone": null}})
-        );
-        // Applying the same again changes nothing: "unchanged".
-        let now = json!({"data": {"a": "2", "new": "y", "theirs": "z"}, "metadata": {"name": "c"}});
-        assert!(three_way(&modified, &modified, &now).is_empty());
-    }
 
     #[test]
     fn manifests_from_files_directories_and_lists() {

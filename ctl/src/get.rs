@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::{
     Error, Result, discovery,
-    output::{self, Format},
+    output::{self, Format, Printed},
     session::Session,
 };
 
@@ -31,17 +31,6 @@ pub struct GetArgs {
     /// Leave out the header row.
     #[arg(long)]
     pub no_headers: bool,
-}
-
-/// What a `get` printed, and any failures to report after it.
-#[derive(Debug, Default)]
-pub struct Printed {
-    /// Standard output.
-    pub stdout: String,
-    /// Standard error (notes such as "No resources found").
-    pub stderr: String,
-    /// The first failure, after everything found was printed.
-    pub error: Option<Error>,
 }
 
 async fn list(
@@ -86,13 +75,7 @@ pub async fn run(session: &Session, args: &GetArgs) -> Result<Printed> {
         for name in &args.names {
             match session.get(&format!("{path}/{name}"), Some(accept)).await {
                 Ok(v) => found.push(v),
-                Err(e) => {
-                    if printed.error.is_none() {
-                        printed.error = Some(e);
-                    } else {
-                        printed.stderr.push_str(&format!("{e}\n"));
-                    }
-                }
+                Err(e) => printed.errors.push(e),
             }
         }
     }
@@ -104,7 +87,7 @@ pub async fn run(session: &Session, args: &GetArgs) -> Result<Printed> {
             .flat_map(|t| t["rows"].as_array().cloned().unwrap_or_default())
             .collect();
         if rows.is_empty() {
-            if printed.error.is_none() {
+            if printed.errors.is_empty() {
                 printed.stderr = match namespace {
                     Some(ns) if rt.namespaced => format!("No resources found in {ns} namespace.\n"),
                     _ => "No resources found\n".into(),

@@ -310,18 +310,23 @@ pub async fn run(
         },
         Command::Get(args) => {
             let session = source.connect().await?;
-            let printed = get::run(&session, &args).await?;
-            write(out, &printed.stdout)?;
-            write(err, &printed.stderr)?;
-            return printed.error.map_or(Ok(()), Err);
+            return finish(get::run(&session, &args).await?, out, err);
         }
         Command::Apply(files) => {
             let objects = apply::read_objects(&files, &mut std::io::stdin())?;
-            apply::apply(&source.connect().await?, &objects).await?
+            return finish(
+                apply::apply(&source.connect().await?, &objects).await?,
+                out,
+                err,
+            );
         }
         Command::Create(files) => {
             let objects = apply::read_objects(&files, &mut std::io::stdin())?;
-            apply::create(&source.connect().await?, &objects).await?
+            return finish(
+                apply::create(&source.connect().await?, &objects).await?,
+                out,
+                err,
+            );
         }
         Command::Delete { args, files } => {
             let session = source.connect().await?;
@@ -345,7 +350,7 @@ pub async fn run(
                     })
                     .collect()
             };
-            apply::delete(&session, &targets).await?
+            return finish(apply::delete(&session, &targets).await?, out, err);
         }
         Command::Label { args, overwrite } => {
             let session = source.connect().await?;
@@ -426,6 +431,23 @@ pub async fn run(
         }
     };
     write(out, &text)
+}
+
+/// Prints what a command printed, then its failures in order; the last one is
+/// the command's error (exit code 1).
+fn finish(
+    printed: output::Printed,
+    out: &mut (dyn std::io::Write + Send),
+    err: &mut (dyn std::io::Write + Send),
+) -> Result<()> {
+    write(out, &printed.stdout)?;
+    write(err, &printed.stderr)?;
+    let mut errors = printed.errors;
+    let last = errors.pop();
+    for e in errors {
+        write(err, &format!("{e}\n"))?;
+    }
+    last.map_or(Ok(()), Err)
 }
 
 fn write(to: &mut (dyn std::io::Write + Send), text: &str) -> Result<()> {

@@ -6,6 +6,18 @@ use serde_json::Value;
 
 use crate::{Error, Result, jsonpath::Template};
 
+/// What a command printed, and the failures to report after it: kubectl
+/// goes on past a failed object and names every failure at the end.
+#[derive(Debug, Default)]
+pub struct Printed {
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error (notes such as "No resources found").
+    pub stderr: String,
+    /// The failures, in the order they happened.
+    pub errors: Vec<Error>,
+}
+
 /// The output formats of `get`.
 #[derive(Clone, Debug)]
 pub enum Format {

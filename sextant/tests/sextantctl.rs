@@ -214,6 +214,23 @@ data: {b: "2"}
 
 const THREE: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: three}\n";
 
+/// The app's Deployment with a new image: its container list merges by name.
+const WEB_V2: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: main, image: sextant.local/demo:v2}]
+"#;
+
+/// Three objects, the middle one invalid: the other two are still written.
+const ONE_BAD: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x1}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x2}\n";
+
 const CHANGES: &[Change] = &[
     Change {
         args: &["apply", "-n", "{ns}", "-f", "-"],
@@ -230,6 +247,43 @@ const CHANGES: &[Change] = &[
     Change {
         args: &["apply", "-n", "{ns}", "-f", "-"],
         stdin: Some(APP_CHANGED),
+        env: &[],
+        compare: Compare::Exact,
+    },
+    // Another client adds a container; re-applying the file with a new image
+    // keeps it (a strategic merge patch, containers merged by name).
+    Change {
+        args: &[
+            "patch",
+            "-n",
+            "{ns}",
+            "deploy",
+            "web",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/template/spec/containers/-","value":{"name":"sidecar","image":"sextant.local/demo:v1"}}]"#,
+        ],
+        stdin: None,
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &["apply", "-n", "{ns}", "-f", "-"],
+        stdin: Some(WEB_V2),
+        env: &[],
+        compare: Compare::Exact,
+    },
+    Change {
+        args: &[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "{ns}",
+            "-o",
+            "jsonpath={range .spec.template.spec.containers[*]}{.name}={.image} {end}",
+        ],
+        stdin: None,
         env: &[],
         compare: Compare::Exact,
     },
@@ -393,6 +447,19 @@ const CHANGES: &[Change] = &[
         stdin: None,
         env: &[],
         compare: Compare::Fails,
+    },
+    // Several objects: a failure is reported at the end, the others are done.
+    Change {
+        args: &["apply", "-n", "{ns}", "-f", "-"],
+        stdin: Some(ONE_BAD),
+        env: &[],
+        compare: Compare::ExitCode,
+    },
+    Change {
+        args: &["delete", "-n", "{ns}", "cm", "x1", "missing", "x2", "gone"],
+        stdin: None,
+        env: &[],
+        compare: Compare::ExitCode,
     },
     Change {
         args: &["delete", "-n", "{ns}", "-f", "-"],
