@@ -1041,21 +1041,8 @@ fn describe_service(
 ) -> Result<String> {
     let svc: Service = typed(v)?;
     let spec = svc.spec.clone().unwrap_or_default();
-    let meta = &svc.metadata;
     let mut w = Writer::default();
-    w.w(
-        0,
-        &format!("Name:\t{}\n", meta.name.as_deref().unwrap_or_default()),
-    );
-    w.w(
-        0,
-        &format!(
-            "Namespace:\t{}\n",
-            meta.namespace.as_deref().unwrap_or_default()
-        ),
-    );
-    labels_multiline(&mut w, "", "Labels", meta.labels.as_ref());
-    annotations_multiline(&mut w, "Annotations", meta.annotations.as_ref());
+    object_header(&mut w, v, true);
     let selector = spec
         .selector
         .as_ref()
@@ -1181,23 +1168,34 @@ fn endpoints_text(slices: &[EndpointSlice], port: &str) -> String {
     text
 }
 
+/// The lines most describers open with: `Name`, `Namespace` (for namespaced
+/// kinds), `Labels`, `Annotations`.
+fn object_header(w: &mut Writer, v: &Value, namespaced: bool) {
+    let meta = &v["metadata"];
+    let map = |k: &str| -> Option<BTreeMap<String, String>> {
+        serde_json::from_value(meta[k].clone()).ok()
+    };
+    w.w(
+        0,
+        &format!("Name:\t{}\n", meta["name"].as_str().unwrap_or_default()),
+    );
+    if namespaced {
+        w.w(
+            0,
+            &format!(
+                "Namespace:\t{}\n",
+                meta["namespace"].as_str().unwrap_or_default()
+            ),
+        );
+    }
+    labels_multiline(w, "", "Labels", map("labels").as_ref());
+    annotations_multiline(w, "Annotations", map("annotations").as_ref());
+}
+
 fn describe_config_map(v: &Value, evs: Option<Vec<Event>>) -> Result<String> {
     let cm: ConfigMap = typed(v)?;
-    let meta = &cm.metadata;
     let mut w = Writer::default();
-    w.w(
-        0,
-        &format!("Name:\t{}\n", meta.name.as_deref().unwrap_or_default()),
-    );
-    w.w(
-        0,
-        &format!(
-            "Namespace:\t{}\n",
-            meta.namespace.as_deref().unwrap_or_default()
-        ),
-    );
-    labels_multiline(&mut w, "", "Labels", meta.labels.as_ref());
-    annotations_multiline(&mut w, "Annotations", meta.annotations.as_ref());
+    object_header(&mut w, v, true);
     w.w(0, "\nData\n====\n");
     for (k, val) in cm.data.iter().flatten() {
         w.w(0, &format!("{k}:\n----\n{val}\n\n"));
@@ -1212,24 +1210,8 @@ fn describe_config_map(v: &Value, evs: Option<Vec<Event>>) -> Result<String> {
 }
 
 fn describe_service_account(v: &Value, evs: Option<Vec<Event>>) -> String {
-    let meta = &v["metadata"];
-    let map = |k: &str| -> Option<BTreeMap<String, String>> {
-        serde_json::from_value(meta[k].clone()).ok()
-    };
     let mut w = Writer::default();
-    w.w(
-        0,
-        &format!("Name:\t{}\n", meta["name"].as_str().unwrap_or_default()),
-    );
-    w.w(
-        0,
-        &format!(
-            "Namespace:\t{}\n",
-            meta["namespace"].as_str().unwrap_or_default()
-        ),
-    );
-    labels_multiline(&mut w, "", "Labels", map("labels").as_ref());
-    annotations_multiline(&mut w, "Annotations", map("annotations").as_ref());
+    object_header(&mut w, v, true);
     let names = |field: &str| -> Vec<String> {
         v[field]
             .as_array()
@@ -1261,17 +1243,8 @@ fn describe_service_account(v: &Value, evs: Option<Vec<Event>>) -> String {
 }
 
 fn describe_namespace(v: &Value, quotas: &[Value], limit_ranges: usize) -> String {
-    let meta = &v["metadata"];
-    let map = |k: &str| -> Option<BTreeMap<String, String>> {
-        serde_json::from_value(meta[k].clone()).ok()
-    };
     let mut w = Writer::default();
-    w.w(
-        0,
-        &format!("Name:\t{}\n", meta["name"].as_str().unwrap_or_default()),
-    );
-    labels_multiline(&mut w, "", "Labels", map("labels").as_ref());
-    annotations_multiline(&mut w, "Annotations", map("annotations").as_ref());
+    object_header(&mut w, v, false);
     w.w(
         0,
         &format!(
@@ -1719,23 +1692,8 @@ fn scalar(v: &Value) -> String {
 
 fn describe_generic(v: &Value, evs: Option<Vec<Event>>) -> String {
     let mut w = Writer::default();
-    let meta = &v["metadata"];
-    let map = |k: &str| -> Option<BTreeMap<String, String>> {
-        serde_json::from_value(meta[k].clone()).ok()
-    };
-    w.w(
-        0,
-        &format!("Name:\t{}\n", meta["name"].as_str().unwrap_or_default()),
-    );
-    w.w(
-        0,
-        &format!(
-            "Namespace:\t{}\n",
-            meta["namespace"].as_str().unwrap_or_default()
-        ),
-    );
-    labels_multiline(&mut w, "", "Labels", map("labels").as_ref());
-    annotations_multiline(&mut w, "Annotations", map("annotations").as_ref());
+    // kubectl prints the Namespace line even for cluster-scoped kinds here.
+    object_header(&mut w, v, true);
     if let Some(content) = v.as_object() {
         unstructured(
             &mut w,

@@ -8,7 +8,8 @@ use kube::core::response::StatusDetails;
 /// are several), `Unauthorized` as a login hint, the rest with their reason.
 fn server_text(reason: &str, message: &str, details: Option<&StatusDetails>) -> String {
     match (reason, details) {
-        ("Unauthorized", _) => format!("error: You must be logged in to the server ({message})"),
+        // kubectl 1.33 meets a 401 first in discovery, where client-go words it so.
+        ("Unauthorized", _) => "error: You must be logged in to the server (the server has asked for the client to provide credentials)".into(),
         ("Invalid", None) if message.is_empty() => "The request is invalid".into(),
         ("Invalid", None) => format!("The request is invalid: {message}"),
         ("Invalid", Some(d)) => {

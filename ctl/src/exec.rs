@@ -15,9 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{Error, Result, session::Session, target};
 
-/// The arguments of `exec`.
+/// What `exec` and `attach` share: the pod, the container, the streams.
 #[derive(Clone, Debug, clap::Args)]
-pub struct ExecArgs {
+pub struct AttachArgs {
     /// The pod (`NAME`, `pod/NAME`) or a workload or Service (`deploy/NAME`: one of its pods).
     pub target: String,
     /// The container (default: the pod's default container, else its first).
@@ -29,31 +29,20 @@ pub struct ExecArgs {
     /// Stdin is a TTY: raw terminal, window size followed.
     #[arg(short = 't', long)]
     pub tty: bool,
-    /// Print nothing but the command's output.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
-    /// The command and its arguments, after `--`.
-    #[arg(last = true, required = true)]
-    pub command: Vec<String>,
-}
-
-/// The arguments of `attach`.
-#[derive(Clone, Debug, clap::Args)]
-pub struct AttachArgs {
-    /// The pod (`NAME`, `pod/NAME`) or a workload or Service (`deploy/NAME`).
-    pub target: String,
-    /// The container (default: the pod's default container, else its first).
-    #[arg(short = 'c', long)]
-    pub container: Option<String>,
-    /// Pass stdin to the container.
-    #[arg(short = 'i', long)]
-    pub stdin: bool,
-    /// Stdin is a TTY.
-    #[arg(short = 't', long)]
-    pub tty: bool,
     /// Print nothing but the container's output.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+}
+
+/// The arguments of `exec`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ExecArgs {
+    /// The pod, container and streams.
+    #[command(flatten)]
+    pub on: AttachArgs,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 /// Puts the terminal in raw mode and back when dropped.
@@ -103,13 +92,14 @@ pub async fn exec(
     out: &mut (dyn Write + Send),
     err: &mut (dyn Write + Send),
 ) -> Result<()> {
-    let pod = target::pod(session, &args.target, None).await?;
-    let container = target::container(&pod, args.container.as_deref());
+    let on = &args.on;
+    let pod = target::pod(session, &on.target, None).await?;
+    let container = target::container(&pod, on.container.as_deref());
     let api: Api<Pod> = Api::namespaced(session.client.clone(), &session.namespace);
     let streams = Streams {
-        stdin: args.stdin,
-        tty: args.tty,
-        quiet: args.quiet,
+        stdin: on.stdin,
+        tty: on.tty,
+        quiet: on.quiet,
     };
     let process = api
         .exec(

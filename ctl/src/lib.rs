@@ -33,6 +33,7 @@ pub mod logs;
 pub mod output;
 pub mod patch;
 pub mod portforward;
+pub mod progress;
 pub mod rollout;
 pub mod session;
 pub mod target;

@@ -145,6 +145,8 @@ pub async fn wait(
         let rt = discovery::resolve(&types, &t)?;
         let path = format!("{}/{name}", rt.path(Some(&session.namespace)));
         let shown = format!("{}/{name}", rt.name_prefix());
+        let progress =
+            crate::progress::Progress::start(format!("waiting for {shown}: {condition}"));
         loop {
             let obj = session.get_opt(&path).await?;
             let met = match (condition, &obj) {
@@ -194,6 +196,7 @@ pub async fn wait(
             }
             tokio::time::sleep(POLL).await;
         }
+        drop(progress);
     }
     Ok(out)
 }

@@ -50,6 +50,20 @@ pub struct Inspect {
     pub records_dir: PathBuf,
 }
 
+impl Inspect {
+    /// Runs `read` on the maps under the lock.
+    fn maps<T>(
+        &self,
+        read: impl FnOnce(&mut crate::datapath::Datapath) -> crate::Result<T>,
+    ) -> crate::Result<T> {
+        let mut dp = self
+            .datapath
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        read(&mut dp)
+    }
+}
+
 impl std::fmt::Debug for Inspect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inspect").finish_non_exhaustive()
@@ -142,14 +156,7 @@ fn proto_name(p: u8) -> &'static str {
 }
 
 async fn services_handler(State(i): State<Inspect>) -> Response {
-    let read = {
-        let mut dp = i
-            .datapath
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        dp.services().and_then(|s| Ok((s, dp.backends()?)))
-    };
-    let (frontends, backends) = match read {
+    let (frontends, backends) = match i.maps(|dp| Ok((dp.services()?, dp.backends()?))) {
         Ok(r) => r,
         Err(e) => return failed(&e),
     };
@@ -190,14 +197,7 @@ fn addr(ip: u32, port: u16) -> String {
 
 async fn conntrack_handler(State(i): State<Inspect>) -> Response {
     use sextant_ebpf_common::lb::{CT_CLOSING, CT_DNAT, CT_HAIRPIN, CT_REVNAT, NAT_REPLY};
-    let read = {
-        let mut dp = i
-            .datapath
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        dp.conntrack().and_then(|c| Ok((c, dp.nodeport_nat()?)))
-    };
-    let (ct, nat) = match read {
+    let (ct, nat) = match i.maps(|dp| Ok((dp.conntrack()?, dp.nodeport_nat()?))) {
         Ok(r) => r,
         Err(e) => return failed(&e),
     };
@@ -262,11 +262,8 @@ async fn conntrack_handler(State(i): State<Inspect>) -> Response {
 }
 
 async fn status_handler(State(i): State<Inspect>) -> Response {
-    let (attached, counts) = {
-        let mut dp = i
-            .datapath
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // A map that cannot be read shows as null; the others still count.
+    let read = i.maps(|dp| {
         let counts = (
             dp.services().map(|v| v.len()),
             dp.backends().map(|v| v.len()),
@@ -274,7 +271,11 @@ async fn status_handler(State(i): State<Inspect>) -> Response {
             dp.conntrack().map(|v| v.len()),
             dp.policy_endpoints().map(|v| v.len()),
         );
-        (dp.attachments(), counts)
+        Ok((dp.attachments(), counts))
+    });
+    let (attached, counts) = match read {
+        Ok(r) => r,
+        Err(e) => return failed(&e),
     };
     let n = |r: crate::Result<usize>| r.map_or(Value::Null, |n| json!(n));
     let mut programs: std::collections::BTreeMap<String, Vec<String>> = Default::default();
@@ -307,12 +308,7 @@ fn pods_by_ip(records_dir: &PathBuf) -> std::collections::HashMap<Ipv4Addr, Stri
 }
 
 async fn endpoints_handler(State(i): State<Inspect>) -> Response {
-    let read = i
-        .datapath
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .endpoints();
-    let endpoints = match read {
+    let endpoints = match i.maps(|dp| dp.endpoints()) {
         Ok(e) => e,
         Err(e) => return failed(&e),
     };
@@ -332,18 +328,11 @@ async fn endpoints_handler(State(i): State<Inspect>) -> Response {
 }
 
 async fn policies_handler(State(i): State<Inspect>) -> Response {
-    let read = {
-        let mut dp = i
-            .datapath
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        dp.policy_endpoints()
-            .and_then(|e| Ok((e, dp.policy_rules()?.len())))
-    };
-    let (endpoints, rules) = match read {
-        Ok(r) => r,
-        Err(e) => return failed(&e),
-    };
+    let (endpoints, rules) =
+        match i.maps(|dp| Ok((dp.policy_endpoints()?, dp.policy_rules()?.len()))) {
+            Ok(r) => r,
+            Err(e) => return failed(&e),
+        };
     let pods = pods_by_ip(&i.records_dir);
     let mut out: Vec<Value> = endpoints
         .iter()

@@ -162,14 +162,8 @@ fn describe_shape(out: &str) -> String {
         .join("\n")
 }
 
-/// One step of the scenario.
-struct Step {
-    args: &'static [&'static str],
-    compare: Compare,
-}
-
-/// One step of the changing scenario: `{ns}` in the arguments and on stdin is
-/// the CLI's own namespace.
+/// One step of a scenario: `{ns}` in the arguments is the CLI's own namespace
+/// (tables run per namespace), `{pod}` a pod's name.
 struct Change {
     args: &'static [&'static str],
     stdin: Option<&'static str>,
@@ -480,20 +474,26 @@ kind: Deployment
 metadata: {name: web}
 "#;
 
-const SCENARIO: &[Step] = &[
-    Step {
+const SCENARIO: &[Change] = &[
+    Change {
         args: &["get", "namespaces"],
+        stdin: None,
+        env: &[],
         compare: Compare::Table,
     },
-    Step {
+    Change {
         args: &["get", "configmaps", "-n", "scenario"],
+        stdin: None,
+        env: &[],
         compare: Compare::Table,
     },
-    Step {
+    Change {
         args: &["get", "cm", "one", "two", "-n", "scenario"],
+        stdin: None,
+        env: &[],
         compare: Compare::Table,
     },
-    Step {
+    Change {
         args: &[
             "get",
             "cm",
@@ -503,49 +503,71 @@ const SCENARIO: &[Step] = &[
             "app=web",
             "--no-headers",
         ],
+        stdin: None,
+        env: &[],
         compare: Compare::Table,
     },
-    Step {
+    Change {
         args: &["get", "svc", "-A"],
+        stdin: None,
+        env: &[],
         compare: Compare::Table,
     },
-    Step {
+    Change {
         args: &["get", "services", "-n", "scenario", "-o", "wide"],
+        stdin: None,
+        env: &[],
         compare: Compare::Table,
     },
-    Step {
+    Change {
         args: &["get", "configmap", "one", "-n", "scenario", "-o", "json"],
+        stdin: None,
+        env: &[],
         compare: Compare::Json,
     },
-    Step {
+    Change {
         args: &["get", "configmaps", "-n", "scenario", "-o", "json"],
+        stdin: None,
+        env: &[],
         compare: Compare::Json,
     },
-    Step {
+    Change {
         args: &["get", "cm", "one", "-n", "scenario", "-o", "yaml"],
+        stdin: None,
+        env: &[],
         compare: Compare::Yaml,
     },
-    Step {
+    Change {
         args: &["get", "cm", "-n", "scenario", "-o", "name"],
+        stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
-    Step {
+    Change {
         args: &["get", "svc", "web", "-n", "scenario", "-o", "name"],
+        stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
-    Step {
+    Change {
         args: &["get", "cm", "missing", "-n", "scenario"],
+        stdin: None,
+        env: &[],
         compare: Compare::Fails,
     },
-    Step {
+    Change {
         args: &["get", "widgets"],
+        stdin: None,
+        env: &[],
         compare: Compare::Fails,
     },
-    Step {
+    Change {
         args: &["get", "deployments", "-n", "scenario"],
+        stdin: None,
+        env: &[],
         compare: Compare::Note,
     },
-    Step {
+    Change {
         args: &[
             "get",
             "cm",
@@ -554,9 +576,11 @@ const SCENARIO: &[Step] = &[
             "-o",
             "jsonpath={.items[*].metadata.name}",
         ],
+        stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
-    Step {
+    Change {
         args: &[
             "get",
             "cm",
@@ -566,9 +590,11 @@ const SCENARIO: &[Step] = &[
             "-o",
             "jsonpath=a is {.data.a}, labels {.metadata.labels}",
         ],
+        stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
-    Step {
+    Change {
         args: &[
             "get",
             "cm",
@@ -577,9 +603,11 @@ const SCENARIO: &[Step] = &[
             "-o",
             r#"jsonpath={range .items[*]}{.metadata.name}{"\t"}{.metadata.labels.app}{"\n"}{end}"#,
         ],
+        stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
-    Step {
+    Change {
         args: &[
             "get",
             "svc",
@@ -588,38 +616,56 @@ const SCENARIO: &[Step] = &[
             "-o",
             "custom-columns=NAME:.metadata.name,PORT:.spec.ports[*].port,APP:.spec.selector.app,NONE:.spec.nope",
         ],
+        stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
-    Step {
+    Change {
         args: &["describe", "cm", "one", "-n", "scenario"],
+        stdin: None,
+        env: &[],
         compare: Compare::Describe,
     },
-    Step {
+    Change {
         args: &["describe", "svc/web", "-n", "scenario"],
+        stdin: None,
+        env: &[],
         compare: Compare::Describe,
     },
-    Step {
+    Change {
         args: &["describe", "configmaps", "-n", "scenario", "-l", "app"],
+        stdin: None,
+        env: &[],
         compare: Compare::Describe,
     },
-    Step {
+    Change {
         args: &["describe", "namespace", "scenario"],
+        stdin: None,
+        env: &[],
         compare: Compare::Describe,
     },
-    Step {
+    Change {
         args: &["describe", "lease", "static", "-n", "scenario"],
+        stdin: None,
+        env: &[],
         compare: Compare::Describe,
     },
-    Step {
+    Change {
         args: &["describe", "cm", "missing", "-n", "scenario"],
+        stdin: None,
+        env: &[],
         compare: Compare::Fails,
     },
-    Step {
+    Change {
         args: &["config", "current-context"],
+        stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
-    Step {
+    Change {
         args: &["config", "get-contexts"],
+        stdin: None,
+        env: &[],
         compare: Compare::Exact,
     },
 ];
@@ -628,15 +674,17 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// The header and each row's first cell.
+/// Each row's first cell, and the header line whole (without `--no-headers`:
+/// a header is all capitals; the other cells hold ages that differ).
 fn table_shape(out: &str) -> Vec<String> {
+    let header = out
+        .lines()
+        .next()
+        .filter(|h| !h.chars().any(|c| c.is_lowercase()))
+        .map(|h| h.split_whitespace().collect::<Vec<_>>().join(" "));
     out.lines()
         .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
-        .chain(
-            out.lines()
-                .take(1)
-                .map(|h| h.split_whitespace().collect::<Vec<_>>().join(" ")),
-        )
+        .chain(header)
         .collect()
 }
 
@@ -688,28 +736,7 @@ async fn sextantctl_and_kubectl_agree_step_for_step() {
         .unwrap();
     let ctl = Kubectl::with_binary(Path::new(CTL), &server.kubeconfig()).unwrap();
 
-    let mut differences = Vec::new();
-    for step in SCENARIO {
-        let theirs = kubectl.run(step.args, None).unwrap();
-        let ours = ctl.run(step.args, None).unwrap();
-        let (theirs_ok, theirs_what) = essence(step.compare, &theirs);
-        let (ours_ok, ours_what) = essence(step.compare, &ours);
-        let expected_ok = !fails(step.compare);
-        assert_eq!(
-            theirs_ok,
-            expected_ok,
-            "kubectl {:?} itself: {}{}",
-            step.args,
-            text(&theirs.stdout),
-            text(&theirs.stderr)
-        );
-        if (theirs_ok, &theirs_what) != (ours_ok, &ours_what) {
-            differences.push(format!(
-                "{:?}:\n  kubectl    ({theirs_ok}): {theirs_what}\n  sextantctl ({ours_ok}): {ours_what}",
-                step.args
-            ));
-        }
-    }
+    let differences = same_outcomes(&kubectl, &ctl, SCENARIO, &[]);
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 
     // Editing contexts: sextantctl writes, kubectl reads it back.
@@ -772,6 +799,54 @@ async fn sextantctl_and_kubectl_agree_step_for_step() {
         "error loading kubeconfig: context \"nope\" does not exist\n"
     );
 
+    // An unreachable server and rejected credentials, as kubectl words them.
+    let text = std::fs::read_to_string(server.kubeconfig()).unwrap();
+    let closed = sextant_tests::free_port().unwrap();
+    let unreachable = dir.path().join("unreachable");
+    std::fs::write(
+        &unreachable,
+        text.replace(&server.addr.to_string(), &format!("127.0.0.1:{closed}")),
+    )
+    .unwrap();
+    let e = Kubectl::with_binary(Path::new(CTL), &unreachable)
+        .unwrap()
+        .fails(&["get", "pods"], None)
+        .unwrap();
+    assert!(
+        e.starts_with(&format!(
+            "The connection to the server https://127.0.0.1:{closed}"
+        )) && e.contains("was refused - did you specify the right host or port?"),
+        "{e}"
+    );
+    let mut config: Value = serde_saphyr::from_str(&text).unwrap();
+    if let Some(user) = config
+        .get_mut("users")
+        .and_then(|u| u.get_mut(0))
+        .and_then(|u| u.get_mut("user"))
+    {
+        *user = serde_json::json!({"token": "not-a-valid-token"});
+    }
+    let rejected = dir.path().join("rejected");
+    std::fs::write(&rejected, serde_json::to_string(&config).unwrap()).unwrap();
+    let theirs = Kubectl::with_binary(Path::new(sextant_tests::sextant::KUBECTL_1_33), &rejected)
+        .unwrap()
+        .fails(&["get", "pods"], None)
+        .unwrap();
+    let ours = Kubectl::with_binary(Path::new(CTL), &rejected)
+        .unwrap()
+        .fails(&["get", "pods"], None)
+        .unwrap();
+    // kubectl logs its failed discovery attempts first; its verdict is the last line.
+    assert_eq!(
+        Some(ours.trim_end()),
+        theirs.lines().last(),
+        "kubectl said: {theirs}"
+    );
+    assert!(
+        ours.starts_with("error: You must be logged in to the server"),
+        "{ours}"
+    );
+
     // Completion scripts and help.
     for shell in ["bash", "zsh", "fish"] {
         let script = ctl.ok(&["completion", shell]).unwrap();
@@ -824,6 +899,44 @@ async fn sextantctl_and_kubectl_change_objects_alike() {
     let ctl = Kubectl::with_binary(Path::new(CTL), &server.kubeconfig()).unwrap();
     let differences = per_namespace(&kubectl, &ctl, CHANGES);
     assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
+/// Runs each step with kubectl, then with sextantctl, on the same objects
+/// (`replace` fills placeholders in the arguments); the steps whose outcomes differ.
+fn same_outcomes(
+    kubectl: &Kubectl,
+    ctl: &Kubectl,
+    steps: &[Change],
+    replace: &[(&str, &str)],
+) -> Vec<String> {
+    let mut differences = Vec::new();
+    for step in steps {
+        let args: Vec<String> = step
+            .args
+            .iter()
+            .map(|a| {
+                replace
+                    .iter()
+                    .fold((*a).to_owned(), |a, (from, to)| a.replace(from, to))
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let theirs = kubectl.run_env(&args, step.stdin, step.env).unwrap();
+        let ours = ctl.run_env(&args, step.stdin, step.env).unwrap();
+        let (theirs_ok, theirs_what) = essence(step.compare, &theirs);
+        let (ours_ok, ours_what) = essence(step.compare, &ours);
+        assert_eq!(
+            theirs_ok,
+            !fails(step.compare),
+            "kubectl {args:?} itself: {theirs_what}"
+        );
+        if (theirs_ok, &theirs_what) != (ours_ok, &ours_what) {
+            differences.push(format!(
+                "{args:?}:\n  kubectl    ({theirs_ok}): {theirs_what:?}\n  sextantctl ({ours_ok}): {ours_what:?}"
+            ));
+        }
+    }
+    differences
 }
 
 /// Runs `table` with each CLI in a namespace of its own (`{ns}`, created
@@ -1213,25 +1326,7 @@ async fn sextantctl_and_kubectl_read_logs_alike() {
     .await
     .unwrap();
 
-    let mut differences = Vec::new();
-    for step in LIVE {
-        let args: Vec<String> = step.args.iter().map(|a| a.replace("{pod}", &pod)).collect();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let theirs = kubectl.run_env(&args, step.stdin, step.env).unwrap();
-        let ours = ctl.run_env(&args, step.stdin, step.env).unwrap();
-        let (theirs_ok, theirs_what) = essence(step.compare, &theirs);
-        let (ours_ok, ours_what) = essence(step.compare, &ours);
-        assert_eq!(
-            theirs_ok,
-            !fails(step.compare),
-            "kubectl {args:?} itself: {theirs_what}"
-        );
-        if (theirs_ok, &theirs_what) != (ours_ok, &ours_what) {
-            differences.push(format!(
-                "{args:?}:\n  kubectl    ({theirs_ok}): {theirs_what:?}\n  sextantctl ({ours_ok}): {ours_what:?}"
-            ));
-        }
-    }
+    let differences = same_outcomes(&kubectl, &ctl, LIVE, &[("{pod}", &pod)]);
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 
     // Rollouts, each CLI in its own namespace.
@@ -1342,6 +1437,22 @@ metadata: {name: web}
 spec:
   selector: {app: web}
   ports: [{name: http, port: 80, targetPort: http}]
+"#;
+
+/// A pod that becomes Ready only after its probe's initial delay.
+const SLOW_READY: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: slow}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: sextant.local/demo:v1
+    readinessProbe:
+      httpGet: {path: /readyz, port: 8080}
+      initialDelaySeconds: 4
+      periodSeconds: 1
 "#;
 
 /// An HTTP GET to `addr` (through a port-forward); the response.
@@ -1461,6 +1572,30 @@ async fn sextantctl_only(cluster: &OneNodeCluster, kubectl: &Kubectl, ctl: &Kube
     assert!(resized, "resized to 100x20:\n{}", term.screen().unwrap());
     term.type_line("exit 4").unwrap();
     term.wait_for("exit=4", wait).unwrap();
+    drop(term);
+
+    // wait's progress line in a terminal: what it waits for and for how long,
+    // until the pod's readiness probe passes.
+    kubectl
+        .ok_with(&["apply", "-f", "-"], Some(SLOW_READY))
+        .unwrap();
+    let command = format!(
+        "KUBECONFIG={} {CTL} wait --for=condition=Ready pod/slow --timeout=60s; echo exit=$?",
+        cluster.server.kubeconfig().display()
+    );
+    let term = sextant_tests::terminal::Terminal::start(&command, 120, 30).unwrap();
+    term.wait_for(
+        "waiting for pod/slow: condition=Ready (",
+        std::time::Duration::from_secs(20),
+    )
+    .unwrap();
+    let screen = term
+        .wait_for("exit=0", std::time::Duration::from_secs(60))
+        .unwrap();
+    assert!(
+        screen.contains("pod/slow condition met") && !screen.contains("waiting for pod/slow"),
+        "the progress line is erased once the condition is met:\n{screen}"
+    );
     drop(term);
 
     // The rollout progress display in a terminal: pods count as available
