@@ -105,8 +105,8 @@ pub async fn status(session: &Session) -> Result<String> {
     )));
     out.push('\n');
 
-    let nodes: Value = session.get("/api/v1/nodes", None).await?;
-    let pods: Value = session.get("/api/v1/pods", None).await?;
+    let nodes = session.items("/api/v1/nodes", &[]).await?;
+    let pods = session.items("/api/v1/pods", &[]).await?;
     let mut rows = vec![
         [
             "NODE",
@@ -121,7 +121,7 @@ pub async fn status(session: &Session) -> Result<String> {
         .map(String::from)
         .to_vec(),
     ];
-    for n in nodes["items"].as_array().into_iter().flatten() {
+    for n in &nodes {
         let name = n["metadata"]["name"].as_str().unwrap_or_default();
         let ready = n["status"]["conditions"]
             .as_array()
@@ -137,10 +137,8 @@ pub async fn status(session: &Session) -> Result<String> {
             .find(|a| a["type"] == "InternalIP")
             .and_then(|a| a["address"].as_str())
             .unwrap_or("<none>");
-        let count = pods["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let count = pods
+            .iter()
             .filter(|p| p["spec"]["nodeName"].as_str() == Some(name))
             .count();
         let (dataplane, programs, conntrack) = match session

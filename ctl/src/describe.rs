@@ -1749,9 +1749,10 @@ pub async fn events_of(session: &Session, object: &Value) -> Result<Vec<Event>> 
         let selector = format!(
             "involvedObject.name={name},involvedObject.namespace={ns},involvedObject.kind={kind},involvedObject.uid={uid}"
         );
-        let query = crate::session::query(&[("fieldSelector", &selector)]);
-        let list: Value = session.get(&format!("{path}?{query}"), None).await?;
-        all.extend(typed::<Vec<Event>>(&list["items"])?);
+        let items = session
+            .items(&path, &[("fieldSelector", &selector)])
+            .await?;
+        all.extend(typed::<Vec<Event>>(&Value::Array(items))?);
     }
     Ok(all)
 }
@@ -1768,15 +1769,11 @@ pub async fn describe(
     let mut objects = Vec::new();
     if args.len() == 1 && !args[0].contains('/') {
         let rt = discovery::resolve(&types, &args[0])?;
-        let mut path = rt.path(Some(&session.namespace));
-        if let Some(s) = selector {
-            path.push_str(&format!(
-                "?{}",
-                crate::session::query(&[("labelSelector", s)])
-            ));
-        }
-        let list: Value = session.get(&path, None).await?;
-        for mut item in list["items"].as_array().cloned().unwrap_or_default() {
+        let path = rt.path(Some(&session.namespace));
+        let items = session
+            .items(&path, &[("labelSelector", selector.unwrap_or_default())])
+            .await?;
+        for mut item in items {
             item["kind"] = Value::String(rt.kind.clone());
             objects.push((rt.clone(), item));
         }
@@ -1805,52 +1802,43 @@ pub async fn describe(
             ("", "Pod") => describe_pod(&object, evs)?,
             ("", "Service") => {
                 let name = object["metadata"]["name"].as_str().unwrap_or_default();
-                let list: Value = session
-                    .get(
-                        &format!(
-                            "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices?{}",
-                            crate::session::query(&[(
-                                "labelSelector",
-                                &format!("kubernetes.io/service-name={name}")
-                            )])
-                        ),
-                        None,
+                let slices = session
+                    .items(
+                        &format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"),
+                        &[(
+                            "labelSelector",
+                            &format!("kubernetes.io/service-name={name}"),
+                        )],
                     )
                     .await?;
-                describe_service(&object, &typed::<Vec<EndpointSlice>>(&list["items"])?, evs)?
+                describe_service(
+                    &object,
+                    &typed::<Vec<EndpointSlice>>(&Value::Array(slices))?,
+                    evs,
+                )?
             }
             ("", "ConfigMap") => describe_config_map(&object, evs)?,
             ("", "ServiceAccount") => describe_service_account(&object, evs),
             ("", "Namespace") => {
                 let name = object["metadata"]["name"].as_str().unwrap_or_default();
-                let quotas: Value = session
-                    .get(&format!("/api/v1/namespaces/{name}/resourcequotas"), None)
+                let quotas = session
+                    .items(&format!("/api/v1/namespaces/{name}/resourcequotas"), &[])
                     .await?;
                 let limits = session
-                    .get::<Value>(&format!("/api/v1/namespaces/{name}/limitranges"), None)
+                    .items(&format!("/api/v1/namespaces/{name}/limitranges"), &[])
                     .await
-                    .map_or(0, |l| l["items"].as_array().map_or(0, Vec::len));
-                describe_namespace(
-                    &object,
-                    quotas["items"].as_array().map_or(&[][..], Vec::as_slice),
-                    limits,
-                )
+                    .map_or(0, |l| l.len());
+                describe_namespace(&object, &quotas, limits)
             }
             ("", "Node") => {
                 let name = object["metadata"]["name"].as_str().unwrap_or_default();
-                let list: Value = session
-                    .get(
-                        &format!(
-                            "/api/v1/pods?{}",
-                            crate::session::query(&[(
-                                "fieldSelector",
-                                &format!("spec.nodeName={name}")
-                            )])
-                        ),
-                        None,
+                let items = session
+                    .items(
+                        "/api/v1/pods",
+                        &[("fieldSelector", &format!("spec.nodeName={name}"))],
                     )
                     .await?;
-                let pods: Vec<Pod> = typed::<Vec<Pod>>(&list["items"])?
+                let pods: Vec<Pod> = typed::<Vec<Pod>>(&Value::Array(items))?
                     .into_iter()
                     .filter(|p| {
                         !matches!(
@@ -1868,10 +1856,10 @@ pub async fn describe(
             }
             ("apps", "Deployment") => {
                 let uid = object["metadata"]["uid"].as_str().unwrap_or_default();
-                let list: Value = session
-                    .get(&format!("/apis/apps/v1/namespaces/{ns}/replicasets"), None)
+                let list = session
+                    .items(&format!("/apis/apps/v1/namespaces/{ns}/replicasets"), &[])
                     .await?;
-                let rss: Vec<ReplicaSet> = typed::<Vec<ReplicaSet>>(&list["items"])?
+                let rss: Vec<ReplicaSet> = typed::<Vec<ReplicaSet>>(&Value::Array(list))?
                     .into_iter()
                     .filter(|rs| {
                         rs.metadata

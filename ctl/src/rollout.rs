@@ -67,14 +67,14 @@ async fn history(session: &Session, name: &str) -> Result<(Value, BTreeMap<i64, 
         .get(&path(session, "deployments", name), None)
         .await?;
     let uid = deployment["metadata"]["uid"].as_str().unwrap_or_default();
-    let list: Value = session
-        .get(
+    let list = session
+        .items(
             &format!("/apis/apps/v1/namespaces/{}/replicasets", session.namespace),
-            None,
+            &[],
         )
         .await?;
     let mut by_revision = BTreeMap::new();
-    for rs in list["items"].as_array().into_iter().flatten() {
+    for rs in &list {
         let owned = rs["metadata"]["ownerReferences"]
             .as_array()
             .into_iter()

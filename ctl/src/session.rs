@@ -58,6 +58,22 @@ impl Session {
         self.send(req).await
     }
 
+    /// The items of the list at `path`, asked with `pairs` as its query
+    /// (`labelSelector`, `fieldSelector`; empty values left out).
+    pub async fn items(&self, path: &str, pairs: &[(&str, &str)]) -> Result<Vec<Value>> {
+        let q = query(pairs);
+        let url = if q.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{q}")
+        };
+        let list: Value = self.get(&url, None).await?;
+        Ok(match list.get("items") {
+            Some(Value::Array(items)) => items.clone(),
+            _ => Vec::new(),
+        })
+    }
+
     /// `GET path`, `None` when the server answers 404.
     pub async fn get_opt(&self, path: &str) -> Result<Option<Value>> {
         match self.get(path, None).await {

@@ -81,17 +81,13 @@ pub async fn run(session: &Session, command: &TopCommand) -> Result<String> {
                         .await
                         .map_err(unavailable)?,
                 ],
-                None => {
-                    let q = crate::session::query(&[(
-                        "labelSelector",
-                        selector.as_deref().unwrap_or_default(),
-                    )]);
-                    let list: Value = session
-                        .get(&format!("{base}?{q}"), None)
-                        .await
-                        .map_err(unavailable)?;
-                    list["items"].as_array().cloned().unwrap_or_default()
-                }
+                None => session
+                    .items(
+                        &base,
+                        &[("labelSelector", selector.as_deref().unwrap_or_default())],
+                    )
+                    .await
+                    .map_err(unavailable)?,
             };
             if items.is_empty() {
                 return Err(Error::Usage(if *all_namespaces {
@@ -171,20 +167,15 @@ pub async fn run(session: &Session, command: &TopCommand) -> Result<String> {
                         .await
                         .map_err(unavailable)?,
                 ],
-                None => {
-                    let list: Value = session
-                        .get(&format!("{METRICS}/nodes"), None)
-                        .await
-                        .map_err(unavailable)?;
-                    list["items"].as_array().cloned().unwrap_or_default()
-                }
+                None => session
+                    .items(&format!("{METRICS}/nodes"), &[])
+                    .await
+                    .map_err(unavailable)?,
             };
-            let nodes: Value = session.get("/api/v1/nodes", None).await?;
+            let nodes = session.items("/api/v1/nodes", &[]).await?;
             let allocatable = |node: &str| {
-                nodes["items"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                nodes
+                    .iter()
                     .find(|n| n["metadata"]["name"].as_str() == Some(node))
                     .map(|n| n["status"]["allocatable"].clone())
                     .unwrap_or(Value::Null)
