@@ -214,14 +214,9 @@ async fn conntrack_handler(State(i): State<Inspect>) -> Response {
             .map(|(_, n)| *n)
             .collect()
     };
-    let mut out: Vec<Value> = ct
-        .iter()
-        .map(|(k, e)| {
-            let (action, rewrite) = match e.action {
-                CT_DNAT => ("dnat", format!("dst={}", addr(e.addr, e.port))),
-                CT_REVNAT => ("revnat", format!("src={}", addr(e.addr, e.port))),
-                _ => ("tracked", String::new()),
-            };
+    // One row per tracked direction, the same columns for both maps.
+    let row =
+        |k: &sextant_ebpf_common::lb::Ct4Key, action: &str, rewrite: String, flags: Vec<&str>| {
             json!({
                 "protocol": proto_name(k.proto),
                 "source": addr(k.saddr, k.sport),
@@ -230,20 +225,36 @@ async fn conntrack_handler(State(i): State<Inspect>) -> Response {
                 "destination_pod": pod(k.daddr),
                 "action": action,
                 "rewrite": rewrite,
-                "flags": flags(e.flags, &[(CT_CLOSING, "closing"), (CT_HAIRPIN, "hairpin")]),
+                "flags": flags,
             })
+        };
+    let mut out: Vec<Value> = ct
+        .iter()
+        .map(|(k, e)| {
+            let (action, rewrite) = match e.action {
+                CT_DNAT => ("dnat", format!("dst={}", addr(e.addr, e.port))),
+                CT_REVNAT => ("revnat", format!("src={}", addr(e.addr, e.port))),
+                _ => ("tracked", String::new()),
+            };
+            row(
+                k,
+                action,
+                rewrite,
+                flags(e.flags, &[(CT_CLOSING, "closing"), (CT_HAIRPIN, "hairpin")]),
+            )
         })
         .chain(nat.iter().map(|(k, e)| {
-            json!({
-                "protocol": proto_name(k.proto),
-                "source": addr(k.saddr, k.sport),
-                "destination": addr(k.daddr, k.dport),
-                "source_pod": pod(k.saddr),
-                "destination_pod": pod(k.daddr),
-                "action": "nodeport-nat",
-                "rewrite": format!("src={} dst={}", addr(e.saddr, e.sport), addr(e.daddr, e.dport)),
-                "flags": flags(e.flags, &[(CT_CLOSING, "closing"), (NAT_REPLY, "reply")]),
-            })
+            let rewrite = format!(
+                "src={} dst={}",
+                addr(e.saddr, e.sport),
+                addr(e.daddr, e.dport)
+            );
+            row(
+                k,
+                "nodeport-nat",
+                rewrite,
+                flags(e.flags, &[(CT_CLOSING, "closing"), (NAT_REPLY, "reply")]),
+            )
         }))
         .collect();
     out.sort_by(|a, b| {

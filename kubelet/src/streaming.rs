@@ -797,3 +797,17 @@ impl Forwarder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_port_forward_reads_its_ports() {
+        assert_eq!(channel_ports(Some("ports=80%2C8080")), Ok(vec![80, 8080]));
+        assert_eq!(channel_ports(Some("ports=80&ports=443")), Ok(vec![80, 443]));
+        for bad in [None, Some(""), Some("ports=http"), Some("ports=70000")] {
+            assert!(channel_ports(bad).is_err(), "{bad:?}");
+        }
+    }
+}
